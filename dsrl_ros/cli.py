@@ -1,0 +1,29 @@
+"""`dsrl-ros` command line: one sub-command per job, each defined in dsrl_ros/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsrl_ros.commands import collect_demos, demo, evaluate, train_bc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsrl-ros", description="Diffusion steering via RL on real arms (ROS 2).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (collect_demos, train_bc, evaluate, demo):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        print(f"dsrl-ros {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Checkpoints as a directory of `model.safetensors` + `config.json`: no pickle anywhere.
+
+safetensors holds only named tensors, so loading a checkpoint someone hands you cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+POLICY_FORMAT = "dsrl_ros.diffusion_policy/1"
+
+PACKAGE_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write via a temp file in the same directory + rename, so a crash never leaves a torn file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_tensors_and_config(directory: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(contiguous, p))
+    _write_atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    return directory
+
+
+def read_config(directory: str | Path) -> dict:
+    """config.json of a checkpoint directory, without touching the weights."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {directory}: missing {CONFIG_FILE} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"checkpoint {path}: not valid JSON ({err})") from err
+
+
+def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    config = read_config(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {directory}: missing {WEIGHTS_FILE} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")
+    return load_file(str(weights)), config
+
+
+def save_policy(policy: DiffusionPolicy, directory: str | Path, metadata: dict | None = None) -> Path:
+    """metadata: free-form JSON (training command, seeds, data summary) kept beside the config."""
+    config = {"format": POLICY_FORMAT, "policy": policy.config.to_json(), "metadata": metadata or {}}
+    return save_tensors_and_config(directory, policy.state_dict(), config)
+
+
+def load_policy(directory: str | Path = DEFAULT_BASE_POLICY, device: str | torch.device = "cpu") -> DiffusionPolicy:
+    """Loads a frozen policy in eval mode. Raises ValueError on a config or tensor set that does not match."""
+    tensors, config = load_tensors_and_config(directory)
+    if config.get("format") != POLICY_FORMAT:
+        raise ValueError(f"checkpoint {directory}: format expected {POLICY_FORMAT!r}, got {config.get('format')!r}")
+    policy = DiffusionPolicy(PolicyConfig.from_json(config["policy"]))
+    try:
+        policy.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:  # missing / unexpected / mis-shaped tensors
+        raise ValueError(f"checkpoint {directory}: tensors do not match the config: {err}") from err
+    policy.requires_grad_(False)
+    return policy.eval().to(device)
