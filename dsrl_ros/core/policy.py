@@ -196,7 +196,7 @@ class DiffusionPolicy(nn.Module):
         return F.mse_loss(self.predict_eps(x_t, t, self.encode_obs(obs)), eps)
 
     # ---- inference: the black box DSRL steers ------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def sample(self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
         """Deterministic DDIM from x_T = noise (B, Ta, Da). Same obs + noise => same chunk, bit for bit on CPU."""
         batch = self.validate_obs(obs)
@@ -206,10 +206,18 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"noise: expected {expected} torch.float32, got {got}")
         if not torch.isfinite(noise).all():
             raise ValueError("noise: expected finite values, got NaN or inf")
+        return self.sample_from_features(self.encode_obs(obs), noise)
+
+    @torch.no_grad()
+    def sample_from_features(self, obs_feat: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """DDIM from precomputed `encode_obs` features (B, hidden) -> chunk (B, Ta, Da), robot units.
+
+        Lets callers that sample many noises for the same observations (the DSRL learner) skip the CNN.
+        """
         # FiLM parameters depend only on (obs, t): compute them for every DDIM step in one batched pass.
         steps = ddim_timesteps(self.config.num_train_steps, self.config.num_inference_steps)
-        t_all = torch.tensor(steps, device=noise.device)[:, None]                      # (S, 1)
-        films = self.film_params(self.encode_obs(obs)[None].expand(len(steps), -1, -1), t_all)  # (S, B, 2H)
+        t_all = torch.tensor(steps, device=noise.device)[:, None]                          # (S, 1)
+        films = self.film_params(obs_feat[None].expand(len(steps), -1, -1), t_all)          # per block (S, B, 2H)
         step_index = {t: i for i, t in enumerate(steps)}
         x0 = ddim_sample(lambda x, t: self.denoise(x, [f[step_index[t]] for f in films]), noise,
                          self.alpha_bars, self.config.num_inference_steps)
