@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dsrl_ros.core.episode_store import EpisodeStore, RamEpisodes
+    from dsrl_ros.core.episode_store import EpisodeStore
+    from dsrl_ros.core.ram_episodes import RamEpisodes
 
     if args.threads:
         torch.set_num_threads(args.threads)

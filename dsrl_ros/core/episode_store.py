@@ -1,0 +1,199 @@
+"""Episode store on zarr: `data/<key>` (T_total, ...) + `meta/episode_ends` (cumulative int64), as diffusion_policy.
+
+Episode-atomic: an episode's rows are written first, then committed by writing `meta/episode_ends` and the
+counters in the group attrs *last*. Readers trust only the committed counters, never `array.shape[0]` (zarr
+resizes metadata before data lands). A writer that reopens a store with rows past the committed count (a writer
+was killed mid-episode) truncates them, so such a crash loses only the episode in flight.
+
+The schema (per-step shape and dtype of every key) lives in the attrs; an episode that does not match it is
+rejected with one error naming the key, the expected and the received layout, and nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+Schema = dict[str, tuple[tuple[int, ...], str]]   # key -> (per-step shape, numpy dtype name)
+FORMAT = "dsrl_ros.episode_store/1"
+IMAGE_CHUNK_STEPS = 256      # ~one episode of images per chunk: appends touch few files
+LOWDIM_CHUNK_STEPS = 4096
+
+
+def _normalize_schema(schema: Mapping) -> Schema:
+    out: Schema = {}
+    for key, spec in schema.items():
+        try:
+            shape, dtype = spec
+            out[str(key)] = (tuple(int(d) for d in shape), np.dtype(dtype).name)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"schema['{key}']: expected (shape tuple, dtype), got {spec!r}") from err
+    if not out:
+        raise ValueError("schema: expected at least one key")
+    return out
+
+
+def _describe(shape: tuple[int, ...], dtype: str) -> str:
+    return f"{tuple(shape)} {dtype}"
+
+
+def validate_episode(schema: Schema, episode: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Returns the episode as arrays, or raises one ValueError naming the key, expected and got."""
+    missing, extra = set(schema) - set(episode), set(episode) - set(schema)
+    if missing or extra:
+        key = sorted(missing or extra)[0]
+        raise ValueError(f"episode['{key}']: {'missing' if missing else 'not in the schema'}; "
+                         f"expected keys {sorted(schema)}")
+    out, length = {}, None
+    for key, (shape, dtype) in schema.items():
+        value = np.asarray(episode[key])
+        if value.ndim < 1 or tuple(value.shape[1:]) != shape or value.dtype.name != dtype:
+            got = _describe(value.shape[1:], value.dtype.name) if value.ndim else f"scalar {value.dtype}"
+            raise ValueError(f"episode['{key}']: expected per-step shape {_describe(shape, dtype)}, got {got}")
+        if length is None:
+            length = value.shape[0]
+        if value.shape[0] != length or length < 1:
+            raise ValueError(f"episode['{key}']: expected {length} >= 1 steps like the other keys, "
+                             f"got {value.shape[0]}")
+        out[key] = value
+    return out
+
+
+class EpisodeStore:
+    """A zarr group of episodes. Use `create`, `open` or `open_or_create`, not the constructor."""
+
+    def __init__(self, group: zarr.Group, path: Path, writable: bool):
+        self._group, self.path, self.writable = group, path, writable
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT or "schema" not in attrs:
+            raise ValueError(f"{path}: not a dsrl_ros episode store (format attr {attrs.get('format')!r})")
+        self.schema: Schema = _normalize_schema({k: tuple(v) for k, v in attrs["schema"].items()})
+        if writable:
+            self._truncate_uncommitted()
+
+    # ---- opening ---------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, schema: Mapping, overwrite: bool = False) -> "EpisodeStore":
+        path, schema = Path(path), _normalize_schema(schema)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+        group = zarr.open_group(str(path), mode="w")
+        data = group.create_group("data")
+        for key, (shape, dtype) in schema.items():
+            is_image = len(shape) == 3 and dtype == "uint8"
+            steps = IMAGE_CHUNK_STEPS if is_image else LOWDIM_CHUNK_STEPS
+            codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle" if is_image else "shuffle")
+            data.create_array(key, shape=(0, *shape), chunks=(steps, *shape), dtype=dtype, compressors=codec,
+                              fill_value=0)
+        group.create_group("meta").create_array("episode_ends", shape=(0,), chunks=(LOWDIM_CHUNK_STEPS,),
+                                                dtype="int64", fill_value=0)
+        group.attrs.update({"format": FORMAT, "schema": {k: [list(s), d] for k, (s, d) in schema.items()},
+                            "n_episodes": 0, "n_steps": 0, "meta": {}})
+        return cls(group, path, writable=True)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "EpisodeStore":
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode: expected 'r' or 'a', got {mode!r}")
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no episode store there")
+        try:
+            group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+        except Exception as err:  # zarr raises several types for "not a group"
+            raise ValueError(f"{path}: not a zarr episode store ({err})") from err
+        return cls(group, path, writable=mode == "a")
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, schema: Mapping) -> "EpisodeStore":
+        schema = _normalize_schema(schema)
+        if not Path(path).exists():
+            return cls.create(path, schema)
+        store = cls.open(path, mode="a")
+        if store.schema != schema:
+            diff = sorted(k for k in set(schema) | set(store.schema) if schema.get(k) != store.schema.get(k))
+            k = diff[0]
+            raise ValueError(f"{path}: schema mismatch for '{k}': store has {store.schema.get(k)}, "
+                             f"expected {schema.get(k)}")
+        return store
+
+    # ---- committed state (what readers may see) --------------------------------------------------------------
+    def _committed(self) -> tuple[int, int]:
+        attrs = self._group.attrs
+        return int(attrs["n_episodes"]), int(attrs["n_steps"])
+
+    def __len__(self) -> int:
+        return self._committed()[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self._committed()[1]
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        n_episodes, _ = self._committed()
+        return np.asarray(self._group["meta/episode_ends"][:n_episodes], dtype=np.int64)
+
+    @property
+    def meta_attrs(self) -> dict:
+        """Free-form JSON metadata (task, rates, provenance)."""
+        return dict(self._group.attrs.get("meta", {}))
+
+    @meta_attrs.setter
+    def meta_attrs(self, value: dict) -> None:
+        self._require_writable()
+        self._group.attrs["meta"] = dict(value)
+
+    def get_episode(self, index: int) -> dict[str, np.ndarray]:
+        ends = self.episode_ends
+        if not -len(ends) <= index < len(ends):
+            raise IndexError(f"episode {index}: store has {len(ends)} committed episodes")
+        index %= len(ends)
+        start = 0 if index == 0 else int(ends[index - 1])
+        return {k: self._group[f"data/{k}"][start:int(ends[index])] for k in self.schema}
+
+    def load_all(self, max_episodes: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Bulk read of committed episodes into RAM: (data key -> (T, ...), episode_ends (E,))."""
+        ends = self.episode_ends[:max_episodes]
+        n_steps = int(ends[-1]) if len(ends) else 0
+        return {k: self._group[f"data/{k}"][:n_steps] for k in self.schema}, ends
+
+    # ---- writing ---------------------------------------------------------------------------------------------
+    def append_episode(self, episode: Mapping[str, np.ndarray]) -> int:
+        """Writes one whole episode and commits it; returns its index."""
+        self._require_writable()
+        episode = validate_episode(self.schema, episode)
+        n_episodes, n_steps = self._committed()
+        length = len(next(iter(episode.values())))
+        for key, value in episode.items():
+            arr = self._group[f"data/{key}"]
+            arr.resize((n_steps + length, *arr.shape[1:]))
+            arr[n_steps:] = value
+        self._before_commit()
+        ends = self._group["meta/episode_ends"]
+        ends.resize((n_episodes + 1,))
+        ends[n_episodes] = n_steps + length
+        # The commit point: a single attrs write (one JSON document, replaced atomically on a local store).
+        self._group.attrs.update({"n_episodes": n_episodes + 1, "n_steps": n_steps + length})
+        return n_episodes
+
+    def _before_commit(self) -> None:
+        """Test hook: runs after the data rows are written and before the commit."""
+
+    def _truncate_uncommitted(self) -> None:
+        n_episodes, n_steps = self._committed()
+        for key in self.schema:
+            arr = self._group[f"data/{key}"]
+            if arr.shape[0] != n_steps:
+                arr.resize((n_steps, *arr.shape[1:]))
+        ends = self._group["meta/episode_ends"]
+        if ends.shape[0] != n_episodes:
+            ends.resize((n_episodes,))
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise PermissionError(f"{self.path}: opened read-only (use mode='a' to write)")
