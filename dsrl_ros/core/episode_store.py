@@ -77,7 +77,9 @@ class EpisodeStore:
 
     # ---- opening ---------------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, schema: Mapping, overwrite: bool = False) -> "EpisodeStore":
+    def create(cls, path: str | Path, schema: Mapping, overwrite: bool = False,
+               compression: str | None = "lz4") -> "EpisodeStore":
+        """compression: a blosc codec name ('lz4', 'zstd', ...) or None (see bench/RESULTS.md for the trade)."""
         path, schema = Path(path), _normalize_schema(schema)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
@@ -86,7 +88,8 @@ class EpisodeStore:
         for key, (shape, dtype) in schema.items():
             is_image = len(shape) == 3 and dtype == "uint8"
             steps = IMAGE_CHUNK_STEPS if is_image else LOWDIM_CHUNK_STEPS
-            codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle" if is_image else "shuffle")
+            codec = (BloscCodec(cname=compression, clevel=5, shuffle="bitshuffle" if is_image else "shuffle")
+                     if compression else None)
             data.create_array(key, shape=(0, *shape), chunks=(steps, *shape), dtype=dtype, compressors=codec,
                               fill_value=0)
         group.create_group("meta").create_array("episode_ends", shape=(0,), chunks=(LOWDIM_CHUNK_STEPS,),

@@ -1,0 +1,116 @@
+"""Embedded sim arm: determinism, shapes, action validation, expert success, camera content."""
+
+import numpy as np
+import pytest
+
+from dsrl_ros.sim import PROPRIO_LAYOUT, ArmEnv, ScriptedExpert, make_env
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = make_env("lift", image_size=84)
+    yield e
+    e.close()
+
+
+def rollout(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    trace = [obs]
+    for a in actions:
+        trace.append(env.step(a)[0])
+    return trace
+
+
+def test_reset_and_rollout_are_deterministic_for_a_seed(env):
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(15, 5))
+    a, b = rollout(env, 7, actions), rollout(env, 7, actions)
+    for oa, ob in zip(a, b):
+        assert np.array_equal(oa["image"], ob["image"]) and np.array_equal(oa["proprio"], ob["proprio"])
+
+
+def test_seeds_randomise_the_cube_pose(env):
+    poses = []
+    for seed in range(5):
+        env.reset(seed=seed)
+        pos, yaw = env.cube_pose()
+        poses.append((*pos[:2], yaw))
+    assert len({tuple(np.round(p, 4)) for p in poses}) == 5
+
+
+def test_observation_layout(env):
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (84, 84, 3) and obs["image"].dtype == np.uint8
+    assert obs["proprio"].shape == (11,) and obs["proprio"].dtype == np.float32
+    assert info == {"success": False, "step": 0}
+    ee, _ = env.ee_pose()
+    np.testing.assert_allclose(obs["proprio"][PROPRIO_LAYOUT["ee_position"]], ee, atol=1e-6)
+    assert obs["proprio"][PROPRIO_LAYOUT["gripper_width"]][0] == pytest.approx(env.gripper_width(), abs=1e-6)
+
+
+@pytest.mark.parametrize("bad,match", [(np.zeros(4), r"action: expected shape \(5,\)"),
+                                       (np.array([0, 0, np.nan, 0, 0]), "action: expected finite")])
+def test_bad_actions_raise_value_error_naming_action(env, bad, match):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        env.step(bad)
+
+
+def test_out_of_range_actions_are_clipped(env):
+    env.reset(seed=3)
+    clipped = env.step(np.array([1.0, 0, 0, 0, -1]))[0]["proprio"]
+    env.reset(seed=3)
+    huge = env.step(np.array([50.0, 0, 0, 0, -50]))[0]["proprio"]
+    np.testing.assert_array_equal(clipped, huge)
+
+
+def test_zero_actions_truncate_at_max_steps():
+    env = ArmEnv("lift", render=False, max_steps=12)
+    env.reset(seed=0)
+    for step in range(1, 13):
+        _, reward, terminated, truncated, info = env.step(np.zeros(5))
+        assert reward == 0.0 and not terminated and truncated == (step == 12) and info["step"] == step
+
+
+@pytest.mark.parametrize("task", ["lift", "place"])
+def test_scripted_expert_succeeds(task):
+    env = ArmEnv(task, render=False)
+    expert = ScriptedExpert(env)
+    for seed in range(5):
+        env.reset(seed=seed)
+        expert.reset()
+        done = False
+        while not done:
+            _, reward, terminated, truncated, info = env.step(expert.act())
+            done = terminated or truncated
+        assert info["success"] and reward == 1.0, f"{task} seed {seed}"
+
+
+def red_pixels(image):
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    return np.argwhere((r > 150) & (g < 80) & (b < 80))
+
+
+def test_camera_shows_the_cube_where_it_is(env):
+    centres = []
+    for seed in (0, 1):
+        obs, _ = env.reset(seed=seed)
+        pixels = red_pixels(obs["image"])
+        assert len(pixels) >= 4, "cube not visible"
+        centres.append(pixels.mean(axis=0))
+    assert np.abs(centres[0] - centres[1]).max() > 2  # different cube pose, different place in the image
+
+
+def test_unknown_task_and_bad_size_are_rejected():
+    with pytest.raises(ValueError, match="task: expected one of"):
+        ArmEnv("stack")
+    with pytest.raises(ValueError, match="image_size"):
+        ArmEnv("lift", image_size=4)
+
+
+def test_gl_error_names_the_variable_and_the_packages(monkeypatch):
+    from dsrl_ros.sim.gl import choose_gl_backend, render_context_error
+
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    assert choose_gl_backend() == "osmesa"  # an explicit choice wins
+    message = str(render_context_error(RuntimeError("no display")))
+    assert "MUJOCO_GL=osmesa" in message and "libegl1" in message and "libosmesa6" in message
