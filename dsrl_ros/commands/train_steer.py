@@ -1,0 +1,142 @@
+"""`dsrl-ros train-steer`: DSRL-NA / DSRL-SAC on the sim arm, headless (the ROS learner reuses the same core).
+
+Warm-up episodes run the base policy with w ~ N(0, I); then the actor picks w per chunk. After each episode:
+append it to the zarr replay (episode-atomic), run `utd` gradient updates per executed chunk, checkpoint.
+Run directory: replay.zarr/, checkpoint/ (resume), actor/ (ship this), tb/, learning_curve.png, episodes.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, read_config
+from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, ChunkEpisode, ChunkReplay, chunk_schema
+from dsrl_ros.core.steering import PolicySteering, SteerConfig, rng_from_json, rng_state_json
+from dsrl_ros.plotting import plot_learning_curve
+
+WINDOW = 20
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-steer", help="train a DSRL noise actor on the sim (DSRL-NA or DSRL-SAC)")
+    p.add_argument("--algo", choices=["na", "sac"], default="na")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--policy", default=str(DEFAULT_BASE_POLICY), help="frozen base policy checkpoint")
+    p.add_argument("--episodes", type=int, default=150, help="total episodes including warm-up")
+    p.add_argument("--warmup-episodes", type=int, default=10)
+    p.add_argument("--utd", type=int, default=SteerConfig.utd, help="gradient updates per executed chunk")
+    p.add_argument("--noise-magnitude", type=float, default=SteerConfig.noise_magnitude)
+    p.add_argument("--hidden-dim", type=int, default=SteerConfig.hidden_dim)
+    p.add_argument("--batch-size", type=int, default=SteerConfig.batch_size)
+    p.add_argument("--init-temperature", type=float, default=SteerConfig.init_temperature)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dsrl_ros.sim import make_env
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if (out / "checkpoint").exists() and not args.resume:
+        raise ValueError(f"--out: {out} already has a checkpoint; pass --resume to continue it")
+    torch.manual_seed(args.seed)
+    policy = load_policy(args.policy)
+    config = SteerConfig(algo=args.algo, noise_magnitude=args.noise_magnitude, hidden_dim=args.hidden_dim,
+                         batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature)
+    steering = PolicySteering(policy, config)
+    c = policy.config
+    schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
+    replay = ChunkReplay.open(out / "replay.zarr", schema, steering.features, steering.normalize_actions)
+    rng = np.random.default_rng(args.seed)
+    history: list[dict] = []
+    if args.resume:
+        trainer = steering.load_checkpoint(out / "checkpoint")
+        rng, history = rng_from_json(trainer["rng"]), trainer["history"]
+        print(f"resumed at episode {len(history)} ({steering.agent.num_updates} updates, "
+              f"{replay.episodes.n_episodes} episodes in the replay)")
+    task = read_config(args.policy).get("metadata", {}).get("store_attrs", {}).get("task", "lift")
+    env = make_env(task, image_size=c.image_shape[0])
+    writer = _tensorboard(out / "tb")
+    window = deque((h["success"] for h in history[-WINDOW:]), maxlen=WINDOW)
+    bar = tqdm(total=args.episodes, initial=len(history), desc=f"dsrl-{args.algo}", unit="ep")
+    while len(history) < args.episodes:
+        episode, episode_start = len(history), time.time()
+        warmup = episode < args.warmup_episodes
+        result = _run_episode(env, policy, steering, rng, seed=args.seed * 1_000_003 + episode, warmup=warmup)
+        replay.add_episode(result.pop("rows"))
+        t0, metrics = time.time(), {}
+        if not warmup or episode == args.warmup_episodes - 1:
+            for _ in range(config.utd * result["chunks"]):
+                metrics = steering.agent.update(replay.sample(config.batch_size, rng,
+                                                              noise_known_only=args.algo == "sac"))
+        updates_per_s = config.utd * result["chunks"] / max(time.time() - t0, 1e-9) if metrics else 0.0
+        window.append(result["success"])
+        record = {"episode": episode, "warmup": warmup, "success": result["success"], "steps": result["steps"],
+                  "window_success": float(np.mean(window)), "updates": steering.agent.num_updates,
+                  "updates_per_s": updates_per_s,
+                  "wall_s": (history[-1]["wall_s"] if history else 0.0) + time.time() - episode_start, **metrics}
+        history.append(record)
+        for key in ("success", "window_success", "updates_per_s", *metrics):
+            writer.add_scalar(f"dsrl/{key}", record[key], episode)
+        steering.save_checkpoint(out / "checkpoint", {"rng": rng_state_json(rng), "history": history})
+        with open(out / "episodes.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.update(1)
+        bar.set_postfix(success=f"{record['window_success']:.2f}", upd_s=f"{updates_per_s:.0f}")
+    bar.close()
+    env.close()
+    writer.close()
+    steering.save_actor(out / "actor", {"algo": args.algo, "episodes": len(history), "base_policy": args.policy,
+                                        "seed": args.seed})
+    base = [h["success"] for h in history if h["warmup"]]
+    plot_learning_curve([h["success"] for h in history], out / "learning_curve.png", WINDOW,
+                        base_rate=float(np.mean(base)) if base else None, title=f"DSRL-{args.algo.upper()} ({task})")
+    summary = {"algo": args.algo, "episodes": len(history), "final_window_success": history[-1]["window_success"],
+               "updates": steering.agent.num_updates, "actor": str(out / "actor"),
+               "wall_s": round(history[-1]["wall_s"], 1)}
+    print(f"done: {summary}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _run_episode(env, policy, steering: PolicySteering, rng: np.random.Generator, seed: int,
+                 warmup: bool) -> dict:
+    obs, _ = env.reset(seed=seed)
+    rows = ChunkEpisode.start()
+    steps, chunks, success, done = 0, 0, False, False
+    while not done:
+        if warmup:
+            noise, source = rng.standard_normal(policy.config.noise_shape).astype(np.float32), SOURCE_BASE
+        else:
+            noise, source = steering.choose_noise(obs), SOURCE_ACTOR
+        chunk = policy.act({k: v[None] for k, v in obs.items()}, noise)
+        start_obs, reward = obs, 0.0
+        for action in chunk:
+            obs, r, terminated, truncated, info = env.step(action)
+            reward, steps = reward + r, steps + 1
+            if terminated or truncated:
+                success, done = bool(info["success"]), True
+                break
+        rows.add_chunk(start_obs, noise, chunk, reward, terminal=success, source=source)
+        chunks += 1
+    return {"rows": rows.finish(obs), "success": success, "steps": steps, "chunks": chunks}
+
+
+def _tensorboard(path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path))

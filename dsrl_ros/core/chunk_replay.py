@@ -1,0 +1,101 @@
+"""Chunk-level replay for DSRL on top of the episode store: one row per decision, one episode per store episode.
+
+Row k of an episode holds the observation at the start of chunk k, the noise w_k, the executed chunk a_k, the
+reward summed over the chunk and whether the transition k -> k+1 ended in success (terminal). The episode's last
+row holds only the final observation (noise/action zero), so next_obs of row k is simply row k + 1 and a
+time-limit end bootstraps from a real observation. `source` says where the executed chunk came from:
+SOURCE_ACTOR (noise from the steering actor), SOURCE_BASE (noise w ~ N(0, I), the base policy's own choice) or
+SOURCE_EXTERNAL (human intervention / offline data: no noise exists). DSRL-SAC learns Q(s, w) only where w is
+known (actor + base rows); DSRL-NA's Q^A learns from every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.ram_episodes import RamEpisodes
+
+SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNAL = 0, 1, 2
+
+# encode(image (N, H, W, 3) uint8, proprio (N, P) float32) -> features (N, F) float32
+Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def chunk_schema(image_shape: tuple[int, ...], proprio_dim: int, chunk_dim: int) -> dict:
+    return {"image": (tuple(image_shape), "uint8"), "proprio": ((proprio_dim,), "float32"),
+            "noise": ((chunk_dim,), "float32"), "action": ((chunk_dim,), "float32"),
+            "reward": ((), "float32"), "terminal": ((), "float32"), "source": ((), "uint8")}
+
+
+@dataclass
+class ChunkEpisode:
+    """Rows of one episode being recorded; `finish` adds the final observation row."""
+
+    rows: dict[str, list]
+
+    @classmethod
+    def start(cls) -> "ChunkEpisode":
+        return cls({k: [] for k in ("image", "proprio", "noise", "action", "reward", "terminal", "source")})
+
+    def add_chunk(self, obs: dict[str, np.ndarray], noise: np.ndarray, action: np.ndarray, reward: float,
+                  terminal: bool, source: int) -> None:
+        for key, value in (("image", obs["image"]), ("proprio", obs["proprio"]),
+                           ("noise", np.asarray(noise, np.float32).ravel()),
+                           ("action", np.asarray(action, np.float32).ravel()), ("reward", np.float32(reward)),
+                           ("terminal", np.float32(terminal)), ("source", np.uint8(source))):
+            self.rows[key].append(value)
+
+    def finish(self, final_obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        chunk_dim = len(self.rows["noise"][0])
+        self.add_chunk(final_obs, np.zeros(chunk_dim), np.zeros(chunk_dim), 0.0, False, SOURCE_EXTERNAL)
+        return {k: np.stack(v) for k, v in self.rows.items()}
+
+
+class ChunkReplay:
+    """RAM rows + cached encoder features; appends go to the zarr store first (episode-atomic)."""
+
+    def __init__(self, episodes: RamEpisodes, encode: Encoder, action_normalize: Callable[[np.ndarray], np.ndarray]):
+        self.episodes, self.encode, self.action_normalize = episodes, encode, action_normalize
+        data = episodes.data
+        self.features = (encode(data["image"], data["proprio"]) if episodes.n_steps
+                         else np.zeros((0, 0), np.float32))
+
+    @classmethod
+    def open(cls, path, schema: dict, encode: Encoder, action_normalize) -> "ChunkReplay":
+        return cls(RamEpisodes.from_store(EpisodeStore.open_or_create(path, schema)), encode, action_normalize)
+
+    def add_episode(self, episode: dict[str, np.ndarray]) -> None:
+        self.episodes.append_episode(episode)
+        new = self.encode(episode["image"], episode["proprio"])
+        self.features = new if self.features.size == 0 else np.concatenate([self.features, new])
+
+    def transition_indices(self, noise_known_only: bool = False) -> np.ndarray:
+        """Rows k that have a next row in their episode (not an episode's final-observation row)."""
+        n = self.episodes.n_steps
+        is_last = np.zeros(n, bool)
+        is_last[self.episodes.episode_ends - 1] = True
+        valid = ~is_last
+        if noise_known_only:
+            valid &= self.episodes.data["source"][:n] != SOURCE_EXTERNAL
+        return np.flatnonzero(valid)
+
+    def sample(self, batch_size: int, rng: np.random.Generator,
+               noise_known_only: bool = False) -> dict[str, torch.Tensor]:
+        candidates = self.transition_indices(noise_known_only)
+        if len(candidates) == 0:
+            raise ValueError("sample: no transitions in the replay yet")
+        idx = candidates[rng.integers(0, len(candidates), batch_size)]
+        d = self.episodes.data
+        batch = {"obs": self.features[idx], "next_obs": self.features[idx + 1], "noise": d["noise"][idx],
+                 "action": self.action_normalize(d["action"][idx]), "reward": d["reward"][idx],
+                 "terminal": d["terminal"][idx]}
+        return {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in batch.items()}
+
+    @property
+    def n_transitions(self) -> int:
+        return self.episodes.n_steps - self.episodes.n_episodes

@@ -1,0 +1,150 @@
+"""DSRL around a frozen diffusion policy: features, noise choice, decoding, updates, checkpoint/resume.
+
+Shared by the headless `train-steer` loop and the ROS learner/steering nodes. The base policy is used only
+through `encode_obs` (its frozen observation features, the actor/critic input) and `sample_from_features`
+(the black-box w -> chunk map).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_config
+from dsrl_ros.core.dsrl import DSRL, DSRLConfig
+from dsrl_ros.core.policy import DiffusionPolicy
+
+ACTOR_FORMAT = "dsrl_ros.noise_actor/1"
+TRAINER_STATE = "trainer_state.pt"   # optimiser states + RNG: torch.save, read back with weights_only=True
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    algo: str = "na"
+    noise_magnitude: float = 1.5
+    hidden_dim: int = 256
+    num_layers: int = 3
+    batch_size: int = 256
+    utd: int = 20                      # gradient updates per executed chunk (RL step)
+    gamma: float = 0.99
+    tau: float = 0.005
+    lr: float = 3e-4
+    init_temperature: float = 0.1
+    target_entropy: float | None = None  # None: -noise_dim / 2
+
+    def dsrl_config(self, obs_dim: int, noise_dim: int) -> DSRLConfig:
+        target = -noise_dim / 2 if self.target_entropy is None else self.target_entropy
+        return DSRLConfig(obs_dim=obs_dim, noise_dim=noise_dim, action_dim=noise_dim, algo=self.algo,
+                          hidden_dim=self.hidden_dim, num_layers=self.num_layers,
+                          noise_magnitude=self.noise_magnitude, gamma=self.gamma, tau=self.tau, lr=self.lr,
+                          batch_size=self.batch_size, init_temperature=self.init_temperature,
+                          target_entropy=target)
+
+
+class PolicySteering:
+    """The frozen base policy plus the DSRL agent that picks its noise."""
+
+    def __init__(self, policy: DiffusionPolicy, config: SteerConfig):
+        if policy.config.n_obs_steps != 1:
+            raise ValueError(f"policy n_obs_steps: steering supports 1, got {policy.config.n_obs_steps}")
+        self.policy, self.config = policy.eval(), config
+        self.noise_shape = policy.config.noise_shape
+        noise_dim = int(np.prod(self.noise_shape))
+        self.agent = DSRL(config.dsrl_config(policy.config.hidden_dim, noise_dim), self.decode)
+
+    # ---- the base policy as seen by DSRL ----------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, image: np.ndarray, proprio: np.ndarray, batch: int = 512) -> np.ndarray:
+        """image (N, H, W, 3) uint8, proprio (N, P) -> frozen base-policy features (N, hidden) float32."""
+        out = []
+        for i in range(0, len(image), batch):
+            obs = {"image": torch.as_tensor(image[i:i + batch])[:, None],
+                   "proprio": torch.as_tensor(proprio[i:i + batch], dtype=torch.float32)[:, None]}
+            self.policy.validate_obs(obs)
+            out.append(self.policy.encode_obs(obs).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.policy.config.hidden_dim), np.float32)
+
+    def decode(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(B, hidden), (B, Ta*Da) -> normalised executed chunk (B, Ta*Da): pi_dp(s, w)."""
+        chunk = self.policy.sample_from_features(features, noise.view(-1, *self.noise_shape))
+        return self.policy.action_norm.normalize(chunk).flatten(1)
+
+    def normalize_actions(self, chunks: np.ndarray) -> np.ndarray:
+        """(N, Ta*Da) robot units -> normalised, as Q^A sees executed chunks."""
+        with torch.no_grad():
+            t = torch.as_tensor(chunks, dtype=torch.float32).view(-1, *self.noise_shape)
+            return self.policy.action_norm.normalize(t).flatten(1).numpy()
+
+    def choose_noise(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        """One observation (image (H, W, 3), proprio (P,)) -> w (Ta, Da) float32 from the actor."""
+        feat = torch.as_tensor(self.features(obs["image"][None], obs["proprio"][None]))
+        return self.agent.act(feat, deterministic)[0].view(self.noise_shape).numpy()
+
+    # ---- persistence -----------------------------------------------------------------------------------------
+    def save_actor(self, directory: str | Path, metadata: dict | None = None) -> Path:
+        """Actor only (what the steering node and `eval --steer` need): safetensors + JSON."""
+        config = {"format": ACTOR_FORMAT, "steer": asdict(self.config), "noise_shape": list(self.noise_shape),
+                  "obs_dim": self.agent.config.obs_dim, "metadata": metadata or {}}
+        return save_tensors_and_config(directory, self.agent.actor.state_dict(), config)
+
+    def save_checkpoint(self, directory: str | Path, trainer: dict) -> Path:
+        """Everything to resume: all networks + temperature (safetensors), optimisers + RNG (weights-only .pt),
+        counters (JSON). Written into the directory atomically file by file; config.json last."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        opt_state = {"actor": self.agent.actor_opt.state_dict(), "alpha": self.agent.alpha_opt.state_dict(),
+                     "critics": [o.state_dict() for o in self.agent.critic_opts],
+                     "torch_rng": torch.get_rng_state()}
+        tmp = directory / f".{TRAINER_STATE}.tmp"
+        torch.save(opt_state, tmp)
+        tmp.replace(directory / TRAINER_STATE)
+        config = {"format": "dsrl_ros.steer_checkpoint/1", "steer": asdict(self.config),
+                  "num_updates": self.agent.num_updates, "trainer": trainer}
+        return save_tensors_and_config(directory, self.agent.state_dict(), config)
+
+    def load_checkpoint(self, directory: str | Path) -> dict:
+        tensors, config = load_tensors_and_config(directory)
+        if config.get("format") != "dsrl_ros.steer_checkpoint/1":
+            raise ValueError(f"checkpoint {directory}: not a steering checkpoint (format {config.get('format')!r})")
+        saved = SteerConfig(**config["steer"])
+        if saved != self.config:
+            raise ValueError(f"checkpoint {directory}: steer config {saved} differs from the requested {self.config}")
+        self.agent.load_state_dict(tensors, strict=True)
+        opt_state = torch.load(Path(directory) / TRAINER_STATE, weights_only=True)
+        self.agent.actor_opt.load_state_dict(opt_state["actor"])
+        self.agent.alpha_opt.load_state_dict(opt_state["alpha"])
+        for opt, state in zip(self.agent.critic_opts, opt_state["critics"]):
+            opt.load_state_dict(state)
+        torch.set_rng_state(opt_state["torch_rng"])
+        self.agent.num_updates = int(config["num_updates"])
+        return config["trainer"]
+
+
+def load_actor(directory: str | Path, policy: DiffusionPolicy) -> PolicySteering:
+    """A PolicySteering whose actor comes from `save_actor` output (critics untrained: inference only)."""
+    tensors, config = load_tensors_and_config(directory)
+    if config.get("format") != ACTOR_FORMAT:
+        raise ValueError(f"actor checkpoint {directory}: format expected {ACTOR_FORMAT!r}, got {config.get('format')!r}")
+    if tuple(config["noise_shape"]) != policy.config.noise_shape:
+        raise ValueError(f"actor checkpoint {directory}: noise_shape {config['noise_shape']} does not match the "
+                         f"base policy's {list(policy.config.noise_shape)}")
+    steering = PolicySteering(policy, SteerConfig(**config["steer"]))
+    try:
+        steering.agent.actor.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"actor checkpoint {directory}: tensors do not match its config: {err}") from err
+    return steering
+
+
+def rng_state_json(rng: np.random.Generator) -> str:
+    return json.dumps(rng.bit_generator.state)
+
+
+def rng_from_json(text: str) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(text)
+    return rng

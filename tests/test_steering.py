@@ -1,0 +1,120 @@
+"""DSRL around the frozen policy: chunk-level transitions, replay pairing, resume determinism, actor files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dsrl_ros.cli import main as cli_main
+from dsrl_ros.commands.train_steer import _run_episode
+from dsrl_ros.core.checkpoint import save_policy
+from dsrl_ros.core.chunk_replay import (SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNAL, ChunkEpisode, ChunkReplay,
+                                        chunk_schema)
+from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
+from dsrl_ros.core.ram_episodes import RamEpisodes
+from dsrl_ros.core.steering import PolicySteering, SteerConfig, load_actor
+
+TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
+                    num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
+                    time_embed_dim=16)
+STEER = SteerConfig(hidden_dim=32, num_layers=2, batch_size=16, utd=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("policy") / "tiny"
+    save_policy(DiffusionPolicy(TINY), path, metadata={"store_attrs": {"task": "lift"}})
+    return path
+
+
+class ScriptedEnv:
+    """Fake env: 1-D 'position' obs; success (reward 1) at step `success_at`, else time limit at max_steps."""
+
+    def __init__(self, success_at=None, max_steps=10):
+        self.success_at, self.max_steps = success_at, max_steps
+
+    def reset(self, seed=None):
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return {"image": np.full((84, 84, 3), self.t, np.uint8), "proprio": np.full(11, self.t, np.float32)}
+
+    def step(self, action):
+        self.t += 1
+        success = self.t == self.success_at
+        return self._obs(), float(success), success, self.t >= self.max_steps and not success, {"success": success}
+
+
+def test_chunk_transitions_sum_rewards_and_mark_only_success_terminal():
+    policy = DiffusionPolicy(TINY).eval()
+    steering = PolicySteering(policy, STEER)
+    rng = np.random.default_rng(0)
+    success = _run_episode(ScriptedEnv(success_at=6), policy, steering, rng, seed=0, warmup=True)
+    rows = success["rows"]
+    # Chunks of 4: steps 1-4, then 5-6 (success at 6 ends the second chunk early); plus the final obs row.
+    assert success["chunks"] == 2 and success["steps"] == 6 and success["success"]
+    assert rows["reward"].tolist() == [0.0, 1.0, 0.0] and rows["terminal"].tolist() == [0.0, 1.0, 0.0]
+    assert rows["proprio"][:, 0].tolist() == [0, 4, 6]      # obs at each chunk start, then the final obs
+    assert rows["source"].tolist() == [SOURCE_BASE, SOURCE_BASE, SOURCE_EXTERNAL]
+    timeout = _run_episode(ScriptedEnv(success_at=None, max_steps=10), policy, steering, rng, seed=0, warmup=False)
+    rows = timeout["rows"]
+    assert not timeout["success"] and rows["terminal"].sum() == 0  # time limit: bootstrap, not terminal
+    assert rows["proprio"][:, 0].tolist() == [0, 4, 8, 10] and rows["source"][0] == SOURCE_ACTOR
+
+
+def test_replay_pairs_each_row_with_the_next_row_of_its_episode():
+    schema = chunk_schema((84, 84, 3), 11, 20)
+    replay = ChunkReplay(RamEpisodes(schema), lambda img, pro: pro[:, :1].copy(), lambda a: a)
+    for e, source in enumerate([SOURCE_EXTERNAL, SOURCE_ACTOR]):
+        ep = ChunkEpisode.start()
+        for k in range(3):
+            obs = {"image": np.zeros((84, 84, 3), np.uint8), "proprio": np.full(11, 10 * e + k, np.float32)}
+            ep.add_chunk(obs, np.full(20, k), np.full(20, k), reward=k, terminal=False, source=source)
+        replay.add_episode(ep.finish({"image": np.zeros((84, 84, 3), np.uint8),
+                                      "proprio": np.full(11, 10 * e + 3, np.float32)}))
+    assert replay.n_transitions == 6
+    batch = replay.sample(256, np.random.default_rng(0))
+    assert torch.equal(batch["next_obs"], batch["obs"] + 1)          # never crosses into the next episode
+    known = replay.sample(256, np.random.default_rng(0), noise_known_only=True)
+    assert known["obs"].min() >= 10                                   # SAC never sees external rows
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_policy_dir, tmp_path):
+    common = ["train-steer", "--policy", str(tiny_policy_dir), "--warmup-episodes", "2", "--utd", "2",
+              "--batch-size", "16", "--hidden-dim", "32", "--seed", "3", "--threads", "1"]
+    assert cli_main([*common, "--out", str(tmp_path / "full"), "--episodes", "4"]) == 0
+    assert cli_main([*common, "--out", str(tmp_path / "split"), "--episodes", "3"]) == 0
+    assert cli_main([*common, "--out", str(tmp_path / "split"), "--episodes", "4", "--resume"]) == 0
+    full = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "checkpoint" / "model.safetensors"))
+    assert full.keys() == split.keys()
+    for key in full:
+        assert torch.equal(full[key], split[key]), key
+    hist = [json.loads(l) for l in (tmp_path / "full" / "episodes.jsonl").read_text().splitlines()]
+    assert [h["warmup"] for h in hist] == [True, True, False, False] and hist[-1]["updates"] > 0
+    assert (tmp_path / "full" / "learning_curve.png").exists()
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tiny_policy_dir, tmp_path):
+    args = ["train-steer", "--policy", str(tiny_policy_dir), "--out", str(tmp_path / "r"), "--episodes", "1",
+            "--warmup-episodes", "1", "--utd", "1", "--batch-size", "4", "--hidden-dim", "32"]
+    assert cli_main(args) == 0
+    assert cli_main(args) == 2
+
+
+def test_saved_actor_loads_and_picks_the_same_noise(tiny_policy_dir, tmp_path):
+    policy = DiffusionPolicy(TINY).eval()
+    steering = PolicySteering(policy, STEER)
+    steering.save_actor(tmp_path / "actor")
+    loaded = load_actor(tmp_path / "actor", policy)
+    obs = ScriptedEnv().reset()[0]
+    np.testing.assert_array_equal(loaded.choose_noise(obs, deterministic=True),
+                                  steering.choose_noise(obs, deterministic=True))
+    assert steering.choose_noise(obs).shape == TINY.noise_shape
+    other = DiffusionPolicy(PolicyConfig(chunk_len=2)).eval()
+    with pytest.raises(ValueError, match="noise_shape"):
+        load_actor(tmp_path / "actor", other)
