@@ -118,3 +118,14 @@ def test_saved_actor_loads_and_picks_the_same_noise(tiny_policy_dir, tmp_path):
     other = DiffusionPolicy(PolicyConfig(chunk_len=2)).eval()
     with pytest.raises(ValueError, match="noise_shape"):
         load_actor(tmp_path / "actor", other)
+
+
+def test_eval_steer_reports_base_and_steered_on_the_same_seeds(tiny_policy_dir, tmp_path, capsys):
+    policy = DiffusionPolicy(TINY).eval()
+    PolicySteering(policy, STEER).save_actor(tmp_path / "actor")
+    assert cli_main(["eval", "--policy", str(tiny_policy_dir), "--steer", str(tmp_path / "actor"),
+                     "--episodes", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["agent"] == "steered_policy" and summary["episodes"] == 2
+    for key in ("success_rate", "base_success_rate", "ci_low", "ci_high", "base_ci_low", "base_ci_high"):
+        assert 0.0 <= summary[key] <= 1.0
