@@ -169,11 +169,21 @@ class DiffusionPolicy(nn.Module):
 
     # ---- denoiser ----------------------------------------------------------------------------------------
     def film_params(self, obs_feat: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
-        """Per-block FiLM (scale|shift) for obs features (..., hidden) and timesteps t broadcastable to them."""
+        """Per-block FiLM (scale|shift): obs_feat (B, hidden), t (B,) -> [(B, 2H)], or t (S, 1) -> [(S, B, 2H)].
+
+        film(cat(obs, time)) is split as W_obs @ obs + (W_time @ time + b): the obs half is computed once per
+        observation, not once per denoising step, which is what makes batched decoding cheap for the learner.
+        """
         t_feat = self.time_mlp(timestep_embedding(t.reshape(-1), self.config.time_embed_dim))
-        t_feat = t_feat.view(*t.shape, -1).expand(*obs_feat.shape[:-1], -1)
-        cond = torch.cat([obs_feat, t_feat], dim=-1)
-        return [block.film(cond) for block in self.blocks]
+        t_feat = t_feat.view(*t.shape, -1)
+        hidden = obs_feat.shape[-1]
+        films = []
+        for block in self.blocks:
+            weight = block.film.weight
+            obs_part = obs_feat @ weight[:, :hidden].T
+            films.append(obs_part + torch.addmm(block.film.bias, t_feat.reshape(-1, hidden),
+                                                weight[:, hidden:].T).view(*t_feat.shape[:-1], -1))
+        return films
 
     def denoise(self, x_t: torch.Tensor, films: list[torch.Tensor]) -> torch.Tensor:
         """x_t (B, Ta, Da) normalised + FiLM params from `film_params` -> eps (B, Ta, Da)."""
@@ -217,7 +227,7 @@ class DiffusionPolicy(nn.Module):
         # FiLM parameters depend only on (obs, t): compute them for every DDIM step in one batched pass.
         steps = ddim_timesteps(self.config.num_train_steps, self.config.num_inference_steps)
         t_all = torch.tensor(steps, device=noise.device)[:, None]                          # (S, 1)
-        films = self.film_params(obs_feat[None].expand(len(steps), -1, -1), t_all)          # per block (S, B, 2H)
+        films = self.film_params(obs_feat, t_all)                                           # per block (S, B, 2H)
         step_index = {t: i for i, t in enumerate(steps)}
         x0 = ddim_sample(lambda x, t: self.denoise(x, [f[step_index[t]] for f in films]), noise,
                          self.alpha_bars, self.config.num_inference_steps)

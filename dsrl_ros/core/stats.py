@@ -15,4 +15,6 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -
     denom = 1 + z * z / trials
     center = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    low = 0.0 if successes == 0 else max(0.0, center - half)     # exact ends: no float residue at 0 / 1
+    high = 1.0 if successes == trials else min(1.0, center + half)
+    return low, high
