@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     env = make_env(args.task, image_size=args.image_size)
     store = EpisodeStore.open_or_create(args.out, demo_schema(args.image_size, env.proprio_dim, env.action_dim))
     store.meta_attrs = {**store.meta_attrs, "task": args.task, "image_size": args.image_size,
-                        "control_hz": env.control_hz, "noise_std": args.noise_std}
+                        "control_hz": env.control_hz, "noise_std": args.noise_std, "seed": args.seed}
     rng = np.random.default_rng(args.seed)
     expert = ScriptedExpert(env, action_noise_std=args.noise_std, rng=rng)
     successes = kept = 0
