@@ -38,7 +38,7 @@ def plot_loss_curve(losses: Sequence[float], path: str | Path, title: str = "los
 
 
 def plot_learning_curve(successes: Sequence[bool], path: str | Path, window: int, base_rate: float | None = None,
-                        title: str = "success") -> Path:
+                        evals: Sequence[tuple[int, float]] = (), title: str = "success") -> Path:
     """Per-episode success (dots) and its moving average, with the base policy's level as a dashed line."""
     plt = _pyplot()
     s = np.asarray(successes, dtype=np.float64)
@@ -47,6 +47,8 @@ def plot_learning_curve(successes: Sequence[bool], path: str | Path, window: int
     if len(s) >= 1:
         avg = np.array([s[max(0, i - window + 1): i + 1].mean() for i in range(len(s))])
         ax.plot(np.arange(len(s)), avg, lw=1.8, label=f"mean of last {window}")
+    if evals:
+        ax.plot(*zip(*evals), "o-", ms=4, lw=1.2, label="deterministic eval")
     if base_rate is not None:
         ax.axhline(base_rate, ls="--", color="gray", label=f"base policy ({base_rate:.0%})")
     ax.set_ylim(-0.05, 1.05)

@@ -53,16 +53,19 @@ def test_chunk_transitions_sum_rewards_and_mark_only_success_terminal():
     policy = DiffusionPolicy(TINY).eval()
     steering = PolicySteering(policy, STEER)
     rng = np.random.default_rng(0)
-    success = _run_episode(ScriptedEnv(success_at=6), policy, steering, rng, seed=0, warmup=True)
+    success = _run_episode(ScriptedEnv(success_at=6), policy, steering, rng, seed=0, warmup=True,
+                           reward_mode="success")
     rows = success["rows"]
     # Chunks of 4: steps 1-4, then 5-6 (success at 6 ends the second chunk early); plus the final obs row.
     assert success["chunks"] == 2 and success["steps"] == 6 and success["success"]
     assert rows["reward"].tolist() == [0.0, 1.0, 0.0] and rows["terminal"].tolist() == [0.0, 1.0, 0.0]
     assert rows["proprio"][:, 0].tolist() == [0, 4, 6]      # obs at each chunk start, then the final obs
     assert rows["source"].tolist() == [SOURCE_BASE, SOURCE_BASE, SOURCE_EXTERNAL]
-    timeout = _run_episode(ScriptedEnv(success_at=None, max_steps=10), policy, steering, rng, seed=0, warmup=False)
+    timeout = _run_episode(ScriptedEnv(success_at=None, max_steps=10), policy, steering, rng, seed=0, warmup=False,
+                           reward_mode="time_penalty")
     rows = timeout["rows"]
     assert not timeout["success"] and rows["terminal"].sum() == 0  # time limit: bootstrap, not terminal
+    assert rows["reward"].tolist() == [-1.0, -1.0, -1.0, 0.0]    # time penalty per chunk; final row carries none
     assert rows["proprio"][:, 0].tolist() == [0, 4, 8, 10] and rows["source"][0] == SOURCE_ACTOR
 
 

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, read_config
 from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, ChunkEpisode, ChunkReplay, chunk_schema
-from dsrl_ros.core.steering import PolicySteering, SteerConfig, rng_from_json, rng_state_json
+from dsrl_ros.core.steering import PolicySteering, SteerConfig, chunk_reward, rng_from_json, rng_state_json
 from dsrl_ros.plotting import plot_learning_curve
 
 WINDOW = 20
+EVAL_SEED = 50_000_000   # held-out evaluation seeds, far from training (seed * 1_000_003 + episode)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-dim", type=int, default=SteerConfig.hidden_dim)
     p.add_argument("--batch-size", type=int, default=SteerConfig.batch_size)
     p.add_argument("--init-temperature", type=float, default=SteerConfig.init_temperature)
+    p.add_argument("--reward", choices=["success", "time_penalty"], default=SteerConfig.reward)
+    p.add_argument("--eval-every", type=int, default=10, help="episodes between deterministic evaluations")
+    p.add_argument("--eval-episodes", type=int, default=10, help="held-out seeds per evaluation (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument("--threads", type=int, default=None)
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     policy = load_policy(args.policy)
     config = SteerConfig(algo=args.algo, noise_magnitude=args.noise_magnitude, hidden_dim=args.hidden_dim,
-                         batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature)
+                         batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature,
+                         reward=args.reward)
     steering = PolicySteering(policy, config)
     c = policy.config
     schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     while len(history) < args.episodes:
         episode, episode_start = len(history), time.time()
         warmup = episode < args.warmup_episodes
-        result = _run_episode(env, policy, steering, rng, seed=args.seed * 1_000_003 + episode, warmup=warmup)
+        result = _run_episode(env, policy, steering, rng, seed=args.seed * 1_000_003 + episode, warmup=warmup,
+                              reward_mode=config.reward)
         replay.add_episode(result.pop("rows"))
         t0, metrics = time.time(), {}
         if not warmup or episode == args.warmup_episodes - 1:
@@ -88,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
                   "window_success": float(np.mean(window)), "updates": steering.agent.num_updates,
                   "updates_per_s": updates_per_s,
                   "wall_s": (history[-1]["wall_s"] if history else 0.0) + time.time() - episode_start, **metrics}
+        if args.eval_episodes and not warmup and (episode + 1) % args.eval_every == 0:
+            record["eval_success"] = _evaluate_actor(env, policy, steering, rng, args.eval_episodes, config.reward)
         history.append(record)
-        for key in ("success", "window_success", "updates_per_s", *metrics):
+        for key in ("success", "window_success", "updates_per_s", *metrics,
+                    *(("eval_success",) if "eval_success" in record else ())):
             writer.add_scalar(f"dsrl/{key}", record[key], episode)
         steering.save_checkpoint(out / "checkpoint", {"rng": rng_state_json(rng), "history": history})
         with open(out / "episodes.jsonl", "a") as f:
@@ -102,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
     steering.save_actor(out / "actor", {"algo": args.algo, "episodes": len(history), "base_policy": args.policy,
                                         "seed": args.seed})
     base = [h["success"] for h in history if h["warmup"]]
+    evals = [(h["episode"] + 1, h["eval_success"]) for h in history if "eval_success" in h]
     plot_learning_curve([h["success"] for h in history], out / "learning_curve.png", WINDOW,
-                        base_rate=float(np.mean(base)) if base else None, title=f"DSRL-{args.algo.upper()} ({task})")
+                        base_rate=float(np.mean(base)) if base else None, evals=evals,
+                        title=f"DSRL-{args.algo.upper()} ({task})")
     summary = {"algo": args.algo, "episodes": len(history), "final_window_success": history[-1]["window_success"],
+               "final_eval_success": evals[-1][1] if evals else None,
                "updates": steering.agent.num_updates, "actor": str(out / "actor"),
                "wall_s": round(history[-1]["wall_s"], 1)}
     print(f"done: {summary}")
@@ -113,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_episode(env, policy, steering: PolicySteering, rng: np.random.Generator, seed: int,
-                 warmup: bool) -> dict:
+def _run_episode(env, policy, steering: PolicySteering, rng: np.random.Generator, seed: int, warmup: bool,
+                 reward_mode: str, deterministic: bool = False) -> dict:
     obs, _ = env.reset(seed=seed)
     rows = ChunkEpisode.start()
     steps, chunks, success, done = 0, 0, False, False
@@ -122,18 +134,27 @@ def _run_episode(env, policy, steering: PolicySteering, rng: np.random.Generator
         if warmup:
             noise, source = rng.standard_normal(policy.config.noise_shape).astype(np.float32), SOURCE_BASE
         else:
-            noise, source = steering.choose_noise(obs), SOURCE_ACTOR
+            noise, source = steering.choose_noise(obs, deterministic), SOURCE_ACTOR
         chunk = policy.act({k: v[None] for k, v in obs.items()}, noise)
-        start_obs, reward = obs, 0.0
+        start_obs, env_reward = obs, 0.0
         for action in chunk:
             obs, r, terminated, truncated, info = env.step(action)
-            reward, steps = reward + r, steps + 1
+            env_reward, steps = env_reward + r, steps + 1
             if terminated or truncated:
                 success, done = bool(info["success"]), True
                 break
-        rows.add_chunk(start_obs, noise, chunk, reward, terminal=success, source=source)
+        rows.add_chunk(start_obs, noise, chunk, chunk_reward(env_reward, success, reward_mode), terminal=success,
+                       source=source)
         chunks += 1
     return {"rows": rows.finish(obs), "success": success, "steps": steps, "chunks": chunks}
+
+
+def _evaluate_actor(env, policy, steering: PolicySteering, rng: np.random.Generator, episodes: int,
+                    reward_mode: str) -> float:
+    """Deterministic actor on held-out seeds (never stored, never trained on)."""
+    wins = [_run_episode(env, policy, steering, rng, seed=EVAL_SEED + i, warmup=False, reward_mode=reward_mode,
+                         deterministic=True)["success"] for i in range(episodes)]
+    return float(np.mean(wins))
 
 
 def _tensorboard(path: Path):

@@ -69,9 +69,9 @@ def ddim_sample(eps_model: EpsModel, noise: torch.Tensor, alpha_bars: torch.Tens
     for i, t in enumerate(steps):
         ab_t, ab_prev = ab[i], ab[i + 1]
         eps = eps_model(x, t)
-        x0 = ((x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)).clamp(-clip_x0, clip_x0)
-        eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
-        x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+        x0 = torch.add(x, eps, alpha=-math.sqrt(1 - ab_t)).mul_(1 / math.sqrt(ab_t)).clamp_(-clip_x0, clip_x0)
+        eps = torch.add(x, x0, alpha=-math.sqrt(ab_t)).mul_(1 / math.sqrt(1 - ab_t))
+        x = torch.add(x0.mul(math.sqrt(ab_prev)), eps, alpha=math.sqrt(1 - ab_prev))
     return x
 
 

@@ -128,9 +128,9 @@ class FiLMBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, hidden))
 
     def forward(self, h: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """film: this block's `self.film(cond)` output, precomputed so inference does it once per chunk."""
-        scale, shift = film.chunk(2, dim=-1)
-        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
+        """film: (1 + scale | shift) from `DiffusionPolicy.film_params`, precomputed once per chunk."""
+        scale_plus_one, shift = film.chunk(2, dim=-1)
+        return h + self.mlp(torch.addcmul(shift, self.norm(h), scale_plus_one))
 
 
 class DiffusionPolicy(nn.Module):
@@ -182,7 +182,7 @@ class DiffusionPolicy(nn.Module):
 
     # ---- denoiser ----------------------------------------------------------------------------------------
     def film_params(self, obs_feat: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
-        """Per-block FiLM (scale|shift): obs_feat (B, hidden), t (B,) -> [(B, 2H)], or t (S, 1) -> [(S, B, 2H)].
+        """Per-block FiLM (1 + scale | shift): obs_feat (B, hidden), t (B,) -> [(B, 2H)], or t (S, 1) -> [(S, B, 2H)].
 
         film(cat(obs, time)) is split as W_obs @ obs + (W_time @ time + b): the obs half is computed once per
         observation, not once per denoising step, which is what makes batched decoding cheap for the learner.
@@ -190,11 +190,13 @@ class DiffusionPolicy(nn.Module):
         t_feat = self.time_mlp(timestep_embedding(t.reshape(-1), self.config.time_embed_dim))
         t_feat = t_feat.view(*t.shape, -1)
         hidden = obs_feat.shape[-1]
+        # FiLM scales multiply (1 + scale): fold the 1 into the bias so the block does one fused addcmul.
+        one_then_zero = torch.cat([torch.ones(hidden), torch.zeros(hidden)]).to(obs_feat)
         films = []
         for block in self.blocks:
             weight = block.film.weight
             obs_part = obs_feat @ weight[:, :hidden].T
-            films.append(obs_part + torch.addmm(block.film.bias, t_feat.reshape(-1, hidden),
+            films.append(obs_part + torch.addmm(block.film.bias + one_then_zero, t_feat.reshape(-1, hidden),
                                                 weight[:, hidden:].T).view(*t_feat.shape[:-1], -1))
         return films
 

@@ -19,6 +19,7 @@ from dsrl_ros.core.dsrl import DSRL, DSRLConfig
 from dsrl_ros.core.policy import DiffusionPolicy
 
 ACTOR_FORMAT = "dsrl_ros.noise_actor/1"
+REWARD_MODES = ("success", "time_penalty")
 TRAINER_STATE = "trainer_state.pt"   # optimiser states + RNG: torch.save, read back with weights_only=True
 
 
@@ -35,6 +36,11 @@ class SteerConfig:
     lr: float = 3e-4
     init_temperature: float = 0.1
     target_entropy: float | None = None  # None: -noise_dim / 2
+    reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
+
+    def __post_init__(self) -> None:
+        if self.reward not in REWARD_MODES:
+            raise ValueError(f"reward: expected one of {REWARD_MODES}, got {self.reward!r}")
 
     def dsrl_config(self, obs_dim: int, noise_dim: int) -> DSRLConfig:
         target = -noise_dim / 2 if self.target_entropy is None else self.target_entropy
@@ -43,6 +49,14 @@ class SteerConfig:
                           noise_magnitude=self.noise_magnitude, gamma=self.gamma, tau=self.tau, lr=self.lr,
                           batch_size=self.batch_size, init_temperature=self.init_temperature,
                           target_entropy=target)
+
+
+def chunk_reward(env_reward_sum: float, success: bool, mode: str) -> float:
+    """RL reward of one chunk. "time_penalty" (as DSRL's real-robot runs): -1 per chunk until the chunk that
+    succeeds, which gets 0 and is terminal, so faster success is worth more and failure is clearly worse."""
+    if mode == "success":
+        return float(env_reward_sum)
+    return 0.0 if success else -1.0
 
 
 class PolicySteering:
