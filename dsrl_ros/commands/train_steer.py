@@ -2,7 +2,8 @@
 
 Warm-up episodes run the base policy with w ~ N(0, I); then the actor picks w per chunk. After each episode:
 append it to the zarr replay (episode-atomic), run `utd` gradient updates per executed chunk, checkpoint.
-Run directory: replay.zarr/, checkpoint/ (resume), actor/ (ship this), tb/, learning_curve.png, episodes.jsonl.
+Run directory: replay.zarr/, checkpoint/ (resume), actor/ (last), actor_best/ (best held-out evaluation), tb/,
+learning_curve.png, episodes.jsonl.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
                   "wall_s": (history[-1]["wall_s"] if history else 0.0) + time.time() - episode_start, **metrics}
         if args.eval_episodes and not warmup and (episode + 1) % args.eval_every == 0:
             record["eval_success"] = _evaluate_actor(env, policy, steering, rng, args.eval_episodes, config.reward)
+            best = max((h["eval_success"] for h in history if "eval_success" in h), default=-1.0)
+            if record["eval_success"] >= best:  # keep the actor with the best held-out evaluation so far
+                steering.save_actor(out / "actor_best", {"algo": args.algo, "episode": episode,
+                                                         "eval_success": record["eval_success"]})
         history.append(record)
         for key in ("success", "window_success", "updates_per_s", *metrics,
                     *(("eval_success",) if "eval_success" in record else ())):
