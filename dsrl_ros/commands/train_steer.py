@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -39,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-dim", type=int, default=SteerConfig.hidden_dim)
     p.add_argument("--batch-size", type=int, default=SteerConfig.batch_size)
     p.add_argument("--init-temperature", type=float, default=SteerConfig.init_temperature)
+    p.add_argument("--target-entropy", type=float, default=SteerConfig.target_entropy)
     p.add_argument("--reward", choices=["success", "time_penalty"], default=SteerConfig.reward)
     p.add_argument("--eval-every", type=int, default=10, help="episodes between deterministic evaluations")
     p.add_argument("--eval-episodes", type=int, default=10, help="held-out seeds per evaluation (0: none)")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     config = SteerConfig(algo=args.algo, noise_magnitude=args.noise_magnitude, hidden_dim=args.hidden_dim,
                          batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature,
-                         reward=args.reward)
+                         reward=args.reward, target_entropy=args.target_entropy)
     steering = PolicySteering(policy, config)
     c = policy.config
     schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     env.close()
     writer.close()
     steering.save_actor(out / "actor", {"algo": args.algo, "episodes": len(history), "base_policy": args.policy,
-                                        "seed": args.seed})
+                                        "seed": args.seed, "command": "dsrl-ros " + shlex.join(sys.argv[1:])})
     base = [h["success"] for h in history if h["warmup"]]
     evals = [(h["episode"] + 1, h["eval_success"]) for h in history if "eval_success" in h]
     plot_learning_curve([h["success"] for h in history], out / "learning_curve.png", WINDOW,

@@ -27,15 +27,16 @@ TRAINER_STATE = "trainer_state.pt"   # optimiser states + RNG: torch.save, read 
 class SteerConfig:
     algo: str = "na"
     noise_magnitude: float = 1.5
-    hidden_dim: int = 256
+    # Defaults = the settings behind the shipped sim actor (docs/results.md), sized for a 2-core CPU.
+    hidden_dim: int = 128
     num_layers: int = 3
-    batch_size: int = 256
-    utd: int = 20                      # gradient updates per executed chunk (RL step)
+    batch_size: int = 128
+    utd: int = 5                       # gradient updates per executed chunk (RL step)
     gamma: float = 0.99
     tau: float = 0.005
     lr: float = 3e-4
-    init_temperature: float = 0.1
-    target_entropy: float | None = None  # None: -noise_dim / 2
+    init_temperature: float = 0.01
+    target_entropy: float | None = 0.0   # None: -noise_dim / 2
     reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
 
     def __post_init__(self) -> None:
