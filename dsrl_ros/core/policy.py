@@ -150,6 +150,9 @@ class DiffusionPolicy(nn.Module):
         self.blocks = nn.ModuleList(FiLMBlock(c.hidden_dim, 2 * c.hidden_dim) for _ in range(c.num_blocks))
         self.out = nn.Sequential(nn.LayerNorm(c.hidden_dim), nn.Linear(c.hidden_dim, chunk_dim))
         self.register_buffer("alpha_bars", cosine_alpha_bars(c.num_train_steps).float(), persistent=False)
+        # FiLM multiplies by (1 + scale): folding the 1 into the bias lets each block do one fused addcmul.
+        self.register_buffer("film_one_then_zero", torch.cat([torch.ones(c.hidden_dim), torch.zeros(c.hidden_dim)]),
+                             persistent=False)
 
     # ---- observation -------------------------------------------------------------------------------------
     def validate_obs(self, obs: Mapping[str, torch.Tensor]) -> int:
@@ -190,13 +193,11 @@ class DiffusionPolicy(nn.Module):
         t_feat = self.time_mlp(timestep_embedding(t.reshape(-1), self.config.time_embed_dim))
         t_feat = t_feat.view(*t.shape, -1)
         hidden = obs_feat.shape[-1]
-        # FiLM scales multiply (1 + scale): fold the 1 into the bias so the block does one fused addcmul.
-        one_then_zero = torch.cat([torch.ones(hidden), torch.zeros(hidden)]).to(obs_feat)
         films = []
         for block in self.blocks:
             weight = block.film.weight
             obs_part = obs_feat @ weight[:, :hidden].T
-            films.append(obs_part + torch.addmm(block.film.bias + one_then_zero, t_feat.reshape(-1, hidden),
+            films.append(obs_part + torch.addmm(block.film.bias + self.film_one_then_zero, t_feat.reshape(-1, hidden),
                                                 weight[:, hidden:].T).view(*t_feat.shape[:-1], -1))
         return films
 
