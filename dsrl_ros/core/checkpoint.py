@@ -21,6 +21,7 @@ POLICY_FORMAT = "dsrl_ros.diffusion_policy/1"
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
+DEFAULT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"   # DSRL-NA actor for the base policy above
 
 
 def _write_atomic(path: Path, write) -> None:
