@@ -132,3 +132,35 @@ def test_eval_steer_reports_base_and_steered_on_the_same_seeds(tiny_policy_dir, 
     assert summary["agent"] == "steered_policy" and summary["episodes"] == 2
     for key in ("success_rate", "base_success_rate", "ci_low", "ci_high", "base_ci_low", "base_ci_high"):
         assert 0.0 <= summary[key] <= 1.0
+
+
+@pytest.mark.parametrize("algo", ["na", "sac"])
+def test_own_cnn_encoder_trains_through_the_td_critic_and_ships_with_the_actor(tiny_policy_dir, tmp_path, algo,
+                                                                               capsys):
+    out = tmp_path / f"cnn_{algo}"
+    assert cli_main(["train-steer", "--algo", algo, "--policy", str(tiny_policy_dir), "--out", str(out),
+                     "--episodes", "3", "--warmup-episodes", "2", "--utd", "2", "--batch-size", "8",
+                     "--hidden-dim", "32", "--encoder", "cnn", "--eval-episodes", "0", "--threads", "1"]) == 0
+    tensors = load_file(str(out / "actor" / "model.safetensors"))
+    assert any(k.startswith("encoder.image.") for k in tensors)
+    checkpoint = load_file(str(out / "checkpoint" / "model.safetensors"))
+    torch.manual_seed(0)
+    fresh = PolicySteering(DiffusionPolicy(TINY).eval(), SteerConfig(encoder="cnn", hidden_dim=32))
+    key = "encoder.mlp.0.weight"
+    assert not torch.equal(checkpoint[key], fresh.agent.state_dict()[key])  # the encoder did learn
+    capsys.readouterr()
+    assert cli_main(["eval", "--policy", str(tiny_policy_dir), "--steer", str(out / "actor"), "--episodes", "1",
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["agent"] == "steered_policy"
+
+
+def test_actor_update_leaves_the_encoder_alone():
+    torch.manual_seed(0)
+    steering = PolicySteering(DiffusionPolicy(TINY).eval(), SteerConfig(algo="sac", encoder="cnn", hidden_dim=32))
+    agent = steering.agent
+    obs = {"image": torch.randint(0, 256, (4, 84, 84, 3), dtype=torch.uint8), "proprio": torch.randn(4, 11)}
+    features = agent.encode(obs).detach()
+    before = {k: v.clone() for k, v in agent.encoder.state_dict().items()}
+    agent._update_actor_and_temperature(features)
+    for k, v in agent.encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=SteerConfig.batch_size)
     p.add_argument("--init-temperature", type=float, default=SteerConfig.init_temperature)
     p.add_argument("--target-entropy", type=float, default=SteerConfig.target_entropy)
+    p.add_argument("--encoder", choices=["base_features", "cnn"], default=SteerConfig.encoder,
+                   help="actor/critic input: the frozen base policy's features, or a CNN of the agent's own")
+    p.add_argument("--actor-lr", type=float, default=SteerConfig.actor_lr, help="default: the critics' lr")
     p.add_argument("--reward", choices=["success", "time_penalty"], default=SteerConfig.reward)
     p.add_argument("--eval-every", type=int, default=10, help="episodes between deterministic evaluations")
     p.add_argument("--eval-episodes", type=int, default=10, help="held-out seeds per evaluation (0: none)")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     config = SteerConfig(algo=args.algo, noise_magnitude=args.noise_magnitude, hidden_dim=args.hidden_dim,
                          batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature,
-                         reward=args.reward, target_entropy=args.target_entropy)
+                         reward=args.reward, target_entropy=args.target_entropy, actor_lr=args.actor_lr,
+                         encoder=args.encoder)
     steering = PolicySteering(policy, config)
     c = policy.config
     schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
@@ -90,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
         t0, metrics = time.time(), {}
         if not warmup or episode == args.warmup_episodes - 1:
             for _ in range(config.utd * result["chunks"]):
-                metrics = steering.agent.update(replay.sample(config.batch_size, rng,
-                                                              noise_known_only=args.algo == "sac"))
+                metrics = steering.agent.update(replay.sample(config.batch_size, rng, args.algo == "sac",
+                                                              raw_obs=config.encoder == "cnn"))
         updates_per_s = config.utd * result["chunks"] / max(time.time() - t0, 1e-9) if metrics else 0.0
         window.append(result["success"])
         record = {"episode": episode, "warmup": warmup, "success": result["success"], "steps": result["steps"],

@@ -84,8 +84,10 @@ class ChunkReplay:
             valid &= self.episodes.data["source"][:n] != SOURCE_EXTERNAL
         return np.flatnonzero(valid)
 
-    def sample(self, batch_size: int, rng: np.random.Generator,
-               noise_known_only: bool = False) -> dict[str, torch.Tensor]:
+    def sample(self, batch_size: int, rng: np.random.Generator, noise_known_only: bool = False,
+               raw_obs: bool = False) -> dict:
+        """obs / next_obs are the cached features, or with raw_obs {"image", "proprio"} tensors for an agent with
+        its own encoder (the cached features then come as base_obs / base_next_obs, for the base policy)."""
         candidates = self.transition_indices(noise_known_only)
         if len(candidates) == 0:
             raise ValueError("sample: no transitions in the replay yet")
@@ -94,7 +96,13 @@ class ChunkReplay:
         batch = {"obs": self.features[idx], "next_obs": self.features[idx + 1], "noise": d["noise"][idx],
                  "action": self.action_normalize(d["action"][idx]), "reward": d["reward"][idx],
                  "terminal": d["terminal"][idx]}
-        return {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in batch.items()}
+        batch = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in batch.items()}
+        if raw_obs:
+            batch["base_obs"], batch["base_next_obs"] = batch["obs"], batch["next_obs"]
+            for key, rows in (("obs", idx), ("next_obs", idx + 1)):
+                batch[key] = {"image": torch.from_numpy(d["image"][rows]),
+                              "proprio": torch.from_numpy(d["proprio"][rows])}
+        return batch
 
     @property
     def n_transitions(self) -> int:

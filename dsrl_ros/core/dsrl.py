@@ -15,7 +15,9 @@ are terminal, time-limit ends bootstrap.
   Temperature: minimise -log_alpha * (log pi(w|s) + target_entropy).
 
 Observations enter as feature vectors s (B, obs_dim): by default the frozen base policy's `encode_obs` output,
-so the noise actor sees what the base policy sees, and an update is pure MLP work.
+so the noise actor sees what the base policy sees, and an update is pure MLP work. Optionally an encoder of the
+agent's own (raw obs -> s) is trained through the TD critic's loss only; actor, Q^W and temperature see its
+output detached (as in DrQ). The base policy's decoder always gets the base policy's features (`base_obs`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class DSRLConfig:
     gamma: float = 0.99
     tau: float = 0.005
     lr: float = 3e-4
+    actor_lr: float | None = None        # None: same as lr
     batch_size: int = 256
     init_temperature: float = 1.0
     target_entropy: float = 0.0
@@ -61,7 +64,7 @@ class DSRLConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_critics < 2:
             raise ValueError(f"num_critics: expected >= 2 (min over an ensemble), got {self.num_critics}")
-        checks = {"noise_magnitude": self.noise_magnitude > 0, "gamma": 0 <= self.gamma <= 1,
+        checks = {"noise_magnitude": self.noise_magnitude > 0, "actor_lr": self.actor_lr is None or self.actor_lr > 0, "gamma": 0 <= self.gamma <= 1,
                   "tau": 0 < self.tau <= 1, "lr": self.lr > 0, "init_temperature": self.init_temperature > 0,
                   "distill_noise_fraction": 0 <= self.distill_noise_fraction <= 1}
         for name, ok in checks.items():
@@ -136,12 +139,13 @@ class NoiseActor(nn.Module):
 class DSRL(nn.Module):
     """Actor, critics (Q^W; plus Q^A for NA), their Polyak targets and the learned temperature."""
 
-    def __init__(self, config: DSRLConfig, decode: Decoder | None = None):
+    def __init__(self, config: DSRLConfig, decode: Decoder | None = None, encoder: nn.Module | None = None):
         super().__init__()
         if config.algo == "na" and decode is None:
             raise ValueError("decode: DSRL-NA needs the base policy's decoder pi_dp(s, w)")
         self.config, self.decode = config, decode
         c = config
+        self.encoder = encoder
         self.actor = NoiseActor(c)
         self.q_noise = CriticEnsemble(c.num_critics, c.obs_dim + c.noise_dim, c.hidden_dim, c.num_layers)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(c.init_temperature)))
@@ -151,8 +155,10 @@ class DSRL(nn.Module):
             critics = [self.q_action, self.q_noise]
         # TD-trained critic gets a target network: Q(s, w) for SAC, Q^A for NA (Q^W regresses, no target).
         self.q_target = copy.deepcopy(critics[0]).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.lr)
-        self.critic_opts = [torch.optim.Adam(q.parameters(), lr=c.lr) for q in critics]
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr or c.lr)
+        td_params = list(critics[0].parameters()) + (list(encoder.parameters()) if encoder is not None else [])
+        self.critic_opts = [torch.optim.Adam(td_params, lr=c.lr)] + [torch.optim.Adam(q.parameters(), lr=c.lr)
+                                                                    for q in critics[1:]]
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=c.lr)
         self.num_updates = 0
 
@@ -160,18 +166,35 @@ class DSRL(nn.Module):
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp().detach()
 
+    def encode(self, obs) -> torch.Tensor:
+        """Features (B, obs_dim) pass through; raw observations go through the agent's own encoder."""
+        return obs if self.encoder is None else self.encoder(obs)
+
     @torch.no_grad()
-    def act(self, s: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """s (B, obs_dim) -> w (B, noise_dim)."""
-        return self.actor(s, deterministic)[0]
+    def act(self, obs, deterministic: bool = False) -> torch.Tensor:
+        """obs: features (B, obs_dim) or raw observations for the encoder -> w (B, noise_dim)."""
+        if self.encoder is not None:
+            self.encoder.eval()   # batch statistics are meaningless at batch 1
+        w = self.actor(self.encode(obs), deterministic)[0]
+        if self.encoder is not None:
+            self.encoder.train()
+        return w
 
     # ---- one gradient step on a batch of chunk-level transitions --------------------------------------------
-    def update(self, batch: dict[str, torch.Tensor], update_actor: bool = True) -> dict[str, float]:
-        """batch: obs (B, obs_dim), noise (B, noise_dim), action (B, action_dim) normalised executed chunk,
-        reward (B,) summed over the chunk, next_obs (B, obs_dim), terminal (B,) 1.0 only on success."""
-        metrics = self._update_na_critics(batch) if self.config.algo == "na" else self._update_sac_critic(batch)
+    def update(self, batch: dict, update_actor: bool = True) -> dict[str, float]:
+        """batch: obs / next_obs (B, obs_dim) features, or raw observations when the agent has an encoder;
+        base_obs / base_next_obs the base policy's features for pi_dp (NA; default: obs / next_obs);
+        noise (B, noise_dim); action (B, action_dim) normalised executed chunk; reward (B,) summed over the chunk;
+        terminal (B,) 1.0 only on success."""
+        b = dict(batch)
+        b.setdefault("base_obs", batch["obs"])
+        b.setdefault("base_next_obs", batch["next_obs"])
+        b["obs"] = self.encode(batch["obs"])                 # with an encoder: trained by the TD loss below
+        with torch.no_grad():
+            b["next_obs"] = self.encode(batch["next_obs"])
+        metrics = self._update_na_critics(b) if self.config.algo == "na" else self._update_sac_critic(b)
         if update_actor:
-            metrics |= self._update_actor_and_temperature(batch["obs"])
+            metrics |= self._update_actor_and_temperature(b["obs"].detach())
         with torch.no_grad():  # Polyak average of the TD critic
             online = self.q_action if self.config.algo == "na" else self.q_noise
             for p_t, p in zip(self.q_target.parameters(), online.parameters()):
@@ -196,25 +219,26 @@ class DSRL(nn.Module):
         c = self.config
         with torch.no_grad():
             w_next, _ = self.actor(b["next_obs"])
-            a_next = self.decode(b["next_obs"], w_next)
+            a_next = self.decode(b["base_next_obs"], w_next)
             target = self._td_target(b["reward"], b["terminal"], self.q_target(b["next_obs"], a_next).min(0).values)
         q_a = self.q_action(b["obs"], b["action"])
         loss_a = F.mse_loss(q_a, target.expand_as(q_a))
         self._step(self.critic_opts[0], loss_a)
 
         # Distil: Q^W_i(s, w) regresses Q^A_i(s, pi_dp(s, w)) on noise the actor may produce.
-        obs = b["obs"]
+        obs = b["obs"].detach()
         n_gauss = round(c.distill_noise_fraction * obs.shape[0])
         with torch.no_grad():
             w_gauss = torch.randn(n_gauss, c.noise_dim, device=obs.device).clamp(-c.noise_magnitude,
                                                                                   c.noise_magnitude)
             w_actor, _ = self.actor(obs[n_gauss:])
             w = torch.cat([w_gauss, w_actor])
-            q_a_of_w = self.q_action(obs, self.decode(obs, w))
+            q_a_of_w = self.q_action(obs, self.decode(b["base_obs"], w))
         q_w = self.q_noise(obs, w)
         loss_w = F.mse_loss(q_w, q_a_of_w)
         self._step(self.critic_opts[1], loss_w)
-        return {"critic_loss": float(loss_a.detach()), "distill_loss": float(loss_w.detach()), "q_mean": float(q_a.detach().mean())}
+        return {"critic_loss": float(loss_a.detach()), "distill_loss": float(loss_w.detach()),
+                "q_mean": float(q_a.detach().mean())}
 
     def _update_actor_and_temperature(self, obs: torch.Tensor) -> dict[str, float]:
         w, logp = self.actor(obs)
@@ -223,7 +247,8 @@ class DSRL(nn.Module):
         self._step(self.actor_opt, actor_loss)
         alpha_loss = -(self.log_alpha * (logp.detach() + self.config.target_entropy)).mean()
         self._step(self.alpha_opt, alpha_loss)
-        return {"actor_loss": float(actor_loss.detach()), "alpha": float(self.alpha), "entropy": float(-logp.detach().mean())}
+        return {"actor_loss": float(actor_loss.detach()), "alpha": float(self.alpha),
+                "entropy": float(-logp.detach().mean())}
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

@@ -7,19 +7,22 @@ through `encode_obs` (its frozen observation features, the actor/critic input) a
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_config
 from dsrl_ros.core.dsrl import DSRL, DSRLConfig
-from dsrl_ros.core.policy import DiffusionPolicy
+from dsrl_ros.core.policy import DiffusionPolicy, ImageEncoder
 
 ACTOR_FORMAT = "dsrl_ros.noise_actor/1"
 REWARD_MODES = ("success", "time_penalty")
+ENCODERS = ("base_features", "cnn")
 TRAINER_STATE = "trainer_state.pt"   # optimiser states + RNG: torch.save, read back with weights_only=True
 
 
@@ -35,21 +38,45 @@ class SteerConfig:
     gamma: float = 0.99
     tau: float = 0.005
     lr: float = 3e-4
+    actor_lr: float | None = None        # None: same as lr
     init_temperature: float = 0.01
     target_entropy: float | None = 0.0   # None: -noise_dim / 2
     reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
+    encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own
+    encoder_dim: int = 128               # feature size of the "cnn" encoder
 
     def __post_init__(self) -> None:
         if self.reward not in REWARD_MODES:
             raise ValueError(f"reward: expected one of {REWARD_MODES}, got {self.reward!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder: expected one of {ENCODERS}, got {self.encoder!r}")
 
     def dsrl_config(self, obs_dim: int, noise_dim: int) -> DSRLConfig:
         target = -noise_dim / 2 if self.target_entropy is None else self.target_entropy
         return DSRLConfig(obs_dim=obs_dim, noise_dim=noise_dim, action_dim=noise_dim, algo=self.algo,
                           hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                           noise_magnitude=self.noise_magnitude, gamma=self.gamma, tau=self.tau, lr=self.lr,
+                          actor_lr=self.actor_lr,
                           batch_size=self.batch_size, init_temperature=self.init_temperature,
                           target_entropy=target)
+
+
+class SteeringObsEncoder(nn.Module):
+    """The agent's own observation encoder: small CNN (same design as the base policy's) + normalised proprio.
+
+    obs {"image": (B, H, W, 3) uint8, "proprio": (B, P) float32} -> (B, feature_dim). The proprio normaliser is
+    copied from the base policy and frozen (buffers), so both see proprio on the same scale.
+    """
+
+    def __init__(self, policy: DiffusionPolicy, feature_dim: int):
+        super().__init__()
+        self.image = ImageEncoder((16, 32), 64)
+        self.proprio_norm = copy.deepcopy(policy.proprio_norm)
+        self.mlp = nn.Sequential(nn.Linear(64 + policy.config.proprio_dim, feature_dim), nn.LayerNorm(feature_dim),
+                                 nn.Tanh())
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mlp(torch.cat([self.image(obs["image"]), self.proprio_norm.normalize(obs["proprio"])], dim=-1))
 
 
 def chunk_reward(env_reward_sum: float, success: bool, mode: str) -> float:
@@ -69,7 +96,10 @@ class PolicySteering:
         self.policy, self.config = policy.eval(), config
         self.noise_shape = policy.config.noise_shape
         noise_dim = int(np.prod(self.noise_shape))
-        self.agent = DSRL(config.dsrl_config(policy.config.hidden_dim, noise_dim), self.decode)
+        own = config.encoder == "cnn"
+        encoder = SteeringObsEncoder(policy, config.encoder_dim) if own else None
+        obs_dim = config.encoder_dim if own else policy.config.hidden_dim
+        self.agent = DSRL(config.dsrl_config(obs_dim, noise_dim), self.decode, encoder)
 
     # ---- the base policy as seen by DSRL ----------------------------------------------------------------------
     @torch.no_grad()
@@ -96,15 +126,26 @@ class PolicySteering:
 
     def choose_noise(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """One observation (image (H, W, 3), proprio (P,)) -> w (Ta, Da) float32 from the actor."""
-        feat = torch.as_tensor(self.features(obs["image"][None], obs["proprio"][None]))
-        return self.agent.act(feat, deterministic)[0].view(self.noise_shape).numpy()
+        if self.agent.encoder is not None:
+            agent_obs = {"image": torch.as_tensor(obs["image"])[None],
+                         "proprio": torch.as_tensor(obs["proprio"], dtype=torch.float32)[None]}
+        else:
+            agent_obs = torch.as_tensor(self.features(obs["image"][None], obs["proprio"][None]))
+        return self.agent.act(agent_obs, deterministic)[0].view(self.noise_shape).numpy()
+
+    def actor_tensors(self) -> dict[str, torch.Tensor]:
+        """What acting needs: the actor, plus the agent's own encoder (prefixed "encoder.") if it has one."""
+        tensors = dict(self.agent.actor.state_dict())
+        if self.agent.encoder is not None:
+            tensors |= {f"encoder.{k}": v for k, v in self.agent.encoder.state_dict().items()}
+        return tensors
 
     # ---- persistence -----------------------------------------------------------------------------------------
     def save_actor(self, directory: str | Path, metadata: dict | None = None) -> Path:
         """Actor only (what the steering node and `eval --steer` need): safetensors + JSON."""
         config = {"format": ACTOR_FORMAT, "steer": asdict(self.config), "noise_shape": list(self.noise_shape),
                   "obs_dim": self.agent.config.obs_dim, "metadata": metadata or {}}
-        return save_tensors_and_config(directory, self.agent.actor.state_dict(), config)
+        return save_tensors_and_config(directory, self.actor_tensors(), config)
 
     def save_checkpoint(self, directory: str | Path, trainer: dict) -> Path:
         """Everything to resume: all networks + temperature (safetensors), optimisers + RNG (weights-only .pt),
@@ -148,8 +189,14 @@ def load_actor(directory: str | Path, policy: DiffusionPolicy) -> PolicySteering
         raise ValueError(f"actor checkpoint {directory}: noise_shape {config['noise_shape']} does not match the "
                          f"base policy's {list(policy.config.noise_shape)}")
     steering = PolicySteering(policy, SteerConfig(**config["steer"]))
+    encoder = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
     try:
-        steering.agent.actor.load_state_dict(tensors, strict=True)
+        steering.agent.actor.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("encoder.")},
+                                             strict=True)
+        if steering.agent.encoder is not None or encoder:
+            if steering.agent.encoder is None:
+                raise RuntimeError("encoder tensors present but the config has no encoder")
+            steering.agent.encoder.load_state_dict(encoder, strict=True)
     except RuntimeError as err:
         raise ValueError(f"actor checkpoint {directory}: tensors do not match its config: {err}") from err
     return steering
