@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-entropy", type=float, default=SteerConfig.target_entropy)
     p.add_argument("--encoder", choices=["base_features", "cnn"], default=SteerConfig.encoder,
                    help="actor/critic input: the frozen base policy's features, or a CNN of the agent's own")
+    p.add_argument("--distill-steps", type=int, default=SteerConfig.distill_steps, help="NA: Q^W steps per update")
     p.add_argument("--actor-lr", type=float, default=SteerConfig.actor_lr, help="default: the critics' lr")
     p.add_argument("--reward", choices=["success", "time_penalty"], default=SteerConfig.reward)
     p.add_argument("--eval-every", type=int, default=10, help="episodes between deterministic evaluations")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = SteerConfig(algo=args.algo, noise_magnitude=args.noise_magnitude, hidden_dim=args.hidden_dim,
                          batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature,
                          reward=args.reward, target_entropy=args.target_entropy, actor_lr=args.actor_lr,
-                         encoder=args.encoder)
+                         encoder=args.encoder, distill_steps=args.distill_steps)
     steering = PolicySteering(policy, config)
     c = policy.config
     schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)

@@ -55,11 +55,12 @@ class DSRLConfig:
     init_temperature: float = 1.0
     target_entropy: float = 0.0
     distill_noise_fraction: float = 0.5  # NA: share of Q^W samples from N(0, I) (rest from the actor)
+    distill_steps: int = 1               # NA: Q^W regression steps (fresh noise each) per update
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"algo: expected one of {ALGOS}, got {self.algo!r}")
-        for name in ("obs_dim", "noise_dim", "action_dim", "hidden_dim", "num_layers", "batch_size"):
+        for name in ("obs_dim", "noise_dim", "action_dim", "hidden_dim", "num_layers", "batch_size", "distill_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_critics < 2:
@@ -228,15 +229,16 @@ class DSRL(nn.Module):
         # Distil: Q^W_i(s, w) regresses Q^A_i(s, pi_dp(s, w)) on noise the actor may produce.
         obs = b["obs"].detach()
         n_gauss = round(c.distill_noise_fraction * obs.shape[0])
-        with torch.no_grad():
-            w_gauss = torch.randn(n_gauss, c.noise_dim, device=obs.device).clamp(-c.noise_magnitude,
-                                                                                  c.noise_magnitude)
-            w_actor, _ = self.actor(obs[n_gauss:])
-            w = torch.cat([w_gauss, w_actor])
-            q_a_of_w = self.q_action(obs, self.decode(b["base_obs"], w))
-        q_w = self.q_noise(obs, w)
-        loss_w = F.mse_loss(q_w, q_a_of_w)
-        self._step(self.critic_opts[1], loss_w)
+        for _ in range(c.distill_steps):
+            with torch.no_grad():
+                w_gauss = torch.randn(n_gauss, c.noise_dim, device=obs.device).clamp(-c.noise_magnitude,
+                                                                                      c.noise_magnitude)
+                w_actor, _ = self.actor(obs[n_gauss:])
+                w = torch.cat([w_gauss, w_actor])
+                q_a_of_w = self.q_action(obs, self.decode(b["base_obs"], w))
+            q_w = self.q_noise(obs, w)
+            loss_w = F.mse_loss(q_w, q_a_of_w)
+            self._step(self.critic_opts[1], loss_w)
         return {"critic_loss": float(loss_a.detach()), "distill_loss": float(loss_w.detach()),
                 "q_mean": float(q_a.detach().mean())}
 

@@ -39,6 +39,7 @@ class SteerConfig:
     tau: float = 0.005
     lr: float = 3e-4
     actor_lr: float | None = None        # None: same as lr
+    distill_steps: int = 1               # NA: Q^W regression steps per update
     init_temperature: float = 0.01
     target_entropy: float | None = 0.0   # None: -noise_dim / 2
     reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
@@ -56,7 +57,7 @@ class SteerConfig:
         return DSRLConfig(obs_dim=obs_dim, noise_dim=noise_dim, action_dim=noise_dim, algo=self.algo,
                           hidden_dim=self.hidden_dim, num_layers=self.num_layers,
                           noise_magnitude=self.noise_magnitude, gamma=self.gamma, tau=self.tau, lr=self.lr,
-                          actor_lr=self.actor_lr,
+                          actor_lr=self.actor_lr, distill_steps=self.distill_steps,
                           batch_size=self.batch_size, init_temperature=self.init_temperature,
                           target_entropy=target)
 
