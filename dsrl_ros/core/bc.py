@@ -97,7 +97,7 @@ def train_bc(policy: DiffusionPolicy, episodes, config: BCConfig,
                 p_ema.lerp_(p, 1 - decay)
             for b_ema, b in zip(ema.buffers(), policy.buffers()):
                 b_ema.copy_(b)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step, losses[-1])
     policy.eval()
