@@ -16,6 +16,8 @@ from dsrl_ros.core.policy import DiffusionPolicy, ObsHistory
 
 # choose_noise(stacked_obs {key: (To, ...)}) -> w (Ta, Da) float32
 NoiseChooser = Callable[[dict[str, np.ndarray]], np.ndarray]
+# on_chunk(obs at the chunk's start, w, chunk (Ta, Da), env reward summed over the executed part, success)
+ChunkCallback = Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray, float, bool], None]
 
 
 class Env(Protocol):
@@ -29,6 +31,7 @@ class EpisodeResult:
     steps: int
     chunks: int
     total_reward: float
+    final_obs: dict[str, np.ndarray] = field(default_factory=dict)
     frames: list[np.ndarray] = field(default_factory=list)  # only with record_frames
 
 
@@ -39,7 +42,8 @@ def gaussian_noise(policy: DiffusionPolicy, rng: np.random.Generator) -> NoiseCh
 
 
 def run_episode(env: Env, policy: DiffusionPolicy, choose_noise: NoiseChooser, seed: int,
-                record_frames: bool = False) -> EpisodeResult:
+                record_frames: bool = False, on_chunk: ChunkCallback | None = None) -> EpisodeResult:
+    """One episode, chunk by chunk; `on_chunk` sees every decision (how the DSRL loop records transitions)."""
     obs, _ = env.reset(seed=seed)
     history = ObsHistory(policy.config.n_obs_steps)
     stacked = history.reset(obs)
@@ -48,17 +52,23 @@ def run_episode(env: Env, policy: DiffusionPolicy, choose_noise: NoiseChooser, s
         result.frames.append(obs["image"])
     done = False
     while not done:
-        chunk = policy.act(stacked, choose_noise(stacked))
+        start_obs, noise = obs, choose_noise(stacked)
+        chunk = policy.act(stacked, noise)
         result.chunks += 1
+        chunk_reward = 0.0
         for action in chunk:
             obs, reward, terminated, truncated, info = env.step(action)
             stacked = history.push(obs)
             result.steps += 1
-            result.total_reward += float(reward)
+            chunk_reward += float(reward)
             if record_frames:
                 result.frames.append(obs["image"])
             if terminated or truncated:
                 result.success = bool(info.get("success", False))
                 done = True
                 break
+        result.total_reward += chunk_reward
+        if on_chunk is not None:
+            on_chunk(start_obs, noise, chunk, chunk_reward, result.success)
+    result.final_obs = obs
     return result

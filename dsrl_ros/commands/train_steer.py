@@ -24,6 +24,7 @@ from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, read_conf
 from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, ChunkEpisode, ChunkReplay, chunk_schema
 from dsrl_ros.core.steering import PolicySteering, SteerConfig, chunk_reward, rng_from_json, rng_state_json
 from dsrl_ros.plotting import plot_learning_curve
+from dsrl_ros.rollout import gaussian_noise, run_episode
 
 WINDOW = 20
 EVAL_SEED = 50_000_000   # held-out evaluation seeds, far from training (seed * 1_000_003 + episode)
@@ -140,26 +141,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_episode(env, policy, steering: PolicySteering, rng: np.random.Generator, seed: int, warmup: bool,
                  reward_mode: str, deterministic: bool = False) -> dict:
-    obs, _ = env.reset(seed=seed)
+    """One episode with w ~ N(0, I) (warm-up) or the actor's w, recorded as chunk-level rows."""
     rows = ChunkEpisode.start()
-    steps, chunks, success, done = 0, 0, False, False
-    while not done:
-        if warmup:
-            noise, source = rng.standard_normal(policy.config.noise_shape).astype(np.float32), SOURCE_BASE
-        else:
-            noise, source = steering.choose_noise(obs, deterministic), SOURCE_ACTOR
-        chunk = policy.act({k: v[None] for k, v in obs.items()}, noise)
-        start_obs, env_reward = obs, 0.0
-        for action in chunk:
-            obs, r, terminated, truncated, info = env.step(action)
-            env_reward, steps = env_reward + r, steps + 1
-            if terminated or truncated:
-                success, done = bool(info["success"]), True
-                break
+    source = SOURCE_BASE if warmup else SOURCE_ACTOR
+    choose = gaussian_noise(policy, rng) if warmup else (
+        lambda stacked: steering.choose_noise({k: v[-1] for k, v in stacked.items()}, deterministic))
+
+    def record(start_obs, noise, chunk, env_reward, success):
         rows.add_chunk(start_obs, noise, chunk, chunk_reward(env_reward, success, reward_mode), terminal=success,
                        source=source)
-        chunks += 1
-    return {"rows": rows.finish(obs), "success": success, "steps": steps, "chunks": chunks}
+
+    result = run_episode(env, policy, choose, seed, on_chunk=record)
+    return {"rows": rows.finish(result.final_obs), "success": result.success, "steps": result.steps,
+            "chunks": result.chunks}
 
 
 def _evaluate_actor(env, policy, steering: PolicySteering, rng: np.random.Generator, episodes: int,
