@@ -19,7 +19,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 Schema = dict[str, tuple[tuple[int, ...], str]]   # key -> (per-step shape, numpy dtype name)
-FORMAT = "dsrl_ros.episode_store/1"
+FORMAT = "dsrl_ros.episode_store/2"   # /2: counters in one "committed" attribute
 IMAGE_CHUNK_STEPS = 256      # ~one episode of images per chunk: appends touch few files
 LOWDIM_CHUNK_STEPS = 4096
 
@@ -95,7 +95,7 @@ class EpisodeStore:
         group.create_group("meta").create_array("episode_ends", shape=(0,), chunks=(LOWDIM_CHUNK_STEPS,),
                                                 dtype="int64", fill_value=0)
         group.attrs.update({"format": FORMAT, "schema": {k: [list(s), d] for k, (s, d) in schema.items()},
-                            "n_episodes": 0, "n_steps": 0, "meta": {}})
+                            "committed": [0, 0], "meta": {}})
         return cls(group, path, writable=True)
 
     @classmethod
@@ -127,7 +127,8 @@ class EpisodeStore:
     # ---- committed state (what readers may see) --------------------------------------------------------------
     def _committed(self) -> tuple[int, int]:
         attrs = self._group.attrs
-        return int(attrs["n_episodes"]), int(attrs["n_steps"])
+        n_episodes, n_steps = attrs["committed"]
+        return int(n_episodes), int(n_steps)
 
     def __len__(self) -> int:
         return self._committed()[0]
@@ -180,8 +181,9 @@ class EpisodeStore:
         ends = self._group["meta/episode_ends"]
         ends.resize((n_episodes + 1,))
         ends[n_episodes] = n_steps + length
-        # The commit point: a single attrs write (one JSON document, replaced atomically on a local store).
-        self._group.attrs.update({"n_episodes": n_episodes + 1, "n_steps": n_steps + length})
+        # The commit point: one attribute key, so one write of the group's JSON document (replaced atomically on a
+        # local store). Two keys would be two writes, and a kill between them would leave counts that disagree.
+        self._group.attrs["committed"] = [n_episodes + 1, n_steps + length]
         return n_episodes
 
     def _before_commit(self) -> None:
