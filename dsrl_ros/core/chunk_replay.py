@@ -61,6 +61,7 @@ class ChunkReplay:
 
     def __init__(self, episodes: RamEpisodes, encode: Encoder, action_normalize: Callable[[np.ndarray], np.ndarray]):
         self.episodes, self.encode, self.action_normalize = episodes, encode, action_normalize
+        self._indices: dict[bool, np.ndarray] = {}
         data = episodes.data
         self.features = (encode(data["image"], data["proprio"]) if episodes.n_steps
                          else np.zeros((0, 0), np.float32))
@@ -71,11 +72,17 @@ class ChunkReplay:
 
     def add_episode(self, episode: dict[str, np.ndarray]) -> None:
         self.episodes.append_episode(episode)
+        self._indices.clear()   # transition indices change only here; sampling reuses them between episodes
         new = self.encode(episode["image"], episode["proprio"])
         self.features = new if self.features.size == 0 else np.concatenate([self.features, new])
 
     def transition_indices(self, noise_known_only: bool = False) -> np.ndarray:
         """Rows k that have a next row in their episode (not an episode's final-observation row)."""
+        if noise_known_only not in self._indices:
+            self._indices[noise_known_only] = self._compute_transition_indices(noise_known_only)
+        return self._indices[noise_known_only]
+
+    def _compute_transition_indices(self, noise_known_only: bool) -> np.ndarray:
         n = self.episodes.n_steps
         is_last = np.zeros(n, bool)
         is_last[self.episodes.episode_ends - 1] = True
