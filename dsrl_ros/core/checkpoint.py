@@ -82,3 +82,27 @@ def load_policy(directory: str | Path = DEFAULT_BASE_POLICY, device: str | torch
         raise ValueError(f"checkpoint {directory}: tensors do not match the config: {err}") from err
     policy.requires_grad_(False)
     return policy.eval().to(device)
+
+
+SHIPPED_PREFIX = "shipped:"
+
+
+def resolve_checkpoint(spec: str) -> Path:
+    """A checkpoint directory, or `shipped:<name>` for one that ships inside the package."""
+    if spec.startswith(SHIPPED_PREFIX):
+        name = spec.removeprefix(SHIPPED_PREFIX)
+        path = PACKAGE_CHECKPOINTS / name
+        if not path.is_dir():
+            shipped = sorted(p.name for p in PACKAGE_CHECKPOINTS.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"checkpoint {spec!r}: no shipped checkpoint {name!r}; shipped: {shipped}")
+        return path
+    return Path(spec)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """"auto": the GPU when torch sees one, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but torch sees no CUDA GPU (use 'auto' or 'cpu')")
+    return torch.device(spec)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_config
@@ -101,6 +103,8 @@ class PolicySteering:
         encoder = SteeringObsEncoder(policy, config.encoder_dim) if own else None
         obs_dim = config.encoder_dim if own else policy.config.hidden_dim
         self.agent = DSRL(config.dsrl_config(obs_dim, noise_dim), self.decode, encoder)
+        self.device = policy.alpha_bars.device      # the agent lives where the frozen policy does
+        self.agent.to(self.device)
 
     # ---- the base policy as seen by DSRL ----------------------------------------------------------------------
     @torch.no_grad()
@@ -108,10 +112,10 @@ class PolicySteering:
         """image (N, H, W, 3) uint8, proprio (N, P) -> frozen base-policy features (N, hidden) float32."""
         out = []
         for i in range(0, len(image), batch):
-            obs = {"image": torch.as_tensor(image[i:i + batch])[:, None],
-                   "proprio": torch.as_tensor(proprio[i:i + batch], dtype=torch.float32)[:, None]}
+            obs = {"image": torch.as_tensor(image[i:i + batch], device=self.device)[:, None],
+                   "proprio": torch.as_tensor(proprio[i:i + batch], dtype=torch.float32, device=self.device)[:, None]}
             self.policy.validate_obs(obs)
-            out.append(self.policy.encode_obs(obs).numpy())
+            out.append(self.policy.encode_obs(obs).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.policy.config.hidden_dim), np.float32)
 
     def decode(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -122,17 +126,17 @@ class PolicySteering:
     def normalize_actions(self, chunks: np.ndarray) -> np.ndarray:
         """(N, Ta*Da) robot units -> normalised, as Q^A sees executed chunks."""
         with torch.no_grad():
-            t = torch.as_tensor(chunks, dtype=torch.float32).view(-1, *self.noise_shape)
-            return self.policy.action_norm.normalize(t).flatten(1).numpy()
+            t = torch.as_tensor(chunks, dtype=torch.float32, device=self.device).view(-1, *self.noise_shape)
+            return self.policy.action_norm.normalize(t).flatten(1).cpu().numpy()
 
     def choose_noise(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """One observation (image (H, W, 3), proprio (P,)) -> w (Ta, Da) float32 from the actor."""
         if self.agent.encoder is not None:
-            agent_obs = {"image": torch.as_tensor(obs["image"])[None],
-                         "proprio": torch.as_tensor(obs["proprio"], dtype=torch.float32)[None]}
+            agent_obs = {"image": torch.as_tensor(obs["image"], device=self.device)[None],
+                         "proprio": torch.as_tensor(obs["proprio"], dtype=torch.float32, device=self.device)[None]}
         else:
-            agent_obs = torch.as_tensor(self.features(obs["image"][None], obs["proprio"][None]))
-        return self.agent.act(agent_obs, deterministic)[0].view(self.noise_shape).numpy()
+            agent_obs = torch.as_tensor(self.features(obs["image"][None], obs["proprio"][None]), device=self.device)
+        return self.agent.act(agent_obs, deterministic)[0].view(self.noise_shape).cpu().numpy()
 
     def actor_tensors(self) -> dict[str, torch.Tensor]:
         """What acting needs: the actor, plus the agent's own encoder (prefixed "encoder.") if it has one."""
@@ -142,11 +146,18 @@ class PolicySteering:
         return tensors
 
     # ---- persistence -----------------------------------------------------------------------------------------
+    def actor_config(self, metadata: dict | None = None) -> dict:
+        return {"format": ACTOR_FORMAT, "steer": asdict(self.config), "noise_shape": list(self.noise_shape),
+                "obs_dim": self.agent.config.obs_dim, "metadata": metadata or {}}
+
     def save_actor(self, directory: str | Path, metadata: dict | None = None) -> Path:
         """Actor only (what the steering node and `eval --steer` need): safetensors + JSON."""
-        config = {"format": ACTOR_FORMAT, "steer": asdict(self.config), "noise_shape": list(self.noise_shape),
-                  "obs_dim": self.agent.config.obs_dim, "metadata": metadata or {}}
-        return save_tensors_and_config(directory, self.actor_tensors(), config)
+        return save_tensors_and_config(directory, self.actor_tensors(), self.actor_config(metadata))
+
+    def actor_payload(self, metadata: dict | None = None) -> tuple[bytes, str]:
+        """The actor as (safetensors bytes, config JSON): what the learner publishes to the steering node."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.actor_tensors().items()}
+        return safetensors_save(tensors), json.dumps(self.actor_config(metadata))
 
     def save_checkpoint(self, directory: str | Path, trainer: dict) -> Path:
         """Everything to resume: all networks + temperature (safetensors), optimisers + RNG (weights-only .pt),
@@ -184,12 +195,31 @@ class PolicySteering:
 def load_actor(directory: str | Path, policy: DiffusionPolicy) -> PolicySteering:
     """A PolicySteering whose actor comes from `save_actor` output (critics untrained: inference only)."""
     tensors, config = load_tensors_and_config(directory)
-    if config.get("format") != ACTOR_FORMAT:
-        raise ValueError(f"actor checkpoint {directory}: format expected {ACTOR_FORMAT!r}, got {config.get('format')!r}")
-    if tuple(config["noise_shape"]) != policy.config.noise_shape:
-        raise ValueError(f"actor checkpoint {directory}: noise_shape {config['noise_shape']} does not match the "
+    return actor_from_tensors(tensors, config, policy, where=f"actor checkpoint {directory}")
+
+
+def actor_from_bytes(safetensors_bytes: bytes, config_json: str, policy: DiffusionPolicy) -> PolicySteering:
+    """The same from `PolicySteering.actor_payload()` as it crossed a process (ROS message): no pickle."""
+    try:
+        tensors, config = safetensors_load(bytes(safetensors_bytes)), json.loads(config_json)
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign bytes
+        raise ValueError(f"actor weights: not a safetensors file + JSON config ({err})") from err
+    return actor_from_tensors(tensors, config, policy, where="actor weights")
+
+
+def actor_from_tensors(tensors: dict[str, torch.Tensor], config: dict, policy: DiffusionPolicy,
+                       where: str) -> PolicySteering:
+    if not isinstance(config, dict) or config.get("format") != ACTOR_FORMAT:
+        got = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{where}: format expected {ACTOR_FORMAT!r}, got {got!r}")
+    if tuple(config.get("noise_shape", ())) != policy.config.noise_shape:
+        raise ValueError(f"{where}: noise_shape {config.get('noise_shape')} does not match the "
                          f"base policy's {list(policy.config.noise_shape)}")
-    steering = PolicySteering(policy, SteerConfig(**config["steer"]))
+    try:
+        steer_config = SteerConfig(**config["steer"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{where}: config 'steer' is not a steering config ({err})") from err
+    steering = PolicySteering(policy, steer_config)
     encoder = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
     try:
         steering.agent.actor.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("encoder.")},
@@ -199,7 +229,7 @@ def load_actor(directory: str | Path, policy: DiffusionPolicy) -> PolicySteering
                 raise RuntimeError("encoder tensors present but the config has no encoder")
             steering.agent.encoder.load_state_dict(encoder, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"actor checkpoint {directory}: tensors do not match its config: {err}") from err
+        raise ValueError(f"{where}: tensors do not match its config: {err}") from err
     return steering
 
 

@@ -144,6 +144,12 @@ class ArmEnv:
         # Pointing down (Rz(yaw) Ry(pi)), the hand's y axis is (-sin yaw, cos yaw, 0) in the world.
         return self.data.site_xpos[self._grip_site].copy(), float(np.arctan2(-mat[0, 1], mat[1, 1]))
 
+    def ee_quaternion(self) -> np.ndarray:
+        """Orientation of the grip site, (w, x, y, z)."""
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._grip_site])
+        return quat
+
     def gripper_width(self) -> float:
         return float(self.data.qpos[self._finger_qpos].sum())
 

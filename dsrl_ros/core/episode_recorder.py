@@ -1,0 +1,149 @@
+"""Chunk-level replay episodes assembled from the decision stream of a running robot (no ROS import).
+
+A decision k of an episode is identified by (episode, seq) and arrives as three separate pieces, on three
+topics, in any order: the observation it was made on, the action chunk (with the noise w and where w came
+from), and the chunk's result (reward, steps). The episode ends with an outcome (success / failure / timeout /
+aborted) and a final observation. `EpisodeRecorder` pairs the pieces exactly by seq and, once an ended episode is
+complete, hands back its rows in the `chunk_replay` layout; an episode still incomplete `grace_s` after its end
+(a message was lost, a node restarted mid-episode) is dropped with a reason, never stored half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dsrl_ros.core.chunk_replay import ChunkEpisode
+from dsrl_ros.core.steering import chunk_reward
+
+OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_TIMEOUT, OUTCOME_ABORTED = "success", "failure", "timeout", "aborted"
+OUTCOMES = (OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_TIMEOUT, OUTCOME_ABORTED)
+
+
+@dataclass
+class _Decision:
+    obs: dict[str, np.ndarray] | None = None
+    noise: np.ndarray | None = None
+    action: np.ndarray | None = None
+    source: int | None = None
+    reward: float | None = None
+
+
+@dataclass
+class _Episode:
+    decisions: dict[int, _Decision] = field(default_factory=dict)
+    final_obs: dict[str, np.ndarray] | None = None
+    outcome: str | None = None
+    ended_at: float | None = None
+
+    def decision(self, seq: int) -> _Decision:
+        return self.decisions.setdefault(seq, _Decision())
+
+
+@dataclass
+class Completed:
+    """An episode the recorder finished with: rows to store (None when dropped) and why."""
+
+    episode: int
+    rows: dict[str, np.ndarray] | None
+    outcome: str
+    chunks: int
+    reason: str = ""
+
+
+class EpisodeRecorder:
+    def __init__(self, chunk_dim: int, reward_mode: str, grace_s: float = 3.0, max_open_episodes: int = 4):
+        self.chunk_dim, self.reward_mode, self.grace_s = chunk_dim, reward_mode, grace_s
+        self.max_open_episodes = max_open_episodes
+        self._episodes: dict[int, _Episode] = {}
+        self._forgotten: list[Completed] = []
+
+    # ---- the pieces, in any order -------------------------------------------------------------------------------
+    def observation(self, episode: int, seq: int, obs: dict[str, np.ndarray], final: bool) -> None:
+        ep = self._open(episode)
+        if final:
+            ep.final_obs = obs
+        else:
+            ep.decision(seq).obs = obs
+
+    def chunk(self, episode: int, seq: int, noise: np.ndarray, action: np.ndarray, source: int) -> None:
+        if noise.size != self.chunk_dim or action.size != self.chunk_dim:
+            raise ValueError(f"chunk: expected noise and actions of {self.chunk_dim} numbers, "
+                             f"got {noise.size} and {action.size}")
+        d = self._open(episode).decision(seq)
+        d.noise, d.action, d.source = noise.astype(np.float32).ravel(), action.astype(np.float32).ravel(), source
+
+    def result(self, episode: int, seq: int, reward: float) -> None:
+        self._open(episode).decision(seq).reward = float(reward)
+
+    def end(self, episode: int, outcome: str, now: float) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome: expected one of {OUTCOMES}, got {outcome!r}")
+        ep = self._open(episode)
+        ep.outcome, ep.ended_at = outcome, now
+
+    # ---- completion ------------------------------------------------------------------------------------------
+    def poll(self, now: float) -> list[Completed]:
+        """Ended episodes that are complete (rows) or past their grace period (dropped), oldest first."""
+        done, self._forgotten = self._forgotten, []
+        for number in sorted(self._episodes):
+            ep = self._episodes[number]
+            if ep.outcome is None:
+                continue
+            if ep.outcome == OUTCOME_ABORTED:
+                done.append(Completed(number, None, ep.outcome, 0, "aborted by the operator"))
+                continue
+            missing = self._missing(ep)
+            if not missing:
+                done.append(Completed(number, self._rows(ep), ep.outcome, len(self._executed(ep))))
+            elif now - ep.ended_at >= self.grace_s:
+                done.append(Completed(number, None, ep.outcome, 0, f"incomplete after {self.grace_s:.0f} s: {missing}"))
+        for c in done:
+            self._episodes.pop(c.episode, None)
+        return done
+
+    def _executed(self, ep: _Episode) -> list[int]:
+        """Decisions that got an action chunk, in order (a trailing observation without a chunk was cut off by
+        the episode's end and is not a decision)."""
+        return sorted(seq for seq, d in ep.decisions.items() if d.action is not None)
+
+    def _missing(self, ep: _Episode) -> str:
+        executed = self._executed(ep)
+        if not executed:
+            return "no executed chunk"
+        if ep.final_obs is None:
+            return "final observation"
+        for seq in executed:
+            d = ep.decisions[seq]
+            if d.obs is None:
+                return f"observation of decision {seq}"
+            if d.reward is None:
+                return f"result of decision {seq}"
+        stray = [seq for seq, d in ep.decisions.items() if d.action is None and seq < executed[-1]]
+        if stray:
+            return f"action chunk of decision {stray[0]}"
+        return ""
+
+    def _rows(self, ep: _Episode) -> dict[str, np.ndarray]:
+        rows = ChunkEpisode.start()
+        executed = self._executed(ep)
+        for seq in executed:
+            d = ep.decisions[seq]
+            success = ep.outcome == OUTCOME_SUCCESS and seq == executed[-1]
+            rows.add_chunk(d.obs, d.noise, d.action, chunk_reward(d.reward, success, self.reward_mode),
+                           terminal=success, source=d.source)
+        return rows.finish(ep.final_obs)
+
+    def _open(self, episode: int) -> _Episode:
+        if episode not in self._episodes and len(self._episodes) >= self.max_open_episodes:
+            # Pieces of an episode that never ended (a node restarted): forget the oldest, bounded memory.
+            oldest = min(self._episodes)
+            del self._episodes[oldest]
+            self._forgotten.append(Completed(oldest, None, OUTCOME_ABORTED, 0, "never ended"))
+        return self._episodes.setdefault(int(episode), _Episode())
+
+    @property
+    def open_episodes(self) -> list[int]:
+        return sorted(self._episodes)
+

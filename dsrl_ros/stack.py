@@ -1,0 +1,60 @@
+"""The node graph, defined once: which nodes run for a robot config, with which parameters.
+
+Both launchers build from here: `dsrl-ros up` (our supervisor, one process per node, no ROS install needed)
+and `launch/dsrl.launch.py` (`ros2 launch` on a robot PC). No rclpy import: the graph is plain data.
+
+  sim robot:  sim_robot, episode_manager, policy, steering, learner
+  real robot: episode_manager, policy, steering, learner  (+ the arm's and camera's own drivers)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsrl_ros.config import StackConfig
+
+NODE_EXECUTABLES = ("sim_robot", "episode_manager", "policy", "steering", "learner")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node: `name` is its ROS node name, its executable (`ros2 run dsrl_ros <name>`) and the module
+    `dsrl_ros.nodes.<name>`."""
+
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        return f"dsrl_ros.nodes.{self.name}"
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        """The process the supervisor starts: the same node `ros2 run` starts, parameters as ROS arguments."""
+        args = [python, "-m", self.module, "--ros-args", "-r", f"__node:={self.name}"]
+        for key, value in self.parameters.items():
+            args += ["-p", f"{key}:={_ros_arg(value)}"]
+        return args
+
+
+def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: float = 1.0) -> list[NodeSpec]:
+    """The nodes for this robot config; every node gets the config file's absolute path."""
+    path = str(Path(config_path).resolve())
+    sim = config.robot.kind == "sim"
+    learners = ["policy", "steering", "learner"]
+    nodes = []
+    if sim:
+        nodes.append(NodeSpec("sim_robot", {"robot_config": path, "realtime_factor": float(realtime_factor)}))
+    nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(learners)}))
+    nodes += [NodeSpec(name, {"robot_config": path}) for name in learners]
+    return nodes
+
+
+def _ros_arg(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

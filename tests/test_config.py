@@ -1,0 +1,80 @@
+"""Robot configs: every shipped file validates; every bad field gets one error naming it."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dsrl_ros.config import ConfigError, load_config
+from dsrl_ros.stack import NODE_EXECUTABLES, build_graph
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("robot_configs/*.yaml"))
+
+
+def test_the_shipped_configs_are_the_expected_robots():
+    assert {p.stem for p in CONFIGS} == {"sim_arm", "franka_fr3", "franka_panda", "ur5e"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_validate(path):
+    config = load_config(path)
+    assert len(config.joints.position_lower) == len(config.joints.names)
+    assert config.ros.discovery_range == "LOCALHOST"   # DDS stays on the machine unless a user says otherwise
+    assert config.control.execute_steps >= 1 and config.camera.topic.startswith("/")
+
+
+def test_sim_config_matches_the_shipped_policy():
+    from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint
+    from dsrl_ros.config import check_policy_fits_config
+
+    config = load_config("robot_configs/sim_arm.yaml")
+    check_policy_fits_config(load_policy(resolve_checkpoint(config.policy.checkpoint)).config, config)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learner.utd=-1", "learner.utd: expected updates per transition > 0, got -1.0"),
+    ("learner.utdd=5", "learner.utdd: unknown key; expected one of"),
+    ("control.rate_hz=fast", "control.rate_hz: expected a finite number, got 'fast'"),
+    ("control.execute_steps=2.5", "control.execute_steps: expected an integer, got 2.5"),
+    ("camera.encoding=bgr8", "camera.encoding: expected 'rgb8'"),
+    ("action.low=[-1, -1]", "action.low: expected 5 values (one per action.names)"),
+    ("joints.velocity_limit=[1, 1, 1, 1, 1, 1, 0]", "joints.velocity_limit[6]: expected a speed > 0, got 0"),
+    ("robot.kind=toy", "robot.kind: expected one of ['sim', 'real']"),
+    ("episode.auto_reset=yes please", "episode.auto_reset: expected true or false"),
+    ("learner.seed=[1]", "learner.seed: expected an integer, got [1]"),
+    ("ros.domain_id=300", "ros.domain_id: expected 0..232"),
+    ("nonsense", "override 'nonsense': expected section.key=value"),
+])
+def test_a_bad_value_gets_one_error_naming_the_field(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("robot_configs/sim_arm.yaml", [override])
+    assert message in str(err.value) and str(err.value).startswith("robot_configs/sim_arm.yaml: ")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_section_and_missing_required_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("robot: {name: x, kind: sim}\ngripper: {}\n")
+    with pytest.raises(ConfigError, match="gripper: unknown key"):
+        load_config(bad)
+    data = yaml.safe_load(Path("robot_configs/sim_arm.yaml").read_text())
+    bad.write_text(yaml.safe_dump(data | {"learner": 3}))
+    with pytest.raises(ConfigError, match="learner: expected a mapping"):
+        load_config(bad)
+    bad.write_text("robot: {name: x, kind: sim}\n")
+    with pytest.raises(ConfigError, match="joints: missing"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_the_graph_for_sim_and_real_robots(tmp_path):
+    sim = build_graph(load_config("robot_configs/sim_arm.yaml"), "robot_configs/sim_arm.yaml", 2.0)
+    assert [n.name for n in sim] == ["sim_robot", "episode_manager", "policy", "steering", "learner"]
+    assert set(n.name for n in sim) <= set(NODE_EXECUTABLES)
+    assert all(Path(n.parameters["robot_config"]).is_absolute() for n in sim)
+    cmd = sim[0].command("python")
+    assert cmd[:5] == ["python", "-m", "dsrl_ros.nodes.sim_robot", "--ros-args", "-r"]
+    assert "realtime_factor:=2.0" in cmd
+    real = build_graph(load_config("robot_configs/franka_fr3.yaml"), "robot_configs/franka_fr3.yaml")
+    assert [n.name for n in real] == ["episode_manager", "policy", "steering", "learner"]

@@ -1,0 +1,146 @@
+"""The learner's core without ROS: exact pairing of a decision stream, and the asynchronous trainer."""
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNAL
+from dsrl_ros.core.episode_recorder import EpisodeRecorder
+from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
+from dsrl_ros.core.steering import PolicySteering, SteerConfig, actor_from_bytes
+
+TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
+                    num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
+                    time_embed_dim=16)
+STEER = SteerConfig(hidden_dim=32, num_layers=2, batch_size=16)
+CHUNK = TINY.chunk_len * TINY.action_dim
+
+
+def obs(t):
+    return {"image": np.full((84, 84, 3), t, np.uint8), "proprio": np.full(11, t, np.float32)}
+
+
+def feed_episode(recorder, episode, n_chunks, outcome="success", order=None, now=0.0, skip=()):
+    """Decision k: obs value 10k, noise k, action 100 + k, reward 0.5k; pieces in a scrambled order."""
+    seqs = [1000 * episode + k for k in range(n_chunks)]
+    pieces = []
+    for k, seq in enumerate(seqs):
+        pieces += [("obs", k, seq), ("chunk", k, seq), ("result", k, seq)]
+    pieces = [p for p in pieces if (p[0], p[1]) not in skip]
+    for i in (order or np.random.default_rng(episode).permutation(len(pieces))):
+        kind, k, seq = pieces[i]
+        if kind == "obs":
+            recorder.observation(episode, seq, obs(10 * k), final=False)
+        elif kind == "chunk":
+            recorder.chunk(episode, seq, np.full(CHUNK, k, np.float32), np.full(CHUNK, 100 + k, np.float32),
+                           SOURCE_ACTOR if k % 2 else SOURCE_BASE)
+        else:
+            recorder.result(episode, seq, 0.5 * k)
+    recorder.observation(episode, 10**9, obs(99), final=True)
+    recorder.end(episode, outcome, now)
+
+
+def test_recorder_pairs_pieces_by_seq_whatever_their_order():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty")
+    feed_episode(recorder, 3, n_chunks=4)
+    (done,) = recorder.poll(now=0.0)
+    rows = done.rows
+    assert done.episode == 3 and done.outcome == "success" and done.chunks == 4
+    assert len(rows["image"]) == 5                                       # 4 decisions + the final observation
+    for k in range(4):
+        assert rows["image"][k].max() == 10 * k and rows["noise"][k][0] == k and rows["action"][k][0] == 100 + k
+    assert rows["source"].tolist() == [SOURCE_BASE, SOURCE_ACTOR, SOURCE_BASE, SOURCE_ACTOR, SOURCE_EXTERNAL]
+    assert rows["reward"].tolist() == [-1, -1, -1, 0, 0]                 # time penalty, 0 on the success chunk
+    assert rows["terminal"].tolist() == [0, 0, 0, 1, 0]
+    assert rows["image"][4].max() == 99
+    assert recorder.open_episodes == []
+
+
+def test_timeouts_bootstrap_and_env_reward_mode_sums():
+    recorder = EpisodeRecorder(CHUNK, "success")
+    feed_episode(recorder, 1, n_chunks=3, outcome="timeout")
+    (done,) = recorder.poll(now=0.0)
+    assert done.rows["reward"].tolist() == [0.0, 0.5, 1.0, 0.0] and not done.rows["terminal"].any()
+
+
+def test_incomplete_episodes_wait_for_their_grace_then_drop_and_aborted_ones_drop():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty", grace_s=2.0)
+    feed_episode(recorder, 1, n_chunks=3, skip={("result", 1)}, now=10.0)
+    assert recorder.poll(now=11.0) == []                                 # the result may still be on its way
+    (dropped,) = recorder.poll(now=12.5)
+    assert dropped.rows is None and "result of decision 1001" in dropped.reason
+    feed_episode(recorder, 2, n_chunks=2, outcome="aborted")
+    (aborted,) = recorder.poll(now=0.0)
+    assert aborted.rows is None and "aborted" in aborted.reason
+
+
+def test_a_trailing_observation_cut_off_by_the_end_is_not_a_decision():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty")
+    recorder.observation(5, 5099, obs(1), final=False)                   # decision asked, episode ended first
+    feed_episode(recorder, 5, n_chunks=2, outcome="failure")
+    (done,) = recorder.poll(now=0.0)
+    assert done.chunks == 2 and len(done.rows["image"]) == 3
+
+
+def test_episodes_that_never_end_are_forgotten_not_kept_forever():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty", max_open_episodes=2)
+    for episode in (1, 2, 3):
+        recorder.observation(episode, episode, obs(0), final=False)
+    forgotten = recorder.poll(now=0.0)
+    assert [f.episode for f in forgotten] == [1] and recorder.open_episodes == [2, 3]
+
+
+def _episode_rows(n_chunks, seed):
+    recorder = EpisodeRecorder(CHUNK, "time_penalty")
+    feed_episode(recorder, seed, n_chunks)
+    return recorder.poll(now=0.0)[0].rows
+
+
+def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(TINY).eval()
+    published = []
+    settings = LearnerSettings(warmup_episodes=2, utd=3.0, publish_every_updates=5, checkpoint_every_s=0.5)
+    learner = AsyncLearner(PolicySteering(policy, STEER), tmp_path, settings,
+                           lambda v, n, payload, cfg: published.append((v, n, payload, cfg)), log=lambda s: None)
+    learner.start()
+    learner.add_episode(_episode_rows(3, seed=1), {"outcome": "success"})
+    time.sleep(0.3)
+    assert learner.num_updates == 0 and not learner.training             # warm-up: no updates yet
+    learner.add_episode(_episode_rows(4, seed=2), {"outcome": "success"})
+    deadline = time.monotonic() + 60
+    while learner.num_updates < 21 and time.monotonic() < deadline:      # utd 3 x 7 transitions
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert learner.num_updates == 21                                     # and no more: the ratio holds
+    assert [v for v, *_ in published] == [1, 2, 3, 4] and published[-1][1] == 20
+    version, _, payload, config_json = published[-1]
+    steering = actor_from_bytes(payload, config_json, policy)            # what the steering node does
+    assert json.loads(config_json)["metadata"]["version"] == version
+    w = steering.choose_noise(obs(3), deterministic=True)
+    assert w.shape == (4, 5) and np.isfinite(w).all()
+    learner.stop()
+    assert (tmp_path / "checkpoint").is_symlink() and len(list(tmp_path.glob("ckpt_*"))) == 1
+    lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
+    assert [json.loads(x)["episode"] for x in lines] == [0, 1]
+
+    resumed = AsyncLearner(PolicySteering(policy, STEER), tmp_path, settings, lambda *a: published.append(a),
+                           log=lambda s: None)
+    assert resumed.resumed_from == 21 and resumed.actor_version == 4 and resumed.n_episodes == 2
+    assert resumed.n_transitions == 7
+    resumed.publish_current()
+    assert published[-1][0] == 4                                         # the restarted steering node gets v4
+
+
+def test_actor_bytes_that_are_not_safetensors_are_refused():
+    import pytest
+
+    policy = DiffusionPolicy(TINY).eval()
+    with pytest.raises(ValueError, match="actor weights: not a safetensors file"):
+        actor_from_bytes(b"\x80\x04pickle", "{}", policy)
+    payload, config_json = PolicySteering(policy, STEER).actor_payload()
+    with pytest.raises(ValueError, match="actor weights: format expected"):
+        actor_from_bytes(payload, json.dumps({"format": "other"}), policy)
