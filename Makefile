@@ -12,9 +12,15 @@ export MUJOCO_GL ?= egl
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The ROS interface package (dsrl_interfaces) is built with plain cmake into the venv; editing a message rebuilds.
+INTERFACES := ros2_ws/src/dsrl_interfaces
+INTERFACE_SRCS := $(wildcard $(INTERFACES)/msg/*.msg) $(INTERFACES)/package.xml $(INTERFACES)/CMakeLists.txt \
+	ros2_ws/build_interfaces.py
+
+$(STAMP): pyproject.toml $(INTERFACE_SRCS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ros-build]'
+	$(PY) ros2_ws/build_interfaces.py
 	touch $(STAMP)
 
 test: $(STAMP)

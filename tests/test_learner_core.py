@@ -132,7 +132,7 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
     assert resumed.resumed_from == 21 and resumed.actor_version == 4 and resumed.n_episodes == 2
     assert resumed.n_transitions == 7
     resumed.publish_current()
-    assert published[-1][0] == 4                                         # the restarted steering node gets v4
+    assert published[-1][0] == 5 and published[-1][1] == 21             # the resumed weights, as a new version
 
 
 def test_actor_bytes_that_are_not_safetensors_are_refused():

@@ -140,19 +140,18 @@ class AsyncLearner:
 
     def _publish_locked(self) -> None:
         self.actor_version += 1
-        payload, config_json = self.steering.actor_payload({"version": self.actor_version,
-                                                            "num_updates": self.num_updates})
-        self.steering.save_actor(self.run_dir / "actor", {"version": self.actor_version,
-                                                          "num_updates": self.num_updates})
-        self.on_actor(self.actor_version, self.num_updates, payload, config_json)
+        metadata = {"version": self.actor_version, "num_updates": self.num_updates}
+        self.steering.save_actor(self.run_dir / "actor", metadata)
+        # Checkpoint before publishing: a version number names one set of weights, across restarts too.
+        self._checkpoint_locked()
+        self.on_actor(self.actor_version, self.num_updates, *self.steering.actor_payload(metadata))
 
     def publish_current(self) -> None:
-        """Re-publishes the latest version (after a restart), if there is one."""
+        """After a restart: the resumed weights as the next version (the checkpoint may hold more updates than
+        the last published version had), so the steering node is in step with the learner at once."""
         with self._lock:
             if self.actor_version > 0:
-                payload, config_json = self.steering.actor_payload({"version": self.actor_version,
-                                                                    "num_updates": self.num_updates})
-                self.on_actor(self.actor_version, self.num_updates, payload, config_json)
+                self._publish_locked()
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def _checkpoint_locked(self) -> None:

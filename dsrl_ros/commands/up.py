@@ -1,0 +1,158 @@
+"""`dsrl-ros up <robot config>`: run the whole node graph, one process per node, until Ctrl-C or --episodes.
+
+Prints one line per finished episode (episode, outcome, windowed success, actor version, learner updates/s,
+control rate); with --episodes it stops after that many, writes <run dir>/learning_curve.png and summary.json,
+and with --json prints the summary as the last line. The run directory (learner.run_dir, or --run-dir) holds
+the replay, checkpoints, the resolved config (stack_config.yaml) and each node's log (logs/<node>.log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from dsrl_ros.config import load_config
+from dsrl_ros.nodes.ros_io import ros_environment
+from dsrl_ros.stack import build_graph
+from dsrl_ros.supervisor import Supervisor
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run the node graph for a robot config (one process per node, restarts)")
+    p.add_argument("config", help="robot config YAML, e.g. robot_configs/sim_arm.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set learner.utd=10")
+    p.add_argument("--run-dir", default=None, help="run directory (default: the config's learner.run_dir)")
+    p.add_argument("--episodes", type=int, default=0, help="stop after this many episodes (0: run until Ctrl-C)")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0: no limit)")
+    p.add_argument("--realtime-factor", type=float, default=1.0, help="sim only: control ticks x wall time")
+    p.add_argument("--window", type=int, default=20, help="episodes per success-rate window")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    if args.run_dir:
+        overrides.append(f"learner.run_dir={args.run_dir}")
+    if args.episodes:
+        overrides.append(f"episode.max_episodes={args.episodes}")
+    config = load_config(args.config, overrides)
+    run_dir = Path(config.learner.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = run_dir / "stack_config.yaml"
+    resolved.write_text(f"# resolved from {args.config} {' '.join(overrides)}\n"
+                        + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    env = ros_environment(config)
+    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
+                                           "FASTDDS_BUILTIN_TRANSPORTS", "RMW_IMPLEMENTATION") if k in env})
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    from dsrl_ros.monitor import StackMonitor
+
+    stop_requested = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("dsrl_supervisor")
+    monitor = StackMonitor(node)
+    specs = build_graph(config, resolved, args.realtime_factor)
+    supervisor = Supervisor(specs, env, run_dir / "logs")
+    print(f"dsrl-ros up: {config.robot.name} ({config.robot.kind}), ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
+          f"discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']}, run dir {run_dir}")
+    supervisor.start()
+    print(f"[supervisor] {supervisor.status_line()}")
+    started, printed = time.monotonic(), 0
+    first_status = None
+    try:
+        while not stop_requested and supervisor.fatal is None:
+            rclpy.spin_once(node, timeout_sec=0.1)
+            supervisor.poll()
+            if first_status is None and monitor.status is not None:
+                first_status = monitor.status
+            while printed < len(monitor.records):
+                printed += 1
+                print(_progress_line(monitor.records[:printed], args, supervisor), flush=True)
+            if args.episodes and printed >= args.episodes:
+                _wait_for_learner(node, monitor, first_status, args.episodes)
+                break
+            if args.max_minutes and time.monotonic() - started >= 60 * args.max_minutes:
+                print(f"[supervisor] --max-minutes {args.max_minutes:g} reached")
+                break
+    finally:
+        print("[supervisor] stopping all nodes ...", flush=True)
+        supervisor.stop()
+        print(f"[supervisor] {supervisor.status_line()}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+    if supervisor.fatal is not None:
+        print(f"dsrl-ros up: error: {supervisor.fatal}", file=sys.stderr)
+        return 2
+    summary = _summary(monitor, args, time.monotonic() - started, supervisor, run_dir)
+    print(f"summary: {json.dumps(summary)}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _window(records: list, size: int) -> int:
+    return max(1, min(size, len(records) // 2 or 1))
+
+
+def _progress_line(records: list, args: argparse.Namespace, supervisor: Supervisor) -> str:
+    r = records[-1]
+    w = min(args.window, len(records))
+    rate = sum(x.success for x in records[-w:]) / w
+    total = f"/{args.episodes}" if args.episodes else ""
+    restarts = {c.spec.name: c.restarts for c in supervisor.children if c.restarts}
+    return (f"episode {len(records):4d}{total}  {r.outcome:8s} {r.steps:3d} steps  success(last {w}) {rate:4.0%}  "
+            f"actor v{r.actor_version:<3d}  learner {r.learner_updates_per_s:5.1f} upd/s ({r.learner_updates} upd)  "
+            f"control {r.control_hz:5.1f} Hz" + (f"  restarts {restarts}" if restarts else ""))
+
+
+def _wait_for_learner(node, monitor, first_status, episodes: int, timeout_s: float = 20.0) -> None:
+    """The last episode is committed a moment after it ends: wait for the learner to report it."""
+    import rclpy
+
+    base = first_status.episodes if first_status is not None else 0
+    target = base + sum(r.outcome != "aborted" for r in monitor.records[:episodes])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (monitor.status is None or monitor.status.episodes < target):
+        rclpy.spin_once(node, timeout_sec=0.1)
+
+
+def _summary(monitor, args, wall_s: float, supervisor: Supervisor, run_dir: Path) -> dict:
+    from dsrl_ros.plotting import plot_learning_curve
+
+    records = monitor.records[: args.episodes] if args.episodes else monitor.records
+    w = _window(records, args.window)
+    successes = [r.success for r in records]
+    status = monitor.status
+    summary = {
+        "episodes": len(records),
+        "window": w,
+        "success_rate_first_window": sum(successes[:w]) / w if records else None,
+        "success_rate_last_window": sum(successes[-w:]) / w if records else None,
+        "actor_version": status.actor_version if status else 0,
+        "transitions": status.transitions if status else 0,
+        "stored_episodes": status.episodes if status else 0,
+        "learner_updates": status.num_updates if status else 0,
+        "control_hz_median": sorted(r.control_hz for r in records)[len(records) // 2] if records else None,
+        "restarts": {c.spec.name: c.restarts for c in supervisor.children},
+        "wall_s": round(wall_s, 1),
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if records:
+        curve = plot_learning_curve(successes, run_dir / "learning_curve.png", w,
+                                    title=f"DSRL through the ROS 2 graph ({len(records)} episodes)")
+        summary["learning_curve"] = str(curve)
+    return summary

@@ -1,0 +1,62 @@
+"""The supervisor's window on the running graph: a small rclpy node that follows episodes and the learner.
+
+Per finished episode it records the outcome, the actor version and learner state at that moment, and the
+effective control rate (actions executed per second of the episode's running time, decision pauses included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus
+from dsrl_ros.nodes.ros_io import CHUNK_RESULT, EPISODE, LEARNER_STATUS, qos, stamp_ns
+
+OUTCOME_NAMES = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure",
+                 EpisodeEvent.OUTCOME_TIMEOUT: "timeout", EpisodeEvent.OUTCOME_ABORTED: "aborted"}
+
+
+@dataclass
+class EpisodeRecord:
+    episode: int
+    outcome: str
+    steps: int
+    control_hz: float
+    actor_version: int
+    learner_updates: int
+    learner_updates_per_s: float
+
+    @property
+    def success(self) -> bool:
+        return self.outcome == "success"
+
+
+class StackMonitor:
+    def __init__(self, node):
+        q = qos()
+        self.node = node
+        self.records: list[EpisodeRecord] = []
+        self.status: LearnerStatus | None = None
+        self._running: dict[int, tuple[int, int]] = {}      # episode -> (running stamp ns, steps executed)
+        node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["latched"])
+        node.create_subscription(ChunkResult, CHUNK_RESULT, self._on_result, q["decision"])
+        node.create_subscription(LearnerStatus, LEARNER_STATUS, self._on_status, q["status"])
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        if msg.state == EpisodeEvent.STATE_RUNNING:
+            self._running[msg.episode] = (stamp_ns(msg.header.stamp), 0)
+        elif msg.state == EpisodeEvent.STATE_ENDED and msg.episode in self._running:
+            start_ns, steps = self._running.pop(msg.episode)
+            seconds = max((stamp_ns(msg.header.stamp) - start_ns) / 1e9, 1e-9)
+            s = self.status
+            self.records.append(EpisodeRecord(
+                episode=msg.episode, outcome=OUTCOME_NAMES.get(msg.outcome, "none"), steps=steps,
+                control_hz=steps / seconds, actor_version=s.actor_version if s else 0,
+                learner_updates=s.num_updates if s else 0, learner_updates_per_s=s.updates_per_s if s else 0.0))
+
+    def _on_result(self, msg: ChunkResult) -> None:
+        if msg.episode in self._running:
+            start_ns, steps = self._running[msg.episode]
+            self._running[msg.episode] = (start_ns, steps + msg.steps_executed)
+
+    def _on_status(self, msg: LearnerStatus) -> None:
+        self.status = msg

@@ -1,0 +1,124 @@
+"""learner: records the robot's decisions into the zarr replay and trains DSRL asynchronously.
+
+Subscribes to the decision stream (Observation, ActionChunk, ChunkResult, EpisodeEvent), pairs the pieces of each
+decision exactly by (episode, seq) (`EpisodeRecorder`), and commits each finished episode to
+`<learner.run_dir>/replay.zarr` (episode-atomic). Training runs in a background thread (`AsyncLearner`:
+DSRL-NA by default, DSRL-SAC with learner.algo: sac) at learner.utd updates per transition; every
+learner.publish_every_updates updates it publishes the actor on /dsrl/actor_weights (safetensors bytes + JSON,
+latched) and /dsrl/learner_status once a second. Restarted, it resumes from its checkpoint and republishes the
+current actor.
+"""
+
+from __future__ import annotations
+
+import array
+import time
+
+import torch
+
+from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Observation
+from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
+from dsrl_ros.core.episode_recorder import (OUTCOME_ABORTED, OUTCOME_FAILURE, OUTCOME_SUCCESS, OUTCOME_TIMEOUT,
+                                            EpisodeRecorder)
+from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.steering import PolicySteering, SteerConfig
+from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
+                                   float32_array, guarded, image_to_array, qos, run_node)
+
+OUTCOME_NAMES = {EpisodeEvent.OUTCOME_SUCCESS: OUTCOME_SUCCESS, EpisodeEvent.OUTCOME_FAILURE: OUTCOME_FAILURE,
+                 EpisodeEvent.OUTCOME_TIMEOUT: OUTCOME_TIMEOUT, EpisodeEvent.OUTCOME_ABORTED: OUTCOME_ABORTED}
+
+
+class LearnerNode(ConfiguredNode):
+    def __init__(self):
+        super().__init__("learner")
+        c, lc = self.config, self.config.learner
+        device = resolve_device(lc.device)
+        if device.type == "cpu":
+            torch.set_num_threads(1)   # the other nodes need the remaining cores
+        torch.manual_seed(lc.seed)
+        self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), device)
+        steer = SteerConfig(algo=lc.algo, noise_magnitude=lc.noise_magnitude, hidden_dim=lc.hidden_dim,
+                            batch_size=lc.batch_size, init_temperature=lc.init_temperature,
+                            target_entropy=lc.target_entropy, reward=lc.reward)
+        q = qos()
+        self.weights_pub = self.create_publisher(ActorWeights, ACTOR_WEIGHTS, q["latched"])
+        self.status_pub = self.create_publisher(LearnerStatus, LEARNER_STATUS, q["status"])
+        settings = LearnerSettings(warmup_episodes=lc.warmup_episodes, utd=lc.utd,
+                                   publish_every_updates=lc.publish_every_updates,
+                                   checkpoint_every_s=lc.checkpoint_every_s, seed=lc.seed)
+        self.learner = AsyncLearner(PolicySteering(self.policy, steer), lc.run_dir, settings, self._publish_actor,
+                                    log=self.get_logger().info)
+        pc = self.policy.config
+        self.recorder = EpisodeRecorder(pc.chunk_len * pc.action_dim, lc.reward)
+        sub = self.create_subscription
+        sub(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation), q["decision"])
+        sub(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk), q["decision"])
+        sub(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result), q["decision"])
+        sub(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode), q["latched"])
+        self.create_timer(0.1, self._commit_finished)
+        self.create_timer(1.0, self._publish_status)
+        self.learner.publish_current()
+        self.learner.start()
+        self.get_logger().info(f"DSRL-{lc.algo.upper()} on {device}, replay {lc.run_dir}/replay.zarr: "
+                               f"{self.learner.n_episodes} episodes, {self.learner.n_transitions} transitions")
+
+    # ---- the decision stream -----------------------------------------------------------------------------------
+    def _on_observation(self, msg: Observation) -> None:
+        pc = self.policy.config
+        height, width = pc.image_shape[:2]
+        obs = {"image": image_to_array(msg.image, width, height).copy(),
+               "proprio": float32_array(msg.proprio, "observation.proprio", pc.proprio_dim).copy()}
+        self.recorder.observation(msg.episode, msg.seq, obs, msg.final)
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        n = self.policy.config.chunk_len * self.policy.config.action_dim
+        self.recorder.chunk(msg.episode, msg.seq, float32_array(msg.noise, "action_chunk.noise", n).copy(),
+                            float32_array(msg.actions, "action_chunk.actions", n).copy(), int(msg.noise_source))
+
+    def _on_result(self, msg: ChunkResult) -> None:
+        self.recorder.result(msg.episode, msg.seq, msg.reward)
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        if msg.state == EpisodeEvent.STATE_ENDED and msg.outcome in OUTCOME_NAMES:
+            self.recorder.end(msg.episode, OUTCOME_NAMES[msg.outcome], time.monotonic())
+
+    def _commit_finished(self) -> None:
+        for done in self.recorder.poll(time.monotonic()):
+            if done.rows is None:
+                self.get_logger().warning(f"episode {done.episode} not stored: {done.reason}")
+                continue
+            index = self.learner.add_episode(done.rows, {"robot_episode": done.episode, "outcome": done.outcome,
+                                                         "chunks": done.chunks})
+            self.get_logger().info(f"stored episode {done.episode} as #{index} ({done.outcome}, {done.chunks} "
+                                   f"chunks); {self.learner.n_transitions} transitions")
+
+    # ---- outputs -----------------------------------------------------------------------------------------------
+    def _publish_actor(self, version: int, num_updates: int, payload: bytes, config_json: str) -> None:
+        msg = ActorWeights(version=version, num_updates=num_updates, config_json=config_json)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.safetensors = array.array("B", payload)   # array.array: no per-element conversion
+        self.weights_pub.publish(msg)
+
+    def _publish_status(self) -> None:
+        ln = self.learner
+        msg = LearnerStatus(actor_version=ln.actor_version, num_updates=ln.num_updates,
+                            updates_per_s=float(ln.updates_per_s()), episodes=ln.n_episodes,
+                            transitions=ln.n_transitions, training=ln.training)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.status_pub.publish(msg)
+
+    def close(self) -> None:
+        self._commit_finished()
+        if self.recorder.open_episodes:
+            self.get_logger().info(f"episodes in flight, not stored: {self.recorder.open_episodes}")
+        self.learner.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(LearnerNode, "learner", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

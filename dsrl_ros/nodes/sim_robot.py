@@ -1,0 +1,142 @@
+"""sim_robot: the embedded MuJoCo arm as a robot looks to ROS.
+
+Publishes the camera (sensor_msgs/Image rgb8), joint states (sensor_msgs/JointState: 7 arm joints + `gripper`,
+its opening in m) and the end-effector pose (geometry_msgs/PoseStamped) every control tick; executes incoming
+action chunks one action per tick; after a chunk's last executed action (or the episode's end inside it)
+publishes its ChunkResult. While it has nothing to execute the arm holds still: physics pauses and the sensors
+keep streaming the current state. Reset: the `/sim_robot/reset` service (std_srvs/Trigger); episode i resets
+with seed robot.sim_seed + i.
+
+Parameter `realtime_factor` (default 1.0): control ticks run at control.rate_hz x this factor of wall time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+
+from dsrl_interfaces.msg import ActionChunk, ChunkResult
+from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, SIM_RESET_SERVICE, array_to_image, float32_array,
+                                   guarded, qos, run_node)
+
+GRIPPER_JOINT = "gripper"
+
+
+class SimRobotNode(ConfiguredNode):
+    def __init__(self):
+        super().__init__("sim_robot")
+        c = self.config
+        if c.robot.kind != "sim":
+            raise ValueError(f"robot.kind: sim_robot needs 'sim', got {c.robot.kind!r}")
+        if c.camera.width != c.camera.height:
+            raise ValueError(f"camera.height: the sim renders square images, expected {c.camera.width}, "
+                             f"got {c.camera.height}")
+        from dsrl_ros.sim import make_env
+
+        self.env = make_env(c.robot.sim_task, image_size=c.camera.width, max_steps=c.control.max_episode_steps,
+                            control_hz=c.control.rate_hz)
+        if self.env.action_dim != len(c.action.names):
+            raise ValueError(f"action.names: the sim arm takes {self.env.action_dim} numbers, "
+                             f"got {len(c.action.names)}")
+        self.joint_names = [*c.joints.names, GRIPPER_JOINT]
+        factor = float(self.declare_parameter("realtime_factor", 1.0).value)
+        if factor <= 0:
+            raise ValueError(f"realtime_factor: expected > 0, got {factor}")
+        q = qos()
+        self.image_pub = self.create_publisher(Image, c.camera.topic, q["status"])
+        self.joint_pub = self.create_publisher(JointState, c.proprio.joint_states_topic, q["status"])
+        self.pose_pub = (self.create_publisher(PoseStamped, c.proprio.ee_pose_topic, q["status"])
+                         if c.proprio.ee_pose_topic else None)
+        self.result_pub = self.create_publisher(ChunkResult, CHUNK_RESULT, q["decision"])
+        self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk),
+                                 q["decision"])
+        self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
+        self.resets = 0
+        self.queue: deque[np.ndarray] = deque()
+        self.chunk: ActionChunk | None = None
+        self.chunk_steps, self.chunk_reward, self.episode_over = 0, 0.0, True
+        self.obs, _ = self.env.reset(seed=c.robot.sim_seed)
+        self.create_timer(1.0 / (c.control.rate_hz * factor), self._tick)
+        self.get_logger().info(f"sim arm '{c.robot.sim_task}' at {c.control.rate_hz:g} Hz x {factor:g}, "
+                               f"camera {c.camera.width} px on {c.camera.topic}")
+
+    # ---- inputs ------------------------------------------------------------------------------------------------
+    def _on_reset(self, request, response):
+        seed = self.config.robot.sim_seed + self.resets
+        self.resets += 1
+        self.obs, _ = self.env.reset(seed=seed)
+        self.queue.clear()
+        self.chunk, self.episode_over = None, False
+        self._publish_obs()
+        response.success, response.message = True, f"reset with seed {seed}"
+        return response
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        dim = self.env.action_dim
+        if msg.action_dim != dim or msg.chunk_len < 1:
+            raise ValueError(f"action_chunk: expected action_dim {dim} and chunk_len >= 1, got {msg.action_dim} "
+                             f"and {msg.chunk_len}")
+        actions = float32_array(msg.actions, "action_chunk.actions", msg.chunk_len * dim).reshape(-1, dim)
+        if not 1 <= msg.execute_steps <= msg.chunk_len:
+            raise ValueError(f"action_chunk.execute_steps: expected 1..{msg.chunk_len}, got {msg.execute_steps}")
+        if self.episode_over:
+            self.get_logger().warning(f"chunk {msg.seq} arrived after the episode ended: ignored")
+            return
+        if self.queue:
+            self.get_logger().warning(f"chunk {msg.seq} replaces chunk {self.chunk.seq} with {len(self.queue)} "
+                                      f"actions left")
+        self.queue = deque(actions[: msg.execute_steps])
+        self.chunk, self.chunk_steps, self.chunk_reward = msg, 0, 0.0
+
+    # ---- the control tick --------------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if not self.queue:
+            self._publish_obs()            # holding still; the sensors keep streaming
+            return
+        self.obs, reward, terminated, truncated, _ = self.env.step(self.queue.popleft())
+        self.chunk_steps += 1
+        self.chunk_reward += reward
+        stamp = self._publish_obs()
+        if terminated or truncated:
+            self.queue.clear()
+            self.episode_over = True
+        if not self.queue:
+            result = ChunkResult(seq=self.chunk.seq, episode=self.chunk.episode, steps_executed=self.chunk_steps,
+                                 reward=float(self.chunk_reward), success=bool(terminated),
+                                 truncated=bool(truncated))
+            result.header.stamp = stamp
+            self.result_pub.publish(result)
+
+    def _publish_obs(self):
+        stamp = self.get_clock().now().to_msg()
+        self.image_pub.publish(array_to_image(self.obs["image"], stamp, "camera_color_optical_frame"))
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = self.joint_names
+        proprio = self.obs["proprio"].astype(np.float64)
+        joints.position = proprio[:8].tolist()          # 7 joint angles + gripper opening
+        self.joint_pub.publish(joints)
+        if self.pose_pub is not None:
+            pose = PoseStamped()
+            pose.header.stamp, pose.header.frame_id = stamp, "world"
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = proprio[8:11].tolist()
+            o = pose.pose.orientation
+            o.w, o.x, o.y, o.z = self.env.ee_quaternion().tolist()
+            self.pose_pub.publish(pose)
+        return stamp
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(SimRobotNode, "sim_robot", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""steering: the DSRL actor. Observation -> noise vector w for the frozen policy, one per decision.
+
+Answers every (non-final) Observation with a Noise message carrying the same (episode, seq) and stamp. Until the
+learner has published an actor (version 0) it draws w ~ N(0, I) and marks it SOURCE_BASE: the base policy's own
+behaviour, without making the policy node wait for its deadline. Actor versions arrive on /dsrl/actor_weights
+(safetensors bytes, latched, so a restarted steering node picks up the current one at once) and are swapped in
+between two decisions; a version that fails to load is logged and the previous actor stays in use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dsrl_interfaces.msg import ActorWeights, Noise, Observation
+from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
+from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
+from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, float32_array, float32_field, guarded,
+                                   image_to_array, qos, run_node)
+
+
+class SteeringNode(ConfiguredNode):
+    def __init__(self):
+        super().__init__("steering")
+        c = self.config
+        torch.set_num_threads(1)
+        self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), resolve_device(c.policy.device))
+        self.steering: PolicySteering | None = None
+        self.version = 0
+        self.rng = np.random.default_rng()
+        q = qos()
+        self.noise_pub = self.create_publisher(Noise, NOISE, q["decision"])
+        self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation),
+                                 q["decision"])
+        self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(self.drop, ACTOR_WEIGHTS, self._on_weights),
+                                 q["latched"])
+        self.get_logger().info("no actor yet: answering with w ~ N(0, I) until the learner publishes one")
+
+    def _on_observation(self, msg: Observation) -> None:
+        if msg.final:
+            return
+        pc = self.policy.config
+        height, width = pc.image_shape[:2]
+        obs = {"image": image_to_array(msg.image, width, height),
+               "proprio": float32_array(msg.proprio, "observation.proprio", pc.proprio_dim)}
+        if self.steering is None:
+            noise, source = self.rng.standard_normal(pc.noise_shape).astype(np.float32), Noise.SOURCE_BASE
+        else:
+            noise = self.steering.choose_noise(obs, deterministic=self.config.steering.deterministic)
+            source = Noise.SOURCE_ACTOR
+        out = Noise(seq=msg.seq, episode=msg.episode, actor_version=self.version, source=source,
+                    noise=float32_field(noise))
+        out.header.stamp = msg.header.stamp
+        self.noise_pub.publish(out)
+
+    def _on_weights(self, msg: ActorWeights) -> None:
+        if msg.version <= self.version:
+            return
+        try:
+            steering = actor_from_bytes(bytes(msg.safetensors), msg.config_json, self.policy)
+        except ValueError as err:
+            self.get_logger().error(f"actor version {msg.version} not loaded, keeping version {self.version}: {err}")
+            return
+        self.steering, self.version = steering, int(msg.version)
+        self.get_logger().info(f"actor version {self.version} in use ({msg.num_updates} learner updates)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(SteeringNode, "steering", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
