@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus
-from dsrl_ros.nodes.ros_io import CHUNK_RESULT, EPISODE, LEARNER_STATUS, qos, stamp_ns
+from dsrl_interfaces.msg import EpisodeEvent, LearnerStatus
+from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, qos, stamp_ns
 
 OUTCOME_NAMES = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure",
                  EpisodeEvent.OUTCOME_TIMEOUT: "timeout", EpisodeEvent.OUTCOME_ABORTED: "aborted"}
@@ -36,27 +36,21 @@ class StackMonitor:
         self.node = node
         self.records: list[EpisodeRecord] = []
         self.status: LearnerStatus | None = None
-        self._running: dict[int, tuple[int, int]] = {}      # episode -> (running stamp ns, steps executed)
-        node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["latched"])
-        node.create_subscription(ChunkResult, CHUNK_RESULT, self._on_result, q["decision"])
+        self._running: dict[int, int] = {}      # episode -> stamp (ns) of its RUNNING event
+        node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["decision"])
         node.create_subscription(LearnerStatus, LEARNER_STATUS, self._on_status, q["status"])
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         if msg.state == EpisodeEvent.STATE_RUNNING:
-            self._running[msg.episode] = (stamp_ns(msg.header.stamp), 0)
+            self._running[msg.episode] = stamp_ns(msg.header.stamp)
         elif msg.state == EpisodeEvent.STATE_ENDED and msg.episode in self._running:
-            start_ns, steps = self._running.pop(msg.episode)
+            start_ns, steps = self._running.pop(msg.episode), msg.steps
             seconds = max((stamp_ns(msg.header.stamp) - start_ns) / 1e9, 1e-9)
             s = self.status
             self.records.append(EpisodeRecord(
                 episode=msg.episode, outcome=OUTCOME_NAMES.get(msg.outcome, "none"), steps=steps,
                 control_hz=steps / seconds, actor_version=s.actor_version if s else 0,
                 learner_updates=s.num_updates if s else 0, learner_updates_per_s=s.updates_per_s if s else 0.0))
-
-    def _on_result(self, msg: ChunkResult) -> None:
-        if msg.episode in self._running:
-            start_ns, steps = self._running[msg.episode]
-            self._running[msg.episode] = (start_ns, steps + msg.steps_executed)
 
     def _on_status(self, msg: LearnerStatus) -> None:
         self.status = msg

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from std_srvs.srv import SetBool, Trigger
 
-from dsrl_interfaces.msg import ChunkResult, EpisodeEvent
+from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, Observation
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, OBSERVATION, SIM_RESET_SERVICE, guarded,
                                    qos, run_node)
 
 DISCOVERY_SETTLE_S = 1.5
+FINAL_OBS_WAIT_S = 2.0
 STATE_NAMES = {EpisodeEvent.STATE_RESETTING: "resetting", EpisodeEvent.STATE_RUNNING: "running",
                EpisodeEvent.STATE_ENDED: "ended"}
 OUTCOME_NAMES = {EpisodeEvent.OUTCOME_NONE: "", EpisodeEvent.OUTCOME_SUCCESS: "success",
@@ -36,9 +37,16 @@ class EpisodeManagerNode(ConfiguredNode):
     def __init__(self):
         super().__init__("episode_manager")
         q = qos()
-        self.event_pub = self.create_publisher(EpisodeEvent, EPISODE, q["latched"])
+        self.event_pub = self.create_publisher(EpisodeEvent, EPISODE, q["events"])
         self.create_subscription(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result),
                                  q["decision"])
+        # The next reset waits for the ended episode's final observation, so the policy node captures the
+        # state the episode ended in, never the freshly reset scene (at most FINAL_OBS_WAIT_S).
+        self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation),
+                                 q["decision"])
+        self.awaiting_final: int | None = None
+        self.final_seen: int | None = None
+        self.final_timer = None
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(SetBool, "~/label", self._on_label)
         self.create_service(Trigger, "~/abort", self._on_abort)
@@ -111,6 +119,26 @@ class EpisodeManagerNode(ConfiguredNode):
         if limit and self.finished >= limit:
             self.get_logger().info(f"{self.finished} episodes done (episode.max_episodes): staying idle")
             return
+        self.awaiting_final = self.episode
+        self.final_timer = self.create_timer(FINAL_OBS_WAIT_S, self._final_obs_late)
+        if self.final_seen == self.episode:        # it can overtake the chunk result that ended the episode
+            self._after_final_obs()
+
+    def _on_observation(self, msg: Observation) -> None:
+        if msg.final:
+            self.final_seen = msg.episode
+            if msg.episode == self.awaiting_final:
+                self._after_final_obs()
+
+    def _final_obs_late(self) -> None:
+        self.get_logger().warning(f"no final observation for episode {self.awaiting_final} within "
+                                  f"{FINAL_OBS_WAIT_S:g} s; resetting anyway")
+        self._after_final_obs()
+
+    def _after_final_obs(self) -> None:
+        self.awaiting_final = None
+        self.destroy_timer(self.final_timer)
+        self.final_timer = None
         pause = self.config.episode.reset_pause_s
         if pause > 0:
             self.next_reset_timer = self.create_timer(pause, self._after_pause)
@@ -162,7 +190,8 @@ class EpisodeManagerNode(ConfiguredNode):
 
     def _publish(self, state: int, outcome: int, detail: str) -> None:
         self.state = state
-        msg = EpisodeEvent(episode=self.episode, state=state, outcome=outcome, chunks=self.chunks, detail=detail)
+        msg = EpisodeEvent(episode=self.episode, state=state, outcome=outcome, chunks=self.chunks, steps=self.steps,
+                           detail=detail)
         msg.header.stamp = self.get_clock().now().to_msg()
         self.event_pub.publish(msg)
         self.get_logger().info(f"episode {self.episode}: {STATE_NAMES[state]} {OUTCOME_NAMES[outcome]} {detail}")

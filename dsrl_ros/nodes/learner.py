@@ -56,7 +56,7 @@ class LearnerNode(ConfiguredNode):
         sub(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation), q["decision"])
         sub(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk), q["decision"])
         sub(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result), q["decision"])
-        sub(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode), q["latched"])
+        sub(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode), q["decision"])
         self.create_timer(0.1, self._commit_finished)
         self.create_timer(1.0, self._publish_status)
         self.learner.publish_current()

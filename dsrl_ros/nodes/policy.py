@@ -52,6 +52,7 @@ class PolicyNode(ConfiguredNode):
                 q["sensor"])
         sub(Noise, NOISE, guarded(self.drop, NOISE, self._on_noise), q["decision"])
         sub(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result), q["decision"])
+        # The episode's current state only (latched, depth 1): a restarted node resumes the running episode.
         sub(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode), q["latched"])
         # Latest sensor data: (stamp ns, value).
         self.image: tuple[int, np.ndarray] | None = None
@@ -64,6 +65,11 @@ class PolicyNode(ConfiguredNode):
         self.seq = time.time_ns()                # unique across restarts of this node
         self.pending: tuple[Observation, np.ndarray, np.ndarray] | None = None   # (msg, image, proprio)
         self.deadline_timer = None
+        # A chunk or its result lost on the way (a flooded queue, a robot driver restart) must not stall the
+        # episode: without a result in time, decide again on fresh sensor data.
+        self.last_chunk_ns: int | None = None
+        self.result_timeout_ns = int((2.0 * c.control.execute_steps / c.control.rate_hz + 1.0) * 1e9)
+        self.create_timer(0.25, self._watchdog)
         self.get_logger().info(f"policy {c.policy.checkpoint} on {self.device}: chunk {pc.chunk_len}x"
                                f"{pc.action_dim}, executes {c.control.execute_steps}, DDIM "
                                f"{pc.num_inference_steps} steps; noise deadline {c.safety.noise_deadline_s}s")
@@ -95,9 +101,11 @@ class PolicyNode(ConfiguredNode):
     def _on_episode(self, msg: EpisodeEvent) -> None:
         stamp = stamp_ns(msg.header.stamp)
         if msg.state == EpisodeEvent.STATE_RUNNING and msg.episode != self.episode:
-            self.episode, self.after_ns, self.want_final, self.pending = msg.episode, stamp, False, None
+            self._cancel_pending()
+            self.episode, self.after_ns, self.want_final, self.last_chunk_ns = msg.episode, stamp, False, None
             self._try_observe()
-        elif msg.state == EpisodeEvent.STATE_ENDED and msg.episode == self.episode:
+        elif msg.state != EpisodeEvent.STATE_RUNNING and msg.episode == self.episode:
+            # ENDED, or RESETTING right after it (a depth-1 reader may see only the latter): the episode is over.
             self._cancel_pending()
             if not self.want_final:              # ended by the operator, not by a chunk result
                 self.after_ns, self.want_final = stamp, True
@@ -106,9 +114,20 @@ class PolicyNode(ConfiguredNode):
     def _on_result(self, msg: ChunkResult) -> None:
         if msg.episode != self.episode or msg.seq != self.last_chunk_seq:
             return
-        self.after_ns = stamp_ns(msg.header.stamp)
+        self.after_ns, self.last_chunk_ns = stamp_ns(msg.header.stamp), None
         self.want_final = msg.success or msg.truncated
         self._try_observe()
+
+    def _watchdog(self) -> None:
+        if (self.episode is None or self.last_chunk_ns is None or self.after_ns is not None
+                or self.pending is not None):
+            return
+        if time.monotonic_ns() - self.last_chunk_ns > self.result_timeout_ns:
+            self.get_logger().warning(f"no result for chunk {self.last_chunk_seq} within "
+                                      f"{self.result_timeout_ns / 1e9:.1f} s: deciding again")
+            self.last_chunk_ns = None
+            self.after_ns = self.get_clock().now().nanoseconds
+            self._try_observe()
 
     def _try_observe(self) -> None:
         """Publishes the observation for the wanted decision once every sensor has caught up."""
@@ -146,9 +165,9 @@ class PolicyNode(ConfiguredNode):
 
     # ---- noise -> chunk ----------------------------------------------------------------------------------------
     def _on_noise(self, msg: Noise) -> None:
+        noise = float32_array(msg.noise, "noise.noise", self.policy.config.chunk_len * self.policy.config.action_dim)
         if self.pending is None or msg.seq != self.pending[0].seq:
             return                                # late answer to a decision already made: ignore
-        noise = float32_array(msg.noise, "noise.noise", self.policy.config.chunk_len * self.policy.config.action_dim)
         self._act(noise, msg.source, msg.actor_version)
 
     def _on_deadline(self) -> None:
@@ -171,7 +190,7 @@ class PolicyNode(ConfiguredNode):
                           execute_steps=self.config.control.execute_steps, noise=float32_field(noise),
                           actions=float32_field(chunk))
         msg.header.stamp = obs_msg.header.stamp
-        self.last_chunk_seq = obs_msg.seq
+        self.last_chunk_seq, self.last_chunk_ns = obs_msg.seq, time.monotonic_ns()
         self.chunk_pub.publish(msg)
 
     def _cancel_pending(self) -> None:

@@ -53,6 +53,11 @@ def qos():
         # One decision's pieces: none may be lost; a short queue absorbs bursts.
         "decision": QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST),
+        # Episode events: none may be lost (a depth-1 reader loses ENDED to the RESETTING right after it);
+        # transient local so a restarted policy node learns the running episode. Readers that only need events
+        # from now on use "decision" (volatile), which matches this writer too.
+        "events": QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST),
         # Latest actor weights: a (re)started steering node gets the current version at once.
         "latched": QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST),
@@ -127,15 +132,17 @@ def joint_positions(msg, names: list[str]) -> dict[str, float]:
 
 
 class DropLog:
-    """Logs dropped messages without flooding: the first of each kind, then one line per `every` drops."""
+    """Logs dropped messages without flooding: the first of each kind (topic + the field the error names), then
+    one line per `every` drops of that kind."""
 
     def __init__(self, logger, every: int = 100):
         self.logger, self.every, self.counts = logger, every, {}
 
     def __call__(self, topic: str, err: Exception) -> None:
-        n = self.counts[topic] = self.counts.get(topic, 0) + 1
+        kind = (topic, str(err).split(":", 1)[0])
+        n = self.counts[kind] = self.counts.get(kind, 0) + 1
         if n == 1 or n % self.every == 0:
-            self.logger.warning(f"dropped a malformed message on {topic} ({n} so far): {err}")
+            self.logger.warning(f"dropped a malformed message on {topic} ({n} like it so far): {err}")
 
 
 def guarded(drop: DropLog, topic: str, handler: Callable) -> Callable:
