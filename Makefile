@@ -26,8 +26,13 @@ $(STAMP): pyproject.toml $(INTERFACE_SRCS)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The whole ROS 2 graph on the embedded sim, learning from scratch; bounded (override: make demo EPISODES=300
+# MINUTES=30). Each run gets a fresh run directory: nothing earlier is overwritten.
+EPISODES ?= 150
+MINUTES ?= 14
 demo: $(STAMP)
-	$(VENV)/bin/dsrl-ros demo
+	$(VENV)/bin/dsrl-ros up robot_configs/sim_arm.yaml --episodes $(EPISODES) --max-minutes $(MINUTES) \
+		--run-dir runs/demo_$$(date +%Y%m%d_%H%M%S)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

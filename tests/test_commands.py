@@ -94,7 +94,7 @@ def test_chunk_sampler_windows_stay_in_their_episode():
 
 
 def test_demo_runs_the_whole_headless_pipeline(tmp_path):
-    result = run_cli("demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    result = run_cli("headless-demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "[4/4]" in result.stdout and "steered success" in result.stdout
     assert (tmp_path / "demo" / "rollout_base.png").exists() and (tmp_path / "demo" / "rollout_steered.png").exists()

@@ -1,12 +1,7 @@
 """dsrl_interfaces (ros2_ws/src/dsrl_interfaces, built into the venv by `make venv`): every message imports, its
-constants hold, filled messages survive CDR serialization, and an Observation crosses processes over DDS."""
+constants hold, and filled messages survive CDR serialization (tests/test_stack.py sends them across processes)."""
 
 import array
-import os
-import subprocess
-import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -85,47 +80,3 @@ def test_chunk_messages_round_trip():
                 LearnerStatus(actor_version=5, num_updates=999, updates_per_s=20.5, episodes=3, transitions=51,
                               training=True)):
         assert round_trip(msg) == msg
-
-
-ECHO_NODE = textwrap.dedent("""
-    import rclpy
-    from rclpy.node import Node
-    from dsrl_interfaces.msg import Observation
-
-    rclpy.init()
-    node = Node("obs_echo")
-    pub = node.create_publisher(Observation, "obs_back", 10)
-    node.create_subscription(Observation, "obs", pub.publish, 10)
-    print("READY", flush=True)
-    try:
-        rclpy.spin(node)
-    except Exception:
-        pass
-""")
-
-
-def test_observation_pub_sub_across_processes():
-    import rclpy
-
-    assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
-    echo = subprocess.Popen([sys.executable, "-c", ECHO_NODE], stdout=subprocess.PIPE, text=True)
-    try:
-        assert echo.stdout.readline().strip() == "READY"
-        rclpy.init()
-        try:
-            node = rclpy.create_node("obs_sender")
-            received: list[Observation] = []
-            node.create_subscription(Observation, "obs_back", received.append, 10)
-            pub = node.create_publisher(Observation, "obs", 10)
-            sent = make_observation(seq=11)
-            deadline = time.monotonic() + 30
-            while not received and time.monotonic() < deadline:
-                pub.publish(sent)
-                rclpy.spin_once(node, timeout_sec=0.2)
-            node.destroy_node()
-        finally:
-            rclpy.shutdown()
-        assert received and received[0] == sent
-    finally:
-        echo.terminate()
-        echo.wait(timeout=10)

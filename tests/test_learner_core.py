@@ -144,3 +144,21 @@ def test_actor_bytes_that_are_not_safetensors_are_refused():
     payload, config_json = PolicySteering(policy, STEER).actor_payload()
     with pytest.raises(ValueError, match="actor weights: format expected"):
         actor_from_bytes(payload, json.dumps({"format": "other"}), policy)
+
+
+def test_a_failing_update_is_reported_not_swallowed(tmp_path):
+    policy = DiffusionPolicy(TINY).eval()
+    learner = AsyncLearner(PolicySteering(policy, STEER), tmp_path, LearnerSettings(warmup_episodes=1), lambda *a: None,
+                           log=lambda s: None)
+
+    def broken(batch):
+        raise FloatingPointError("loss is NaN")
+
+    learner.steering.agent.update = broken
+    learner.start()
+    learner.add_episode(_episode_rows(2, seed=1), {"outcome": "success"})
+    deadline = time.monotonic() + 30
+    while learner.error is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert learner.error == "FloatingPointError: loss is NaN"
+    learner.stop()

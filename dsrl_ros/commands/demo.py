@@ -1,4 +1,5 @@
-"""`dsrl-ros demo` (what `make demo` runs): the headless pipeline end to end on the embedded sim.
+"""`dsrl-ros headless-demo`: the headless pipeline end to end on the embedded sim, no ROS (`make demo` runs the
+ROS 2 graph instead: `dsrl-ros up robot_configs/sim_arm.yaml`).
 
 expert demos -> zarr episode store -> (shipped) diffusion policy -> rollouts with w ~ N(0, I) -> success rate,
 then the same seeds with the shipped DSRL actor choosing w.
@@ -19,7 +20,8 @@ from dsrl_ros.rollout import gaussian_noise, run_episode
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="headless end-to-end run on the embedded sim (what `make demo` runs)")
+    p = sub.add_parser("headless-demo", help="headless end-to-end run on the embedded sim: base policy vs the "
+                                             "shipped DSRL actor on the same seeds (no ROS)")
     p.add_argument("--episodes", type=int, default=50, help="base-policy evaluation episodes")
     p.add_argument("--demos", type=int, default=3, help="expert demos recorded to show the store path")
     p.add_argument("--policy", default=str(DEFAULT_BASE_POLICY))

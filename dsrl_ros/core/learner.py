@@ -54,6 +54,7 @@ class AsyncLearner:
         self.rng = np.random.default_rng(settings.seed)
         self.actor_version = 0
         self.resumed_from: int | None = None
+        self.error: str | None = None          # set if the training thread died
         self._lock = threading.Lock()          # replay + agent: the thread updates, callers add and save
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,6 +121,13 @@ class AsyncLearner:
         return int(self.settings.utd * self.n_transitions) - self.num_updates
 
     def _train_loop(self) -> None:
+        try:
+            self._train()
+        except Exception as err:  # surfaced by `error`: the node exits and is restarted from its checkpoint
+            self.error = f"{type(err).__name__}: {err}"
+            self.log(f"training thread stopped: {self.error}")
+
+    def _train(self) -> None:
         config = self.steering.config
         device = self.steering.device
         while not self._stop.is_set():

@@ -96,6 +96,8 @@ class LearnerNode(ConfiguredNode):
 
     # ---- outputs -----------------------------------------------------------------------------------------------
     def _publish_actor(self, version: int, num_updates: int, payload: bytes, config_json: str) -> None:
+        if not self.context.ok():           # shutting down: the next start republishes the checkpointed version
+            return
         msg = ActorWeights(version=version, num_updates=num_updates, config_json=config_json)
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.safetensors = array.array("B", payload)   # array.array: no per-element conversion
@@ -103,6 +105,8 @@ class LearnerNode(ConfiguredNode):
 
     def _publish_status(self) -> None:
         ln = self.learner
+        if ln.error is not None:            # exit; the supervisor / ros2 launch restarts us from the checkpoint
+            raise RuntimeError(f"learner training thread failed: {ln.error}")
         msg = LearnerStatus(actor_version=ln.actor_version, num_updates=ln.num_updates,
                             updates_per_s=float(ln.updates_per_s()), episodes=ln.n_episodes,
                             transitions=ln.n_transitions, training=ln.training)
