@@ -85,11 +85,17 @@ def in_process_latency(observations: list[dict], repeats: int) -> dict:
         t0 = time.perf_counter()
         image = image_to_array(msg, 84, 84)
         proprio = obs["proprio"].astype(np.float32)
+        t1 = time.perf_counter()
         noise = steering.choose_noise({"image": image, "proprio": proprio})
+        t2 = time.perf_counter()
         chunk = np.clip(policy.act({"image": image[None], "proprio": proprio[None]}, noise), low, high)
-        times.append((time.perf_counter() - t0) * 1e3)
+        t3 = time.perf_counter()
+        times.append(((t3 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
         assert chunk.shape == (8, 5)
-    return percentiles(times[10:])
+    out = percentiles([t[0] for t in times[10:]])
+    out["steering_compute_p50_ms"] = float(np.median([t[1] for t in times[10:]]))
+    out["decode_compute_p50_ms"] = float(np.median([t[2] for t in times[10:]]))
+    return out
 
 
 def dds_latency(observations: list[dict], repeats: int) -> dict:
@@ -97,9 +103,9 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import Image, JointState
 
-    from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent
-    from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, array_to_image,
-                                       qos)
+    from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, Noise, Observation
+    from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, NOISE, OBSERVATION,
+                                       array_to_image, qos)
 
     config = load_config(SIM)
     specs = [s for s in build_graph(config, SIM) if s.name in ("policy", "steering")]
@@ -117,6 +123,12 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
     weights_pub = node.create_publisher(ActorWeights, ACTOR_WEIGHTS, q["latched"])
     chunks: list[tuple[float, ActionChunk]] = []
     node.create_subscription(ActionChunk, ACTION_CHUNK, lambda m: chunks.append((time.perf_counter(), m)),
+                             q["decision"])
+    # Where the time goes: arrival of each decision's Observation and Noise here, by seq.
+    seen: dict[str, dict[int, float]] = {"obs": {}, "noise": {}}
+    node.create_subscription(Observation, OBSERVATION, lambda m: seen["obs"].setdefault(m.seq, time.perf_counter()),
+                             q["decision"])
+    node.create_subscription(Noise, NOISE, lambda m: seen["noise"].setdefault(m.seq, time.perf_counter()),
                              q["decision"])
     policy = load_policy(DEFAULT_BASE_POLICY)
     payload, config_json = load_actor(DEFAULT_STEER_ACTOR, policy).actor_payload({"version": 1})
@@ -140,7 +152,7 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
     def spin_until(predicate, timeout_s: float) -> bool:
         deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.001)
+            rclpy.spin_once(node, timeout_sec=0.05)    # returns as soon as a message is there
             if predicate():
                 return True
         return False
@@ -155,7 +167,7 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
         publish_sensors(observations[0])
         if not spin_until(lambda: chunks, 60):
             raise RuntimeError("no first action chunk within 60 s; see the node logs in " + str(logs))
-        latencies, versions = [], []
+        latencies, versions, hops = [], [], []
         for i in range(repeats + 10):
             last = chunks[-1][1]
             n_before = len(chunks)
@@ -167,9 +179,16 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
             if not spin_until(lambda: len(chunks) > n_before, 5.0):
                 raise RuntimeError("no action chunk within 5 s: is the policy node up? see " + str(logs))
             if i >= 10:
-                latencies.append((chunks[-1][0] - t0) * 1e3)
-                versions.append(chunks[-1][1].noise_source)
+                t_chunk, chunk = chunks[-1]
+                latencies.append((t_chunk - t0) * 1e3)
+                versions.append(chunk.noise_source)
+                t_obs, t_noise = seen["obs"].get(chunk.seq), seen["noise"].get(chunk.seq)
+                if t_obs is not None and t_noise is not None:
+                    hops.append(((t_obs - t0) * 1e3, (t_noise - t_obs) * 1e3, (t_chunk - t_noise) * 1e3))
         out = percentiles(latencies)
+        h = np.median(np.asarray(hops), axis=0)
+        out["hops_p50_ms"] = {"result_to_observation": float(h[0]), "observation_to_noise": float(h[1]),
+                              "noise_to_chunk": float(h[2]), "n": len(hops)}
         out["steered_fraction"] = float(np.mean(np.asarray(versions) == ActionChunk.SOURCE_ACTOR))
         return out
     finally:
@@ -224,6 +243,10 @@ def main() -> None:
     a, b = results["latency_dds"], results["latency_in_process"]
     print(f"obs -> chunk   DDS p50 {a['p50_ms']:.2f} ms  p99 {a['p99_ms']:.2f} ms | in-process p50 "
           f"{b['p50_ms']:.2f} ms  p99 {b['p99_ms']:.2f} ms | overhead p50 {results['dds_overhead_p50_ms']:.2f} ms")
+    hp = a["hops_p50_ms"]
+    print(f"hops p50       result->observation {hp['result_to_observation']:.2f} ms, observation->noise "
+          f"{hp['observation_to_noise']:.2f} ms (steering compute {b['steering_compute_p50_ms']:.2f}), "
+          f"noise->chunk {hp['noise_to_chunk']:.2f} ms (decode compute {b['decode_compute_p50_ms']:.2f})")
     s, h = results["sustained_dds"], results["sustained_headless"]
     print(f"control rate   DDS stack {s['control_hz_median']:.1f} Hz (min {s['control_hz_min']:.1f}) | headless "
           f"{h['steps_per_s_median']:.1f} steps/s")

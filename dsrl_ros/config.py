@@ -83,7 +83,7 @@ class ActionSection:
 
 @dataclass(frozen=True)
 class SafetySection:
-    max_obs_age_s: float = 0.5              # a decision never uses sensor data older than this
+    max_obs_age_s: float = 0.5              # a decision waiting longer for fresh sensor data logs which is late
     noise_deadline_s: float = 0.05          # no steering noise by then: w ~ N(0, I), chunk marked base-policy
 
 

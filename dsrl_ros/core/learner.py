@@ -55,6 +55,7 @@ class AsyncLearner:
         self.actor_version = 0
         self.resumed_from: int | None = None
         self.error: str | None = None          # set if the training thread died
+        self.last_metrics: dict[str, float] = {}  # of the latest update (critic loss, alpha, ...), for the logs
         self._lock = threading.Lock()          # replay + agent: the thread updates, callers add and save
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,7 +98,7 @@ class AsyncLearner:
             self.replay.add_episode(rows)
             index = self.n_episodes - 1
             record = {"episode": index, **info, "updates": self.num_updates, "actor_version": self.actor_version,
-                      "transitions": self.n_transitions, "time": time.time()}
+                      "transitions": self.n_transitions, "time": time.time(), **self.last_metrics}
             with open(self.run_dir / "episodes.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             self._checkpoint_locked()
@@ -137,7 +138,7 @@ class AsyncLearner:
             with self._lock:
                 batch = self.replay.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
                                            raw_obs=config.encoder == "cnn")
-                self.steering.agent.update(_to_device(batch, device))
+                self.last_metrics = self.steering.agent.update(_to_device(batch, device))
                 updates = self.num_updates
                 if updates % self.settings.publish_every_updates == 0:
                     self._publish_locked()

@@ -64,7 +64,9 @@ class PolicyNode(ConfiguredNode):
         self.last_chunk_seq: int | None = None
         self.seq = time.time_ns()                # unique across restarts of this node
         self.pending: tuple[Observation, np.ndarray, np.ndarray] | None = None   # (msg, image, proprio)
-        self.deadline_timer = None
+        # One deadline timer, re-armed per decision (creating a timer per decision rebuilds the executor's wait set).
+        self.deadline_timer = self.create_timer(c.safety.noise_deadline_s, self._on_deadline)
+        self.deadline_timer.cancel()
         # A chunk or its result lost on the way (a flooded queue, a robot driver restart) must not stall the
         # episode: without a result in time, decide again on fresh sensor data.
         self.last_chunk_ns: int | None = None
@@ -119,6 +121,8 @@ class PolicyNode(ConfiguredNode):
         self._try_observe()
 
     def _watchdog(self) -> None:
+        if self.after_ns is not None and self.episode is not None:
+            self._warn_if_sensors_stale()
         if (self.episode is None or self.last_chunk_ns is None or self.after_ns is not None
                 or self.pending is not None):
             return
@@ -128,6 +132,24 @@ class PolicyNode(ConfiguredNode):
             self.last_chunk_ns = None
             self.after_ns = self.get_clock().now().nanoseconds
             self._try_observe()
+
+    def _warn_if_sensors_stale(self) -> None:
+        """A decision is waiting for sensor data newer than its trigger: name what is late, past max_obs_age_s."""
+        late_s = (self.get_clock().now().nanoseconds - self.after_ns) / 1e9
+        if late_s <= self.config.safety.max_obs_age_s:
+            return
+        stale = [topic for topic, stamp in self._sensor_stamps() if stamp < self.after_ns]
+        self.get_logger().warning(f"decision waiting {late_s:.1f} s for fresh data from {stale} "
+                                  f"(safety.max_obs_age_s {self.config.safety.max_obs_age_s:g})",
+                                  throttle_duration_sec=5.0)
+
+    def _sensor_stamps(self) -> list[tuple[str, int]]:
+        c = self.config
+        stamps = [(c.camera.topic, self.image[0] if self.image else -1)]
+        stamps += [(f"{c.proprio.joint_states_topic}[{n}]", self.joints.get(n, (-1,))[0]) for n in c.proprio.joints]
+        if c.proprio.ee_pose_topic:
+            stamps.append((c.proprio.ee_pose_topic, self.ee[0] if self.ee else -1))
+        return stamps
 
     def _try_observe(self) -> None:
         """Publishes the observation for the wanted decision once every sensor has caught up."""
@@ -147,20 +169,16 @@ class PolicyNode(ConfiguredNode):
             self.episode, self.want_final = None, False
             return
         self.pending = (msg, image, proprio)
-        self.deadline_timer = self.create_timer(self.config.safety.noise_deadline_s, self._on_deadline)
+        self.deadline_timer.reset()
 
     def _fresh_observation(self, after_ns: int) -> tuple[int, np.ndarray, np.ndarray] | None:
-        names = self.config.proprio.joints
-        if self.image is None or self.image[0] < after_ns or any(self.joints.get(n, (-1,))[0] < after_ns
-                                                                 for n in names):
+        """(newest stamp, image, proprio) once every sensor has data stamped >= after_ns, else None."""
+        stamps = [stamp for _, stamp in self._sensor_stamps()]
+        if min(stamps) < after_ns:
             return None
-        values = [self.joints[n][1] for n in names]
-        stamps = [self.image[0], *(self.joints[n][0] for n in names)]
+        values = [self.joints[n][1] for n in self.config.proprio.joints]
         if self.config.proprio.ee_pose_topic:
-            if self.ee is None or self.ee[0] < after_ns:
-                return None
             values += self.ee[1].tolist()
-            stamps.append(self.ee[0])
         return max(stamps), self.image[1], np.array(values, np.float32)
 
     # ---- noise -> chunk ----------------------------------------------------------------------------------------
@@ -195,9 +213,7 @@ class PolicyNode(ConfiguredNode):
 
     def _cancel_pending(self) -> None:
         self.pending = None
-        if self.deadline_timer is not None:
-            self.destroy_timer(self.deadline_timer)
-            self.deadline_timer = None
+        self.deadline_timer.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
