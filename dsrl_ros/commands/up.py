@@ -136,11 +136,14 @@ def _summary(monitor, args, wall_s: float, supervisor: Supervisor, run_dir: Path
     w = _window(records, args.window)
     successes = [r.success for r in records]
     status = monitor.status
+    base = [r.success for r in records if r.actor_version == 0]     # before the first actor: the base policy
     summary = {
         "episodes": len(records),
         "window": w,
         "success_rate_first_window": sum(successes[:w]) / w if records else None,
         "success_rate_last_window": sum(successes[-w:]) / w if records else None,
+        "success_rate_base_policy": sum(base) / len(base) if base else None,
+        "base_policy_episodes": len(base),
         "actor_version": status.actor_version if status else 0,
         "transitions": status.transitions if status else 0,
         "stored_episodes": status.episodes if status else 0,
@@ -153,6 +156,7 @@ def _summary(monitor, args, wall_s: float, supervisor: Supervisor, run_dir: Path
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if records:
         curve = plot_learning_curve(successes, run_dir / "learning_curve.png", w,
+                                    base_rate=summary["success_rate_base_policy"],
                                     title=f"DSRL through the ROS 2 graph ({len(records)} episodes)")
         summary["learning_curve"] = str(curve)
     return summary
