@@ -9,10 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsrl_interfaces.msg import EpisodeEvent, LearnerStatus
-from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, qos, stamp_ns
-
-OUTCOME_NAMES = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure",
-                 EpisodeEvent.OUTCOME_TIMEOUT: "timeout", EpisodeEvent.OUTCOME_ABORTED: "aborted"}
+from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, outcome_name, qos, stamp_ns
 
 
 @dataclass
@@ -48,7 +45,7 @@ class StackMonitor:
             seconds = max((stamp_ns(msg.header.stamp) - start_ns) / 1e9, 1e-9)
             s = self.status
             self.records.append(EpisodeRecord(
-                episode=msg.episode, outcome=OUTCOME_NAMES.get(msg.outcome, "none"), steps=steps,
+                episode=msg.episode, outcome=outcome_name(msg.outcome) or "none", steps=steps,
                 control_hz=steps / seconds, actor_version=s.actor_version if s else 0,
                 learner_updates=s.num_updates if s else 0, learner_updates_per_s=s.updates_per_s if s else 0.0))
 

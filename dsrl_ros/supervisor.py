@@ -113,9 +113,6 @@ class Supervisor:
         return "  ".join(f"{c.spec.name}:{c.state}" + (f"(r{c.restarts})" if c.restarts else "")
                          for c in self.children)
 
-    def child(self, name: str) -> Child:
-        return next(c for c in self.children if c.spec.name == name)
-
     def _write_state(self) -> None:
         state = {c.spec.name: {"pid": c.process.pid if c.process else None, "state": c.state,
                                "restarts": c.restarts, "exit_codes": c.exit_codes} for c in self.children}

@@ -22,15 +22,12 @@ from std_srvs.srv import SetBool, Trigger
 from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, Observation
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, OBSERVATION, SIM_RESET_SERVICE, guarded,
-                                   qos, run_node)
+                                   outcome_name, qos, run_node)
 
 DISCOVERY_SETTLE_S = 1.5
 FINAL_OBS_WAIT_S = 2.0
 STATE_NAMES = {EpisodeEvent.STATE_RESETTING: "resetting", EpisodeEvent.STATE_RUNNING: "running",
                EpisodeEvent.STATE_ENDED: "ended"}
-OUTCOME_NAMES = {EpisodeEvent.OUTCOME_NONE: "", EpisodeEvent.OUTCOME_SUCCESS: "success",
-                 EpisodeEvent.OUTCOME_FAILURE: "failure", EpisodeEvent.OUTCOME_TIMEOUT: "timeout",
-                 EpisodeEvent.OUTCOME_ABORTED: "aborted"}
 
 
 class EpisodeManagerNode(ConfiguredNode):
@@ -183,7 +180,7 @@ class EpisodeManagerNode(ConfiguredNode):
         response.success = self.state == EpisodeEvent.STATE_RUNNING
         if response.success:
             self._end_episode(outcome, "labelled by the operator")
-            response.message = f"episode {self.episode}: {OUTCOME_NAMES[outcome]}"
+            response.message = f"episode {self.episode}: {outcome_name(outcome)}"
         else:
             response.message = f"no episode running (state {STATE_NAMES[self.state]})"
         return response
@@ -194,7 +191,7 @@ class EpisodeManagerNode(ConfiguredNode):
                            detail=detail)
         msg.header.stamp = self.get_clock().now().to_msg()
         self.event_pub.publish(msg)
-        self.get_logger().info(f"episode {self.episode}: {STATE_NAMES[state]} {OUTCOME_NAMES[outcome]} {detail}")
+        self.get_logger().info(f"episode {self.episode}: {STATE_NAMES[state]} {outcome_name(outcome)} {detail}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,16 +18,13 @@ import torch
 
 from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Observation
 from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
-from dsrl_ros.core.episode_recorder import (OUTCOME_ABORTED, OUTCOME_FAILURE, OUTCOME_SUCCESS, OUTCOME_TIMEOUT,
-                                            EpisodeRecorder)
+from dsrl_ros.core.episode_recorder import EpisodeRecorder
 from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
 from dsrl_ros.core.steering import PolicySteering, SteerConfig
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
-                                   float32_array, guarded, image_to_array, qos, run_node)
+                                   float32_array, guarded, image_to_array, outcome_name, qos, run_node)
 
-OUTCOME_NAMES = {EpisodeEvent.OUTCOME_SUCCESS: OUTCOME_SUCCESS, EpisodeEvent.OUTCOME_FAILURE: OUTCOME_FAILURE,
-                 EpisodeEvent.OUTCOME_TIMEOUT: OUTCOME_TIMEOUT, EpisodeEvent.OUTCOME_ABORTED: OUTCOME_ABORTED}
 
 
 class LearnerNode(ConfiguredNode):
@@ -81,8 +78,8 @@ class LearnerNode(ConfiguredNode):
         self.recorder.result(msg.episode, msg.seq, msg.reward)
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
-        if msg.state == EpisodeEvent.STATE_ENDED and msg.outcome in OUTCOME_NAMES:
-            self.recorder.end(msg.episode, OUTCOME_NAMES[msg.outcome], time.monotonic())
+        if msg.state == EpisodeEvent.STATE_ENDED and outcome_name(msg.outcome):
+            self.recorder.end(msg.episode, outcome_name(msg.outcome), time.monotonic())
 
     def _commit_finished(self) -> None:
         for done in self.recorder.poll(time.monotonic()):

@@ -66,6 +66,14 @@ def qos():
     }
 
 
+def outcome_name(code: int) -> str:
+    """EpisodeEvent.OUTCOME_* -> "success" | "failure" | "timeout" | "aborted" (the recorder's names) | ""."""
+    from dsrl_interfaces.msg import EpisodeEvent as E
+
+    return {E.OUTCOME_SUCCESS: "success", E.OUTCOME_FAILURE: "failure", E.OUTCOME_TIMEOUT: "timeout",
+            E.OUTCOME_ABORTED: "aborted"}.get(code, "")
+
+
 # ---- conversions ------------------------------------------------------------------------------------------------
 def float32_field(values: np.ndarray) -> array.array:
     """What a float32[] field wants: array.array('f') from raw bytes (7x faster than assigning an ndarray)."""
