@@ -63,7 +63,7 @@ class PolicyNode(ConfiguredNode):
         self.want_final = False
         self.last_chunk_seq: int | None = None
         self.seq = time.time_ns()                # unique across restarts of this node
-        self.pending: tuple[Observation, np.ndarray, np.ndarray] | None = None   # (msg, image, proprio)
+        self.pending: tuple[Observation, torch.Tensor] | None = None   # (observation, its policy features)
         # One deadline timer, re-armed per decision (creating a timer per decision rebuilds the executor's wait set).
         self.deadline_timer = self.create_timer(c.safety.noise_deadline_s, self._on_deadline)
         self.deadline_timer.cancel()
@@ -168,8 +168,13 @@ class PolicyNode(ConfiguredNode):
         if self.want_final:
             self.episode, self.want_final = None, False
             return
-        self.pending = (msg, image, proprio)
         self.deadline_timer.reset()
+        # While the steering node works on w, encode the observation: only the DDIM loop is left for the noise.
+        obs = {"image": torch.as_tensor(image, device=self.device)[None, None],
+               "proprio": torch.as_tensor(proprio, device=self.device)[None, None]}
+        self.policy.validate_obs(obs)
+        with torch.no_grad():
+            self.pending = (msg, self.policy.encode_obs(obs))
 
     def _fresh_observation(self, after_ns: int) -> tuple[int, np.ndarray, np.ndarray] | None:
         """(newest stamp, image, proprio) once every sensor has data stamped >= after_ns, else None."""
@@ -198,10 +203,11 @@ class PolicyNode(ConfiguredNode):
         self._act(noise.ravel(), ActionChunk.SOURCE_BASE, 0)
 
     def _act(self, noise: np.ndarray, source: int, actor_version: int) -> None:
-        obs_msg, image, proprio = self.pending
+        obs_msg, features = self.pending
         self._cancel_pending()
         pc = self.policy.config
-        chunk = self.policy.act({"image": image[None], "proprio": proprio[None]}, noise.reshape(pc.noise_shape))
+        w = torch.tensor(noise, dtype=torch.float32, device=self.device).view(1, *pc.noise_shape)
+        chunk = self.policy.sample_from_features(features, w)[0].cpu().numpy()   # = policy.act(obs, w)
         chunk = np.clip(chunk, self.low, self.high)
         msg = ActionChunk(seq=obs_msg.seq, episode=obs_msg.episode, actor_version=int(actor_version),
                           noise_source=int(source), chunk_len=pc.chunk_len, action_dim=pc.action_dim,

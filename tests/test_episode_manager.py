@@ -1,0 +1,98 @@
+"""The episode manager on a real-arm config: operator-driven episodes through its services (what teleop calls)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def manager():
+    import rclpy
+    from std_srvs.srv import SetBool, Trigger
+
+    from dsrl_interfaces.msg import ChunkResult, EpisodeEvent
+    from dsrl_ros.nodes.ros_io import CHUNK_RESULT, EPISODE, qos
+
+    proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.nodes.episode_manager", "--ros-args", "-p",
+                             f"robot_config:={ROOT / 'robot_configs' / 'franka_fr3.yaml'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rclpy.init()
+    node = rclpy.create_node("teleop_probe")
+    events: list = []
+    node.create_subscription(EpisodeEvent, EPISODE, events.append, qos()["events"])
+    handle = type("Manager", (), {})()
+    handle.node, handle.events = node, events
+    handle.result_pub = node.create_publisher(ChunkResult, CHUNK_RESULT, qos()["decision"])
+    handle.clients = {"start": node.create_client(Trigger, "/episode_manager/start"),
+                      "label": node.create_client(SetBool, "/episode_manager/label"),
+                      "abort": node.create_client(Trigger, "/episode_manager/abort")}
+    handle.types = {"start": Trigger, "label": SetBool, "abort": Trigger}
+    try:
+        for client in handle.clients.values():
+            assert client.wait_for_service(timeout_sec=60), "episode_manager services did not come up"
+        wait(handle, lambda: any(e.state == EpisodeEvent.STATE_RESETTING for e in events), "RESETTING")
+        yield handle
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def wait(handle, predicate, what: str, timeout_s: float = 30.0):
+    import rclpy
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rclpy.spin_once(handle.node, timeout_sec=0.05)
+        if predicate():
+            return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def call(handle, name: str, **fields):
+    import rclpy
+
+    future = handle.clients[name].call_async(handle.types[name].Request(**fields))
+    rclpy.spin_until_future_complete(handle.node, future, timeout_sec=10)
+    return future.result()
+
+
+def test_operator_starts_labels_and_aborts_episodes(manager):
+    from dsrl_interfaces.msg import EpisodeEvent as E
+
+    assert not call(manager, "label", data=True).success          # nothing running yet
+    reply = call(manager, "start")
+    assert reply.success and reply.message == "episode 1 running"
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RUNNING, "RUNNING")
+    assert "cannot start: state is running" in call(manager, "start").message
+    assert call(manager, "label", data=True).message == "episode 1: success"
+    wait(manager, lambda: any(e.state == E.STATE_ENDED and e.outcome == E.OUTCOME_SUCCESS for e in manager.events),
+         "ENDED success")
+    # No auto reset on a real arm: back to RESETTING (after the final-observation wait), waiting for the operator.
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RESETTING, "RESETTING again")
+    assert call(manager, "start").success
+    assert call(manager, "abort").message == "episode 2: aborted"
+    wait(manager, lambda: any(e.outcome == E.OUTCOME_ABORTED for e in manager.events), "ENDED aborted")
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RESETTING, "RESETTING after abort")
+
+
+def test_the_step_limit_ends_an_episode_as_a_timeout(manager):
+    from dsrl_interfaces.msg import ChunkResult, EpisodeEvent as E
+
+    assert call(manager, "start").success
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RUNNING, "RUNNING")
+    episode = manager.events[-1].episode
+    for seq in range(25):                                           # 25 chunks x 8 steps = 200 = the FR3 limit
+        manager.result_pub.publish(ChunkResult(seq=seq, episode=episode, steps_executed=8))
+        wait(manager, lambda: True, "a moment")                     # one chunk at a time, as a robot reports
+    wait(manager, lambda: manager.events[-1].state != E.STATE_RUNNING, "the end of the episode")
+    ended = next(e for e in manager.events if e.state == E.STATE_ENDED and e.episode == episode)
+    assert ended.outcome == E.OUTCOME_TIMEOUT and ended.steps == 200 and ended.chunks == 25
