@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
+os.environ.setdefault("ROS_DOMAIN_ID", str(43 + os.getpid() % 58))   # not the demo's 42; <= 101 on Linux
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 os.environ.setdefault("MUJOCO_GL", "egl")
 

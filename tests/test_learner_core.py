@@ -111,8 +111,11 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
     time.sleep(0.3)
     assert learner.num_updates == 0 and not learner.training             # warm-up: no updates yet
     learner.add_episode(_episode_rows(4, seed=2), {"outcome": "success"})
+    time.sleep(0.3)
+    assert learner.training and learner.num_updates == 0                 # warm-up data earns no updates itself
+    learner.add_episode(_episode_rows(7, seed=3), {"outcome": "success"})
     deadline = time.monotonic() + 60
-    while learner.num_updates < 21 and time.monotonic() < deadline:      # utd 3 x 7 transitions
+    while learner.num_updates < 21 and time.monotonic() < deadline:      # utd 3 x 7 new transitions
         time.sleep(0.05)
     time.sleep(0.3)
     assert learner.num_updates == 21                                     # and no more: the ratio holds
@@ -125,12 +128,12 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
     learner.stop()
     assert (tmp_path / "checkpoint").is_symlink() and len(list(tmp_path.glob("ckpt_*"))) == 1
     lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
-    assert [json.loads(x)["episode"] for x in lines] == [0, 1]
+    assert [json.loads(x)["episode"] for x in lines] == [0, 1, 2]
 
     resumed = AsyncLearner(PolicySteering(policy, STEER), tmp_path, settings, lambda *a: published.append(a),
                            log=lambda s: None)
-    assert resumed.resumed_from == 21 and resumed.actor_version == 4 and resumed.n_episodes == 2
-    assert resumed.n_transitions == 7
+    assert resumed.resumed_from == 21 and resumed.actor_version == 4 and resumed.n_episodes == 3
+    assert resumed.n_transitions == 14 and resumed._due_updates() == 0   # nothing owed after the restart
     resumed.publish_current()
     assert published[-1][0] == 5 and published[-1][1] == 21             # the resumed weights, as a new version
 
@@ -156,7 +159,8 @@ def test_a_failing_update_is_reported_not_swallowed(tmp_path):
 
     learner.steering.agent.update = broken
     learner.start()
-    learner.add_episode(_episode_rows(2, seed=1), {"outcome": "success"})
+    learner.add_episode(_episode_rows(2, seed=1), {"outcome": "success"})   # warm-up
+    learner.add_episode(_episode_rows(2, seed=2), {"outcome": "success"})
     deadline = time.monotonic() + 30
     while learner.error is None and time.monotonic() < deadline:
         time.sleep(0.02)
