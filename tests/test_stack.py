@@ -242,3 +242,23 @@ def test_sigterm_stops_every_node_cleanly(stack):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert all(s["state"] == "stopped" for s in supervisor_state(stack.run).values())
+
+
+def test_a_node_that_cannot_start_stops_the_run_with_one_clear_error(tmp_path):
+    proc = up("--run-dir", str(tmp_path / "run"), "--set", f"policy.checkpoint={tmp_path / 'no_such_policy'}",
+              cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    error = [line for line in out.splitlines() if line.startswith("dsrl-ros up: error:")]
+    assert len(error) == 1 and "cannot start" in error[0] and "no_such_policy" in error[0], out
+    assert "missing config.json" in error[0]
+    state = supervisor_state(tmp_path / "run")
+    assert all(s["state"] in ("stopped", "failed") for s in state.values())   # nothing left running
+
+
+def test_a_bad_config_value_is_refused_before_anything_starts(tmp_path):
+    proc = up("--run-dir", str(tmp_path / "run"), "--set", "learner.utd=0", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert out.strip().splitlines()[-1].endswith("learner.utd: expected updates per transition > 0, got 0.0 (float)")
+    assert not (tmp_path / "run" / "logs").exists()

@@ -175,13 +175,14 @@ def run_node(node_class: Callable[[], object], name: str, argv: list[str] | None
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
     try:
-        node = node_class()
-        rclpy.spin(node)
+        try:
+            node = node_class()
+        except (ValueError, FileNotFoundError) as err:   # at start only: a bad config, checkpoint or path
+            print(f"{name}: error: {err}", file=sys.stderr, flush=True)
+            return CONFIG_ERROR_EXIT
+        rclpy.spin(node)                                  # anything raised here is a crash: exit 1, restarted
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{name}: error: {err}", file=sys.stderr, flush=True)
-        return CONFIG_ERROR_EXIT
     finally:
         if node is not None:
             node.close()
