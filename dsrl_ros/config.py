@@ -104,7 +104,7 @@ class LearnerSection:
     run_dir: str = "runs/sim_arm"           # replay.zarr, checkpoint/, actor/ (relative to the working directory)
     warmup_episodes: int = 10               # base-policy episodes before the first update
     utd: float = 5.0                        # gradient updates per recorded transition (chunk)
-    publish_every_updates: int = 50         # a new actor version every N updates
+    publish_every_updates: int = 10         # a new actor version every N updates (a lagging actor hurts: docs/results.md)
     checkpoint_every_s: float = 30.0        # and after every committed episode
     device: str = "auto"
     noise_magnitude: float = 1.5

@@ -132,6 +132,7 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
 
     resumed = AsyncLearner(PolicySteering(policy, STEER), tmp_path, settings, lambda *a: published.append(a),
                            log=lambda s: None)
+    assert json.loads((tmp_path / "actor_version.json").read_text()) == {"actor_version": 4}
     assert resumed.resumed_from == 21 and resumed.actor_version == 4 and resumed.n_episodes == 3
     assert resumed.n_transitions == 14 and resumed._due_updates() == 0   # nothing owed after the restart
     resumed.publish_current()

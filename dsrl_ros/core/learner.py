@@ -6,8 +6,8 @@ so the update-to-data ratio holds when the learner keeps up and the learner simp
 `publish_every_updates` updates a new actor version is handed to `on_actor` (the ROS node publishes it).
 
 Run directory: replay.zarr/ (episode-atomic, the source of truth), checkpoint -> ckpt_<n>/ (a symlink swapped
-atomically, so a kill at any moment leaves the previous complete checkpoint), actor/ (latest actor),
-episodes.jsonl (one line per stored episode). A restarted learner reloads the replay and the checkpoint and
+atomically, so a kill at any moment leaves the previous complete checkpoint), actor/ (the actor at the last
+checkpoint), actor_version.json (the last published version), episodes.jsonl (one line per stored episode). A restarted learner reloads the replay and the checkpoint and
 goes on from there: no committed episode is lost, the update count and actor version continue.
 """
 
@@ -28,6 +28,7 @@ import torch
 from dsrl_ros.core.chunk_replay import ChunkReplay, chunk_schema
 from dsrl_ros.core.steering import PolicySteering, rng_from_json, rng_state_json
 
+VERSION_FILE = "actor_version.json"   # the last published version, written before each publication
 # on_actor(version, num_updates, safetensors bytes, config JSON)
 ActorCallback = Callable[[int, int, bytes, str], None]
 
@@ -63,7 +64,10 @@ class AsyncLearner:
         self._last_checkpoint = time.monotonic()
         if (self.run_dir / "checkpoint" / "config.json").exists():
             trainer = steering.load_checkpoint(self.run_dir / "checkpoint")
-            self.rng, self.actor_version = rng_from_json(trainer["rng"]), int(trainer["actor_version"])
+            published = json.loads((self.run_dir / VERSION_FILE).read_text())["actor_version"] \
+                if (self.run_dir / VERSION_FILE).exists() else 0
+            self.rng = rng_from_json(trainer["rng"])
+            self.actor_version = max(int(trainer["actor_version"]), int(published))
             self.resumed_from = steering.agent.num_updates
             self.log(f"resumed from {self.run_dir / 'checkpoint'}: {self.resumed_from} updates, actor version "
                      f"{self.actor_version}, {self.n_episodes} committed episodes")
@@ -158,10 +162,9 @@ class AsyncLearner:
 
     def _publish_locked(self) -> None:
         self.actor_version += 1
+        # The counter hits the disk before the weights leave: a restarted learner never reuses a version number.
+        _write_json_atomic(self.run_dir / VERSION_FILE, {"actor_version": self.actor_version})
         metadata = {"version": self.actor_version, "num_updates": self.num_updates}
-        self.steering.save_actor(self.run_dir / "actor", metadata)
-        # Checkpoint before publishing: a version number names one set of weights, across restarts too.
-        self._checkpoint_locked()
         self.on_actor(self.actor_version, self.num_updates, *self.steering.actor_payload(metadata))
 
     def publish_current(self) -> None:
@@ -173,7 +176,11 @@ class AsyncLearner:
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def _checkpoint_locked(self) -> None:
-        """Writes ckpt_<updates>_<time>/ completely, then swaps the `checkpoint` symlink in one rename."""
+        """Writes ckpt_<updates>_<time>/ completely, then swaps the `checkpoint` symlink in one rename; the
+        current actor goes to actor/ (what `eval --steer` and a fresh steering node can load)."""
+        if self.actor_version > 0:
+            self.steering.save_actor(self.run_dir / "actor", {"version": self.actor_version,
+                                                              "num_updates": self.num_updates})
         name = f"ckpt_{self.num_updates:09d}_{time.time_ns()}"
         self.steering.save_checkpoint(self.run_dir / name, {"rng": rng_state_json(self.rng),
                                                             "actor_version": self.actor_version,
@@ -186,6 +193,12 @@ class AsyncLearner:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         self._last_checkpoint = time.monotonic()
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
