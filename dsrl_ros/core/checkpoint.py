@@ -24,7 +24,7 @@ DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
 DEFAULT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"   # DSRL-NA actor for the base policy above
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """Write via a temp file in the same directory + rename, so a crash never leaves a torn file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -40,8 +40,8 @@ def save_tensors_and_config(directory: str | Path, tensors: dict[str, torch.Tens
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(contiguous, p))
-    _write_atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(contiguous, p))
+    write_atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     return directory
 
 

@@ -7,8 +7,9 @@ so the update-to-data ratio holds when the learner keeps up and the learner simp
 
 Run directory: replay.zarr/ (episode-atomic, the source of truth), checkpoint -> ckpt_<n>/ (a symlink swapped
 atomically, so a kill at any moment leaves the previous complete checkpoint), actor/ (the actor at the last
-checkpoint), actor_version.json (the last published version), episodes.jsonl (one line per stored episode). A restarted learner reloads the replay and the checkpoint and
-goes on from there: no committed episode is lost, the update count and actor version continue.
+checkpoint), actor_version.json (the last published version), episodes.jsonl (one line per stored episode).
+A restarted learner reloads the replay and the checkpoint and goes on from there: no committed episode is lost,
+the update count and actor version continue.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from dsrl_ros.core.checkpoint import write_atomic
 from dsrl_ros.core.chunk_replay import ChunkReplay, chunk_schema
 from dsrl_ros.core.steering import PolicySteering, rng_from_json, rng_state_json
 
@@ -121,10 +123,9 @@ class AsyncLearner:
             self._checkpoint_locked()
 
     def _due_updates(self) -> int:
-        """Updates owed: utd per transition recorded after the warm-up (as SAC's `learning_starts`). Warm-up data
-        is trained on but earns no updates of its own: `utd x` all of it at once would fit the critics to a few
-        base-policy episodes for hundreds of steps before the actor acts, and the actor then chases the critic's
-        errors (measured: windowed success 35 % -> 5 % through the graph; `train-steer` does not do this)."""
+        """Updates owed: utd per transition recorded after the warm-up (as SAC's `learning_starts` and
+        `train-steer`). Warm-up data is trained on but earns no updates of its own: `utd x` all of it at once
+        fits the critics to a few base-policy episodes for hundreds of steps before the actor first acts."""
         if not self.training:
             return 0
         return int(self.settings.utd * (self.n_transitions - self._warmup_transitions())) - self.num_updates
@@ -163,7 +164,8 @@ class AsyncLearner:
     def _publish_locked(self) -> None:
         self.actor_version += 1
         # The counter hits the disk before the weights leave: a restarted learner never reuses a version number.
-        _write_json_atomic(self.run_dir / VERSION_FILE, {"actor_version": self.actor_version})
+        write_atomic(self.run_dir / VERSION_FILE,
+                     lambda tmp: Path(tmp).write_text(json.dumps({"actor_version": self.actor_version})))
         metadata = {"version": self.actor_version, "num_updates": self.num_updates}
         self.on_actor(self.actor_version, self.num_updates, *self.steering.actor_payload(metadata))
 
@@ -193,12 +195,6 @@ class AsyncLearner:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         self._last_checkpoint = time.monotonic()
-
-
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -23,7 +23,7 @@ from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
 from dsrl_ros.core.steering import PolicySteering, SteerConfig
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
-                                   float32_array, guarded, image_to_array, outcome_name, qos, run_node)
+                                   float32_array, guarded, observation_arrays, outcome_name, qos, run_node)
 
 
 
@@ -63,10 +63,7 @@ class LearnerNode(ConfiguredNode):
 
     # ---- the decision stream -----------------------------------------------------------------------------------
     def _on_observation(self, msg: Observation) -> None:
-        pc = self.policy.config
-        height, width = pc.image_shape[:2]
-        obs = {"image": image_to_array(msg.image, width, height).copy(),
-               "proprio": float32_array(msg.proprio, "observation.proprio", pc.proprio_dim).copy()}
+        obs = {k: v.copy() for k, v in observation_arrays(msg, self.policy.config).items()}   # outlives msg
         self.recorder.observation(msg.episode, msg.seq, obs, msg.final)
 
     def _on_chunk(self, msg: ActionChunk) -> None:

@@ -116,6 +116,14 @@ def array_to_image(image: np.ndarray, stamp, frame_id: str, msg=None):
     return msg
 
 
+def observation_arrays(msg, policy_config) -> dict[str, np.ndarray]:
+    """dsrl_interfaces/Observation -> {"image": (H, W, 3) uint8, "proprio": (P,) float32}, views on the message,
+    checked against the policy's input shapes."""
+    height, width = policy_config.image_shape[:2]
+    return {"image": image_to_array(msg.image, width, height),
+            "proprio": float32_array(msg.proprio, "observation.proprio", policy_config.proprio_dim)}
+
+
 def stamp_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 

@@ -16,8 +16,8 @@ from dsrl_interfaces.msg import ActorWeights, Noise, Observation
 from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, float32_array, float32_field, guarded,
-                                   image_to_array, qos, run_node)
+from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, float32_field, guarded, observation_arrays,
+                                   qos, run_node)
 
 
 class SteeringNode(ConfiguredNode):
@@ -41,9 +41,7 @@ class SteeringNode(ConfiguredNode):
         if msg.final:
             return
         pc = self.policy.config
-        height, width = pc.image_shape[:2]
-        obs = {"image": image_to_array(msg.image, width, height),
-               "proprio": float32_array(msg.proprio, "observation.proprio", pc.proprio_dim)}
+        obs = observation_arrays(msg, pc)
         if self.steering is None:
             noise, source = self.rng.standard_normal(pc.noise_shape).astype(np.float32), Noise.SOURCE_BASE
         else:
