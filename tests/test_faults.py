@@ -148,19 +148,16 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         ended_before = len(probe.ended())
         flood = [EpisodeEvent(episode=int(rng.integers(0, 10**6)), state=int(rng.integers(0, 3)),
                               outcome=int(rng.integers(0, 5))) for _ in range(200)]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:                      # ~20 k events in 10 s
-            probe.publish(EpisodeEvent, EPISODE, flood, "events", seconds=0.1)
+        assert probe.flood(EpisodeEvent, EPISODE, flood, "events", seconds=10, rate_hz=2000) > 15_000   # ~20 k in 10 s
         probe.wait(lambda: len(probe.ended()) >= ended_before + 2, 120, "episodes going on after the flood")
         for node in ("policy", "learner"):
             assert "episode_event.signature" in up.log(node) or "episode_event.run_id" in up.log(node)
 
-        # 5. A flood of noise for decisions nobody asked about: control goes on.
+        # 5. A flood of noise for decisions nobody asked about (~1000 messages/s, a hundred times the graph's own
+        #    rate; the flooding process itself shares the test machine's cores): control goes on.
         results_before = len(probe.results)
         junk = [Noise(seq=int(s), episode=1, noise=array.array("f", [0.0] * 40)) for s in rng.integers(1, 10**9, 100)]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            probe.publish(Noise, NOISE, junk, "decision", seconds=0.1)
+        probe.flood(Noise, NOISE, junk, "decision", seconds=10, rate_hz=1000)
         assert len(probe.results) > results_before + 5, "chunk results stopped during a noise flood"
 
         # Nothing unsafe was ever published, and every node is still the one that started.
