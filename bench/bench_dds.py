@@ -41,7 +41,7 @@ from machine import machine_description  # noqa: E402
 from dsrl_ros.config import load_config  # noqa: E402
 from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, DEFAULT_STEER_ACTOR, load_policy  # noqa: E402
 from dsrl_ros.core.steering import load_actor  # noqa: E402
-from dsrl_ros.nodes.ros_io import ros_environment  # noqa: E402
+from dsrl_ros.ros_env import ros_environment  # noqa: E402
 from dsrl_ros.stack import build_graph  # noqa: E402
 from dsrl_ros.supervisor import Supervisor  # noqa: E402
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsrl_ros.commands import bag2zarr, collect_demos, demo, evaluate, train_bc, train_steer, up
+from dsrl_ros.commands import bag2zarr, collect_demos, demo, evaluate, repair, train_bc, train_steer, up
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsrl-ros", description="Diffusion steering via RL on real arms (ROS 2).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (up, collect_demos, train_bc, train_steer, evaluate, demo, bag2zarr):
+    for module in (up, collect_demos, train_bc, train_steer, evaluate, demo, repair, bag2zarr):
         module.add_parser(sub)
     return parser
 
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None and args.threads < 1:
+            raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
         print(f"dsrl-ros {args.command}: error: {err}", file=sys.stderr)

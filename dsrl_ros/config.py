@@ -52,8 +52,8 @@ class JointsSection:
 @dataclass(frozen=True)
 class CameraSection:
     topic: str                              # sensor_msgs/Image
-    width: int                              # what the policy expects; other sizes are dropped, not resized
-    height: int
+    width: int                              # the camera's image size: other sizes are dropped; the policy node
+    height: int                             # resizes this size to the policy's input (logged at start)
     encoding: str = "rgb8"
 
 
@@ -87,6 +87,9 @@ class ActionSection:
 class SafetySection:
     max_obs_age_s: float = 0.5              # a decision waiting longer for fresh sensor data logs which is late
     noise_deadline_s: float = 0.05          # no steering noise by then: w ~ N(0, I), chunk marked base-policy
+    # Steering noise with any |w_i| above this (or non-finite) is refused: the base policy's own w ~ N(0, I)
+    # is used instead. The actor's w is bounded by learner.noise_magnitude; N(0, 1) exceeds 6 with p ~ 2e-9.
+    max_noise_abs: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class EpisodeSection:
     auto_reset: bool = True                 # sim: reset and start the next episode without an operator
     reset_pause_s: float = 0.0
     max_episodes: int = 0                   # 0: unlimited
+    # A running episode with no chunk result for this long (a node died, a driver hangs) is aborted and the
+    # next one reset, so one node's crash costs at most the episode it interrupted.
+    stall_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,10 @@ class RosSection:
     domain_id: int = 42
     discovery_range: str = "LOCALHOST"      # ROS_AUTOMATIC_DISCOVERY_RANGE; LOCALHOST keeps DDS on this machine
     large_data: bool = True                 # FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (images over shared memory)
+    # DDS security (SROS2) with this keystore. The pip ROS wheels have no security libraries: there a node
+    # fails to start with one clear error (fail closed). Needs an apt ROS install (docs/architecture.md).
+    security: bool = False
+    security_keystore: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,8 +200,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StackConfig:
         raise FileNotFoundError(f"{path}: no robot config there (see robot_configs/)")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
     try:
         return config_from_dict(apply_overrides(data, overrides))
     except ConfigError as err:
@@ -211,7 +221,11 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
         section = out.setdefault(parts[0], {})
         if not isinstance(section, dict):
             raise ConfigError(f"{parts[0]}: expected a mapping, got {_show(section)}")
-        section[parts[1]] = yaml.safe_load(raw)
+        try:
+            section[parts[1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") \
+                from None
     return out
 
 
@@ -307,12 +321,15 @@ def _check_values(c: StackConfig) -> None:
         require(lo < hi, f"action.high[{i}]", f"> action.low[{i}] ({lo})", hi)
     require(c.safety.max_obs_age_s > 0, "safety.max_obs_age_s", "seconds > 0", c.safety.max_obs_age_s)
     require(c.safety.noise_deadline_s > 0, "safety.noise_deadline_s", "seconds > 0", c.safety.noise_deadline_s)
+    require(c.safety.max_noise_abs >= c.learner.noise_magnitude, "safety.max_noise_abs",
+            f">= learner.noise_magnitude ({c.learner.noise_magnitude}: the actor's own bound)", c.safety.max_noise_abs)
     require(c.policy.device in DEVICES, "policy.device", f"one of {list(DEVICES)}", c.policy.device)
     require(c.learner.device in DEVICES, "learner.device", f"one of {list(DEVICES)}", c.learner.device)
     require(c.learner.algo in ALGOS, "learner.algo", f"one of {list(ALGOS)}", c.learner.algo)
     require(bool(c.learner.run_dir), "learner.run_dir", "a directory", c.learner.run_dir)
     require(c.learner.warmup_episodes >= 0, "learner.warmup_episodes", "an integer >= 0",
             c.learner.warmup_episodes)
+    require(c.learner.noise_magnitude > 0, "learner.noise_magnitude", "a bound > 0", c.learner.noise_magnitude)
     require(c.learner.utd > 0, "learner.utd", "updates per transition > 0", c.learner.utd)
     require(c.learner.publish_every_updates >= 1, "learner.publish_every_updates", "an integer >= 1",
             c.learner.publish_every_updates)
@@ -321,6 +338,9 @@ def _check_values(c: StackConfig) -> None:
     require(c.episode.reset_pause_s >= 0, "episode.reset_pause_s", "seconds >= 0", c.episode.reset_pause_s)
     require(c.episode.max_episodes >= 0, "episode.max_episodes", "an integer >= 0 (0: unlimited)",
             c.episode.max_episodes)
+    require(c.episode.stall_timeout_s > 0, "episode.stall_timeout_s", "seconds > 0", c.episode.stall_timeout_s)
+    require(not c.ros.security or bool(c.ros.security_keystore), "ros.security_keystore",
+            "an SROS2 keystore directory when ros.security is true", c.ros.security_keystore)
     require(0 <= c.ros.domain_id <= 232, "ros.domain_id", "0..232", c.ros.domain_id)
     require(c.ros.discovery_range in ("LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT"), "ros.discovery_range",
             "LOCALHOST | SUBNET | OFF | SYSTEM_DEFAULT", c.ros.discovery_range)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsrl_interfaces.msg import EpisodeEvent, LearnerStatus
-from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, outcome_name, qos, stamp_ns
+from dsrl_ros.core.run_identity import RunKey
+from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, check_episode_event, outcome_name, qos, stamp_ns
 
 
 @dataclass
@@ -28,16 +29,24 @@ class EpisodeRecord:
 
 
 class StackMonitor:
-    def __init__(self, node):
+    def __init__(self, node, key: RunKey):
+        """key: the run's key; events that are not this run's (signed with it) are ignored."""
         q = qos()
+        self.key = key
         self.node = node
         self.records: list[EpisodeRecord] = []
         self.status: LearnerStatus | None = None
         self._running: dict[int, int] = {}      # episode -> stamp (ns) of its RUNNING event
-        node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["decision"])
+        # Transient local: a restarted episode manager's first events (the interrupted episode's end) may go out
+        # before it has discovered this node; the writer's history delivers them once matched.
+        node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["events"])
         node.create_subscription(LearnerStatus, LEARNER_STATUS, self._on_status, q["status"])
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
+        try:
+            check_episode_event(msg, self.key)
+        except ValueError:
+            return
         if msg.state == EpisodeEvent.STATE_RUNNING:
             self._running[msg.episode] = stamp_ns(msg.header.stamp)
         elif msg.state == EpisodeEvent.STATE_ENDED and msg.episode in self._running:

@@ -3,13 +3,17 @@
 What `ros2 launch` does on a robot PC, for machines without a ROS install: start every node of the graph
 (`stack.build_graph`) as its own process in its own session, log each to `<logs>/<node>.log`, restart a node
 that dies (1 s, 2 s, 4 s ... up to 30 s between tries; the delay resets after a minute of healthy running),
-never restart one that exited on a bad config (exit code 2: restarting cannot fix it), and stop them all
+never restart one that exited with a fatal code (a bad config or corrupt file at start, a full disk:
+`ros_env.FATAL_EXIT_CODES`; restarting cannot fix it), stop restarting one that fails the same way at start
+`CRASH_LOOP_STARTS` times in a row (its last log line is the error the run stops with), and stop them all
 cleanly: SIGINT (rclpy's clean shutdown), then SIGTERM, then SIGKILL for a node that does not exit.
+Children die with the supervisor even if it is killed with SIGKILL (`ros_env.die_with_supervisor`).
 The state of every node is kept in `<logs>/supervisor.json` (pid, state, restarts) for people and tests.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -19,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dsrl_ros.nodes.ros_io import CONFIG_ERROR_EXIT
+from dsrl_ros.ros_env import CONFIG_ERROR_EXIT, FATAL_EXIT_CODES, SUPERVISOR_PID_ENV
 from dsrl_ros.stack import NodeSpec
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S, HEALTHY_AFTER_S = 1.0, 30.0, 60.0
+STARTUP_S = 30.0                 # an exit this soon after a start is a failure to start
+CRASH_LOOP_STARTS = 3            # that many failures to start in a row, ending in the same error line: give up
 
 
 @dataclass
@@ -35,16 +41,19 @@ class Child:
     restart_at: float | None = None
     backoff_s: float = BACKOFF_FIRST_S
     exit_codes: list[int] = field(default_factory=list)
+    start_failures: list[str] = field(default_factory=list)   # last log line of each failed start, in a row
 
 
 class Supervisor:
     def __init__(self, specs: list[NodeSpec], env: dict[str, str], log_dir: str | Path,
                  say: Callable[[str], None] = print):
         self.children = [Child(spec) for spec in specs]
-        self.env, self.say = env, say
+        self.env, self.say = {**env, SUPERVISOR_PID_ENV: str(os.getpid())}, say
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.fatal: str | None = None     # set when a node cannot run at all
+        self.fatal: str | None = None     # set when a node cannot run at all ...
+        self.fatal_code = 0               # ... with the exit code `dsrl-ros up` should end with
+        self._state_unwritable = False
 
     def start(self) -> None:
         for child in self.children:
@@ -69,15 +78,21 @@ class Supervisor:
                 code = child.process.returncode
                 child.exit_codes.append(code)
                 changed = True
-                if code == CONFIG_ERROR_EXIT:
-                    child.state = "failed"
-                    self.fatal = f"{child.spec.name} cannot start: {self._last_error(child)}"
-                    self.say(f"[supervisor] {self.fatal}")
+                last = self._last_error(child, code)
+                if code in FATAL_EXIT_CODES:
+                    self._give_up(child, last, code)
+                    continue
+                child.start_failures = (child.start_failures + [last] if now - child.started_at < STARTUP_S
+                                        else [])
+                if (len(child.start_failures) >= CRASH_LOOP_STARTS
+                        and len(set(child.start_failures[-CRASH_LOOP_STARTS:])) == 1):
+                    self._give_up(child, f"{last} (failed the same way at each of {CRASH_LOOP_STARTS} starts)",
+                                  CONFIG_ERROR_EXIT)
                     continue
                 if now - child.started_at >= HEALTHY_AFTER_S:
                     child.backoff_s = BACKOFF_FIRST_S
                 child.state, child.restart_at = "crashed", now + child.backoff_s
-                self.say(f"[supervisor] {child.spec.name} exited with code {code}; restarting in "
+                self.say(f"[supervisor] {child.spec.name} exited with code {code} ({last}); restarting in "
                          f"{child.backoff_s:.0f} s (log: {self.log_dir / (child.spec.name + '.log')})")
                 child.backoff_s = min(child.backoff_s * 2, BACKOFF_MAX_S)
             elif child.state == "crashed" and now >= child.restart_at:
@@ -88,6 +103,12 @@ class Supervisor:
                          f"restart {child.restarts})")
         if changed:
             self._write_state()
+
+    def _give_up(self, child: Child, error: str, code: int) -> None:
+        child.state = "failed"
+        verb = "cannot start" if code == CONFIG_ERROR_EXIT else "stopped the run"
+        self.fatal, self.fatal_code = f"{child.spec.name} {verb}: {error}", code
+        self.say(f"[supervisor] {self.fatal}")
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGINT to every node, then SIGTERM, then SIGKILL for what is still alive."""
@@ -104,8 +125,11 @@ class Supervisor:
             if sig != signal.SIGKILL:
                 self.say(f"[supervisor] still running after {signal.Signals(sig).name}: "
                          f"{[c.spec.name for c in alive]}")
-        for child in self.children:
-            if child.state in ("running", "crashed"):
+        for child in self.children:        # the state says what happened: a node still alive stays "running"
+            if child.state == "running" and child.process.poll() is not None:
+                child.state = "stopped"
+                child.exit_codes.append(child.process.returncode)
+            elif child.state == "crashed":
                 child.state = "stopped"
         self._write_state()
 
@@ -117,12 +141,24 @@ class Supervisor:
         state = {c.spec.name: {"pid": c.process.pid if c.process else None, "state": c.state,
                                "restarts": c.restarts, "exit_codes": c.exit_codes} for c in self.children}
         tmp = self.log_dir / ".supervisor.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, self.log_dir / "supervisor.json")
+        try:
+            tmp.write_text(json.dumps(state, indent=2) + "\n")
+            os.replace(tmp, self.log_dir / "supervisor.json")
+        except OSError as err:             # a full disk must not stop the supervisor from stopping the nodes
+            if err.errno != errno.ENOSPC:
+                raise
+            if not self._state_unwritable:
+                self.say(f"[supervisor] cannot write {self.log_dir / 'supervisor.json'}: {err}")
+            self._state_unwritable = True
 
-    def _last_error(self, child: Child) -> str:
-        lines = (self.log_dir / f"{child.spec.name}.log").read_text(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"exit code {CONFIG_ERROR_EXIT}"
+    def _last_error(self, child: Child, code: int) -> str:
+        """The node's last log line (its error: a one-line error, or a traceback's last line)."""
+        try:
+            lines = (self.log_dir / f"{child.spec.name}.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        lines = [line for line in lines if line.strip() and not line.startswith("--- start")]
+        return lines[-1].strip() if lines else f"exit code {code}"
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -130,3 +166,4 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)   # the node and anything it started
     except ProcessLookupError:
         pass
+

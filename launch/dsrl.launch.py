@@ -8,6 +8,7 @@ transport) are added to each node's environment only where the environment does 
 from __future__ import annotations
 
 import os
+import secrets
 
 
 def graph_specs(robot_config: str, realtime_factor: float = 1.0):
@@ -23,10 +24,11 @@ def launch_nodes(robot_config: str, realtime_factor: float = 1.0) -> list:
     from launch_ros.actions import Node
 
     from dsrl_ros.config import load_config
-    from dsrl_ros.nodes.ros_io import ros_environment
+    from dsrl_ros.ros_env import SESSION_ENV, ros_environment
 
     config = load_config(robot_config)
     defaults = {k: v for k, v in ros_environment(config).items() if k not in os.environ}
+    defaults[SESSION_ENV] = secrets.token_hex(8)   # one session per launch (the episode manager's numbering)
     return [Node(package="dsrl_ros", executable=spec.name, name=spec.name, parameters=[spec.parameters],
                  output="screen", respawn=True, respawn_delay=2.0, additional_env=defaults)
             for spec in graph_specs(robot_config, realtime_factor)]

@@ -1,11 +1,34 @@
-"""Test-wide environment: DDS stays on this host in a domain of its own; headless MuJoCo rendering."""
+"""Test-wide environment: DDS stays on this host in a domain no other run on this machine uses; headless MuJoCo."""
 
+import fcntl
 import os
+import tempfile
+from pathlib import Path
 
 # Set before anything imports rclpy or mujoco.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-# Always a domain of the test run's own (the Makefile exports the demo's 42): a `make demo` running beside the
-# tests must not see their messages, nor they its. 43..100: clear of 42 and of the ids that collide with Linux
-# ephemeral ports. DSRL_TEST_ROS_DOMAIN_ID pins one when needed.
-os.environ["ROS_DOMAIN_ID"] = os.environ.get("DSRL_TEST_ROS_DOMAIN_ID", str(43 + os.getpid() % 58))
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+# A ROS domain of this test run's own, held for the whole run: the first id in 43..99 whose lock file no other
+# process holds (42 is the demo's; ids above ~100 collide with Linux ephemeral ports). Two concurrent test runs,
+# or a `make demo` beside them, can never share a domain. DSRL_TEST_ROS_DOMAIN_ID pins one when needed.
+_DOMAIN_LOCKS = Path(tempfile.gettempdir()) / "dsrl_ros_test_domains"
+
+
+def _claim_domain() -> tuple[int, object | None]:
+    if os.environ.get("DSRL_TEST_ROS_DOMAIN_ID"):
+        return int(os.environ["DSRL_TEST_ROS_DOMAIN_ID"]), None
+    _DOMAIN_LOCKS.mkdir(exist_ok=True)
+    for domain in range(43, 100):
+        f = open(_DOMAIN_LOCKS / f"{domain}.lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        return domain, f                      # kept open (and locked) until this process exits
+    raise RuntimeError(f"no free ROS domain for tests in 43..99 (locks in {_DOMAIN_LOCKS})")
+
+
+_DOMAIN, _DOMAIN_LOCK = _claim_domain()
+os.environ["ROS_DOMAIN_ID"] = str(_DOMAIN)

@@ -8,21 +8,32 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fr3_config(tmp: Path) -> Path:
+    """The FR3 config with a run directory of the test's own (the manager keeps its episode numbering there)."""
+    config = yaml.safe_load((ROOT / "robot_configs" / "franka_fr3.yaml").read_text())
+    config["learner"]["run_dir"] = str(tmp / "run")
+    path = tmp / "franka_fr3.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="module")
-def manager():
+def manager(tmp_path_factory):
     import rclpy
     from std_srvs.srv import SetBool, Trigger
 
     from dsrl_interfaces.msg import ChunkResult, EpisodeEvent
     from dsrl_ros.nodes.ros_io import CHUNK_RESULT, EPISODE, qos
 
+    tmp = tmp_path_factory.mktemp("manager")
+    log = open(tmp / "episode_manager.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.nodes.episode_manager", "--ros-args", "-p",
-                             f"robot_config:={ROOT / 'robot_configs' / 'franka_fr3.yaml'}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             f"robot_config:={fr3_config(tmp)}"], stdout=log, stderr=subprocess.STDOUT, text=True)
     rclpy.init()
     node = rclpy.create_node("teleop_probe")
     events: list = []
@@ -41,7 +52,8 @@ def manager():
         yield handle
     finally:
         proc.terminate()
-        proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        log.close()
         node.destroy_node()
         rclpy.try_shutdown()
 

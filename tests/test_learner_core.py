@@ -23,8 +23,12 @@ def obs(t):
     return {"image": np.full((84, 84, 3), t, np.uint8), "proprio": np.full(11, t, np.float32)}
 
 
-def feed_episode(recorder, episode, n_chunks, outcome="success", order=None, now=0.0, skip=()):
-    """Decision k: obs value 10k, noise k, action 100 + k, reward 0.5k; pieces in a scrambled order."""
+def feed_episode(recorder, episode, n_chunks, outcome="success", order=None, now=0.0, skip=(), started=True,
+                 counted=None):
+    """Decision k: obs value 10k, noise k, action 100 + k, reward 0.5k; pieces in a scrambled order.
+    counted: the chunk results the episode manager counted (default: n_chunks)."""
+    if started:
+        recorder.start(episode)
     seqs = [1000 * episode + k for k in range(n_chunks)]
     pieces = []
     for k, seq in enumerate(seqs):
@@ -40,7 +44,7 @@ def feed_episode(recorder, episode, n_chunks, outcome="success", order=None, now
         else:
             recorder.result(episode, seq, 0.5 * k)
     recorder.observation(episode, 10**9, obs(99), final=True)
-    recorder.end(episode, outcome, now)
+    recorder.end(episode, outcome, now, n_chunks if counted is None else counted)
 
 
 def test_recorder_pairs_pieces_by_seq_whatever_their_order():
@@ -77,6 +81,30 @@ def test_incomplete_episodes_wait_for_their_grace_then_drop_and_aborted_ones_dro
     assert aborted.rows is None and "aborted" in aborted.reason
 
 
+def test_an_episode_whose_start_was_not_seen_is_dropped_whole():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty")
+    feed_episode(recorder, 4, n_chunks=3, started=False)      # the learner (re)started during episode 4
+    (dropped,) = recorder.poll(now=0.0)
+    assert dropped.rows is None and "start was not seen" in dropped.reason
+
+
+def test_an_episode_with_fewer_chunks_than_the_manager_counted_waits_then_drops():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty", grace_s=2.0)
+    feed_episode(recorder, 6, n_chunks=3, counted=5, now=10.0)   # two decisions never reached the learner
+    assert recorder.poll(now=11.0) == []
+    (dropped,) = recorder.poll(now=12.5)
+    assert dropped.rows is None and "2 of the 5 chunks the episode manager counted" in dropped.reason
+
+
+def test_a_replayed_older_start_cannot_reopen_an_episode():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty")
+    feed_episode(recorder, 7, n_chunks=2)
+    assert recorder.poll(now=0.0)[0].rows is not None
+    feed_episode(recorder, 5, n_chunks=2)                       # a start of episode 5 after episode 7: refused
+    (dropped,) = recorder.poll(now=0.0)
+    assert dropped.episode == 5 and dropped.rows is None and "start was not seen" in dropped.reason
+
+
 def test_a_trailing_observation_cut_off_by_the_end_is_not_a_decision():
     recorder = EpisodeRecorder(CHUNK, "time_penalty")
     recorder.observation(5, 5099, obs(1), final=False)                   # decision asked, episode ended first
@@ -108,17 +136,16 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
                            lambda v, n, payload, cfg: published.append((v, n, payload, cfg)), log=lambda s: None)
     learner.start()
     learner.add_episode(_episode_rows(3, seed=1), {"outcome": "success"})
-    time.sleep(0.3)
-    assert learner.num_updates == 0 and not learner.training             # warm-up: no updates yet
-    learner.add_episode(_episode_rows(4, seed=2), {"outcome": "success"})
-    time.sleep(0.3)
-    assert learner.training and learner.num_updates == 0                 # warm-up data earns no updates itself
+    assert not learner.training and learner._due_updates() == 0         # warm-up: nothing owed, whatever the
+    learner.add_episode(_episode_rows(4, seed=2), {"outcome": "success"})  # thread's speed
+    assert learner.training and learner._due_updates() == 0              # warm-up data earns no updates itself
+    assert learner.num_updates == 0
     learner.add_episode(_episode_rows(7, seed=3), {"outcome": "success"})
+    assert learner._due_updates() == 21                                  # utd 3 x 7 new transitions
     deadline = time.monotonic() + 60
-    while learner.num_updates < 21 and time.monotonic() < deadline:      # utd 3 x 7 new transitions
+    while learner.num_updates < 21 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)
-    assert learner.num_updates == 21                                     # and no more: the ratio holds
+    assert learner.num_updates == 21 and learner._due_updates() == 0     # and no more: the ratio holds
     assert [v for v, *_ in published] == [1, 2, 3, 4] and published[-1][1] == 20
     version, _, payload, config_json = published[-1]
     steering = actor_from_bytes(payload, config_json, policy)            # what the steering node does
@@ -126,7 +153,8 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
     w = steering.choose_noise(obs(3), deterministic=True)
     assert w.shape == (4, 5) and np.isfinite(w).all()
     learner.stop()
-    assert (tmp_path / "checkpoint").is_symlink() and len(list(tmp_path.glob("ckpt_*"))) == 1
+    assert learner.num_updates == 21
+    assert (tmp_path / "checkpoint").is_symlink() and len(list(tmp_path.glob("ckpt_*"))) == 2   # newest + fallback
     lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
     assert [json.loads(x)["episode"] for x in lines] == [0, 1, 2]
 
@@ -165,5 +193,5 @@ def test_a_failing_update_is_reported_not_swallowed(tmp_path):
     deadline = time.monotonic() + 30
     while learner.error is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert learner.error == "FloatingPointError: loss is NaN"
+    assert isinstance(learner.error, FloatingPointError) and str(learner.error) == "loss is NaN"
     learner.stop()

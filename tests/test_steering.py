@@ -103,10 +103,19 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_policy_dir, tmp_path):
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tiny_policy_dir, tmp_path):
-    args = ["train-steer", "--policy", str(tiny_policy_dir), "--out", str(tmp_path / "r"), "--episodes", "1",
-            "--warmup-episodes", "1", "--utd", "1", "--batch-size", "4", "--hidden-dim", "32"]
+    args = ["train-steer", "--policy", str(tiny_policy_dir), "--out", str(tmp_path / "r"), "--episodes", "2",
+            "--warmup-episodes", "1", "--utd", "1", "--batch-size", "4", "--hidden-dim", "32", "--eval-episodes", "0"]
     assert cli_main(args) == 0
+    before = (tmp_path / "r" / "checkpoint").resolve()
     assert cli_main(args) == 2
+    assert (tmp_path / "r" / "checkpoint").resolve() == before          # nothing of the first run was touched
+
+
+def test_train_steer_with_no_episode_past_the_warm_up_writes_nothing(tiny_policy_dir, tmp_path, capsys):
+    assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--out", str(tmp_path / "r"),
+                     "--episodes", "0"]) == 2
+    assert "--episodes: expected more than --warmup-episodes" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_saved_actor_loads_and_picks_the_same_noise(tiny_policy_dir, tmp_path):
@@ -130,8 +139,11 @@ def test_eval_steer_reports_base_and_steered_on_the_same_seeds(tiny_policy_dir, 
                      "--episodes", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["agent"] == "steered_policy" and summary["episodes"] == 2
-    for key in ("success_rate", "base_success_rate", "ci_low", "ci_high", "base_ci_low", "base_ci_high"):
-        assert 0.0 <= summary[key] <= 1.0
+    # "The same seeds": the base part equals a base-only evaluation of those seeds, interval and all.
+    assert cli_main(["eval", "--policy", str(tiny_policy_dir), "--episodes", "2", "--json"]) == 0
+    base = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["base_success_rate"], summary["base_ci_low"], summary["base_ci_high"]) == \
+        (base["success_rate"], base["ci_low"], base["ci_high"])
 
 
 @pytest.mark.parametrize("algo", ["na", "sac"])

@@ -44,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     store = EpisodeStore.open(args.data, mode="r")
     if len(store) == 0:
-        raise SystemExit(f"--data: store {args.data} has no committed episodes")
+        raise ValueError(f"--data: store {args.data} has no committed episodes")
+    missing = [k for k in ("image", "proprio", "action") if k not in store.schema]
+    if missing:
+        raise ValueError(f"--data: store {args.data} has no {missing[0]!r} key (has {sorted(store.schema)}); "
+                         f"train-bc needs image, proprio and action (collect-demos writes them)")
     episodes = RamEpisodes.from_store(store, max_episodes=args.max_episodes)
     image_shape = tuple(store.schema["image"][0])
     config = PolicyConfig(image_shape=image_shape, proprio_dim=store.schema["proprio"][0][0],

@@ -60,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dsrl_ros.sim import make_env
 
+    if args.episodes <= args.warmup_episodes:
+        raise ValueError(f"--episodes: expected more than --warmup-episodes ({args.warmup_episodes}): the actor "
+                         f"trains only after the warm-up, got {args.episodes}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

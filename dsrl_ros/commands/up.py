@@ -9,8 +9,11 @@ the replay, checkpoints, the resolved config (stack_config.yaml) and each node's
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -19,9 +22,12 @@ from pathlib import Path
 import yaml
 
 from dsrl_ros.config import load_config
-from dsrl_ros.nodes.ros_io import ros_environment
+from dsrl_ros.core.run_identity import load_or_create_run_key
+from dsrl_ros.ros_env import RESOURCE_ERROR_EXIT, SESSION_ENV, ros_environment
 from dsrl_ros.stack import build_graph
 from dsrl_ros.supervisor import Supervisor
+
+LOCK_FILE = ".up.lock"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag, value, ok, expected in (("--episodes", args.episodes, args.episodes >= 0, "an integer >= 0"),
+                                      ("--max-minutes", args.max_minutes, args.max_minutes >= 0, "minutes >= 0"),
+                                      ("--window", args.window, args.window >= 1, "an integer >= 1"),
+                                      ("--realtime-factor", args.realtime_factor, args.realtime_factor > 0, "> 0")):
+        if not ok:
+            raise ValueError(f"{flag}: expected {expected}, got {value}")
     overrides = list(args.set)
     if args.run_dir:
         overrides.append(f"learner.run_dir={args.run_dir}")
@@ -46,11 +58,44 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"episode.max_episodes={args.episodes}")
     config = load_config(args.config, overrides)
     run_dir = Path(config.learner.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"learner.run_dir: expected a directory, got the file {run_dir}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with _lock(run_dir):
+            return _run_locked(args, config, overrides, run_dir)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"dsrl-ros up: error: disk full ({err}); committed episodes and checkpoints on disk are intact",
+              file=sys.stderr)
+        return RESOURCE_ERROR_EXIT
+
+
+def _lock(run_dir: Path):
+    """One `up` per run directory: a second one would run a second graph on the same replay."""
+    f = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise ValueError(f"run dir {run_dir} is in use by another dsrl-ros up (pid {holder}); stop it first or "
+                         f"pass --run-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir: Path) -> int:
     resolved = run_dir / "stack_config.yaml"
     resolved.write_text(f"# resolved from {args.config} {' '.join(overrides)}\n"
                         + yaml.safe_dump(config.to_dict(), sort_keys=False))
-    env = ros_environment(config)
+    key = load_or_create_run_key(run_dir)
+    env = ros_environment(config) | {SESSION_ENV: secrets.token_hex(8)}
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
                                            "FASTDDS_BUILTIN_TRANSPORTS", "RMW_IMPLEMENTATION") if k in env})
     import rclpy
@@ -59,20 +104,20 @@ def run(args: argparse.Namespace) -> int:
     from dsrl_ros.monitor import StackMonitor
 
     stop_requested = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # SIGHUP: the terminal closed
         signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("dsrl_supervisor")
-    monitor = StackMonitor(node)
+    monitor = StackMonitor(node, key)
     specs = build_graph(config, resolved, args.realtime_factor)
     supervisor = Supervisor(specs, env, run_dir / "logs")
     print(f"dsrl-ros up: {config.robot.name} ({config.robot.kind}), ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, "
           f"discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']}, run dir {run_dir}")
-    supervisor.start()
-    print(f"[supervisor] {supervisor.status_line()}")
     started, printed = time.monotonic(), 0
     first_status = None
     try:
+        supervisor.start()
+        print(f"[supervisor] {supervisor.status_line()}")
         while not stop_requested and supervisor.fatal is None:
             rclpy.spin_once(node, timeout_sec=0.1)
             supervisor.poll()
@@ -87,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             if args.max_minutes and time.monotonic() - started >= 60 * args.max_minutes:
                 print(f"[supervisor] --max-minutes {args.max_minutes:g} reached")
                 break
+        if stop_requested:
+            print(f"[supervisor] {signal.Signals(stop_requested[0]).name} received")
     finally:
         print("[supervisor] stopping all nodes ...", flush=True)
         supervisor.stop()
@@ -95,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         rclpy.try_shutdown()
     if supervisor.fatal is not None:
         print(f"dsrl-ros up: error: {supervisor.fatal}", file=sys.stderr)
-        return 2
+        return supervisor.fatal_code
     summary = _summary(monitor, args, time.monotonic() - started, supervisor, run_dir)
     print(f"summary: {json.dumps(summary)}")
     if args.json:

@@ -5,6 +5,7 @@ safetensors holds only named tensors, so loading a checkpoint someone hands you 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -36,11 +37,20 @@ def write_atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: str) -> None:
+    try:
+        save_file(tensors, path)
+    except Exception as err:  # safetensors wraps I/O errors in its own type: a full disk must stay recognisable
+        if "No space left on device" in str(err):
+            raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from err
+        raise
+
+
 def save_tensors_and_config(directory: str | Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(contiguous, p))
+    write_atomic(directory / WEIGHTS_FILE, lambda p: _save_safetensors(contiguous, p))
     write_atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     return directory
 
@@ -51,9 +61,12 @@ def read_config(directory: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: missing {CONFIG_FILE} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"checkpoint {path}: not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -61,7 +74,10 @@ def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tens
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: missing {WEIGHTS_FILE} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")
-    return load_file(str(weights)), config
+    try:
+        return load_file(str(weights)), config
+    except Exception as err:  # safetensors raises its own types for truncated or foreign files
+        raise ValueError(f"checkpoint {weights}: not a readable safetensors file ({err})") from err
 
 
 def save_policy(policy: DiffusionPolicy, directory: str | Path, metadata: dict | None = None) -> Path:
@@ -75,7 +91,12 @@ def load_policy(directory: str | Path = DEFAULT_BASE_POLICY, device: str | torch
     tensors, config = load_tensors_and_config(directory)
     if config.get("format") != POLICY_FORMAT:
         raise ValueError(f"checkpoint {directory}: format expected {POLICY_FORMAT!r}, got {config.get('format')!r}")
-    policy = DiffusionPolicy(PolicyConfig.from_json(config["policy"]))
+    if not isinstance(config.get("policy"), dict):
+        raise ValueError(f"checkpoint {directory}: config.json has no 'policy' object")
+    try:
+        policy = DiffusionPolicy(PolicyConfig.from_json(config["policy"]))
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"checkpoint {directory}: config.json 'policy' is not a policy config ({err})") from err
     try:
         policy.load_state_dict(tensors, strict=True)
     except RuntimeError as err:  # missing / unexpected / mis-shaped tensors

@@ -6,6 +6,10 @@ from), and the chunk's result (reward, steps). The episode ends with an outcome 
 aborted) and a final observation. `EpisodeRecorder` pairs the pieces exactly by seq and, once an ended episode is
 complete, hands back its rows in the `chunk_replay` layout; an episode still incomplete `grace_s` after its end
 (a message was lost, a node restarted mid-episode) is dropped with a reason, never stored half.
+
+Complete means: the recorder saw the episode start (a recorder started during an episode saw only its second
+half), it holds at least as many executed decisions as the episode manager counted results, and every executed
+decision has its observation, chunk and result, plus the final observation.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ class _Decision:
 class _Episode:
     decisions: dict[int, _Decision] = field(default_factory=dict)
     final_obs: dict[str, np.ndarray] | None = None
+    started: bool = False
     outcome: str | None = None
     ended_at: float | None = None
+    counted_chunks: int = 0                 # results the episode manager counted for it
 
     def decision(self, seq: int) -> _Decision:
         return self.decisions.setdefault(seq, _Decision())
@@ -58,8 +64,16 @@ class EpisodeRecorder:
         self.max_open_episodes = max_open_episodes
         self._episodes: dict[int, _Episode] = {}
         self._forgotten: list[Completed] = []
+        self._newest_started = -1
 
     # ---- the pieces, in any order -------------------------------------------------------------------------------
+    def start(self, episode: int) -> None:
+        """The episode started (RUNNING) while this recorder listened. Ignored unless it is newer than every
+        episode started before (a replayed or stray start cannot reopen the past)."""
+        if episode > self._newest_started:
+            self._newest_started = episode
+            self._open(episode).started = True
+
     def observation(self, episode: int, seq: int, obs: dict[str, np.ndarray], final: bool) -> None:
         ep = self._open(episode)
         if final:
@@ -77,11 +91,12 @@ class EpisodeRecorder:
     def result(self, episode: int, seq: int, reward: float) -> None:
         self._open(episode).decision(seq).reward = float(reward)
 
-    def end(self, episode: int, outcome: str, now: float) -> None:
+    def end(self, episode: int, outcome: str, now: float, chunks: int = 0) -> None:
+        """The episode ended; `chunks`: how many chunk results the episode manager counted for it."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome: expected one of {OUTCOMES}, got {outcome!r}")
         ep = self._open(episode)
-        ep.outcome, ep.ended_at = outcome, now
+        ep.outcome, ep.ended_at, ep.counted_chunks = outcome, now, int(chunks)
 
     # ---- completion ------------------------------------------------------------------------------------------
     def poll(self, now: float) -> list[Completed]:
@@ -92,7 +107,11 @@ class EpisodeRecorder:
             if ep.outcome is None:
                 continue
             if ep.outcome == OUTCOME_ABORTED:
-                done.append(Completed(number, None, ep.outcome, 0, "aborted by the operator"))
+                done.append(Completed(number, None, ep.outcome, 0, "aborted"))
+                continue
+            if not ep.started:
+                done.append(Completed(number, None, ep.outcome, 0, "its start was not seen (the learner started "
+                                                                   "during it): only part of it is here"))
                 continue
             missing = self._missing(ep)
             if not missing:
@@ -112,6 +131,8 @@ class EpisodeRecorder:
         executed = self._executed(ep)
         if not executed:
             return "no executed chunk"
+        if len(executed) < ep.counted_chunks:
+            return f"{ep.counted_chunks - len(executed)} of the {ep.counted_chunks} chunks the episode manager counted"
         if ep.final_obs is None:
             return "final observation"
         for seq in executed:

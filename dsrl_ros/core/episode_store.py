@@ -189,6 +189,33 @@ class EpisodeStore:
     def _before_commit(self) -> None:
         """Test hook: runs after the data rows are written and before the commit."""
 
+    def verify(self) -> None:
+        """Checks what a reader relies on: the committed counter agrees with meta/episode_ends (increasing, the
+        last end = the committed step count), every data array holds the committed rows, and the last committed
+        episode decodes. Raises ValueError naming what is wrong; `dsrl-ros repair` fixes what can be fixed."""
+        try:
+            n_episodes, n_steps = self._committed()
+            ends = np.asarray(self._group["meta/episode_ends"][:], dtype=np.int64)
+        except Exception as err:  # zarr/numcodecs raise many types for missing or torn files
+            raise ValueError(f"{self.path}: committed counter or meta/episode_ends unreadable ({err})") from err
+        if len(ends) < n_episodes:
+            raise ValueError(f"{self.path}: the committed counter says {n_episodes} episodes, meta/episode_ends "
+                             f"holds {len(ends)}")
+        ends = ends[:n_episodes]
+        if n_episodes and (np.any(np.diff(ends) < 1) or ends[0] < 1 or int(ends[-1]) != n_steps):
+            raise ValueError(f"{self.path}: meta/episode_ends {ends[-3:].tolist()} disagrees with the committed "
+                             f"{n_steps} steps in {n_episodes} episodes")
+        for key in self.schema:
+            length = self._group[f"data/{key}"].shape[0]
+            if length < n_steps:
+                raise ValueError(f"{self.path}: data/{key} holds {length} rows, {n_steps} are committed")
+        if n_episodes:
+            try:
+                self.get_episode(n_episodes - 1)
+            except Exception as err:
+                raise ValueError(f"{self.path}: the last committed episode ({n_episodes - 1}) does not decode "
+                                 f"({type(err).__name__}: {err})") from err
+
     def _truncate_uncommitted(self) -> None:
         n_episodes, n_steps = self._committed()
         for key in self.schema:

@@ -6,14 +6,20 @@ so the update-to-data ratio holds when the learner keeps up and the learner simp
 `publish_every_updates` updates a new actor version is handed to `on_actor` (the ROS node publishes it).
 
 Run directory: replay.zarr/ (episode-atomic, the source of truth), checkpoint -> ckpt_<n>/ (a symlink swapped
-atomically, so a kill at any moment leaves the previous complete checkpoint), actor/ (the actor at the last
-checkpoint), actor_version.json (the last published version), episodes.jsonl (one line per stored episode).
+atomically, so a kill at any moment leaves the previous complete checkpoint; the one before it is kept too),
+actor/ (the actor at the last checkpoint), actor_version.json (the last published version), episodes.jsonl (one
+line per stored episode), .learner.lock (one learner per run directory).
 A restarted learner reloads the replay and the checkpoint and goes on from there: no committed episode is lost,
-the update count and actor version continue.
+the update count and actor version continue. What it cannot trust it refuses with one error (ValueError) instead
+of starting over: a replay that fails its check on open (`dsrl-ros repair` truncates it to the last whole
+episode), or checkpoints that all fail to load; a checkpoint that fails while an older one loads is skipped with
+a warning. Actor versions never go backwards.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -28,9 +34,12 @@ import torch
 
 from dsrl_ros.core.checkpoint import write_atomic
 from dsrl_ros.core.chunk_replay import ChunkReplay, chunk_schema
+from dsrl_ros.core.episode_store import EpisodeStore
 from dsrl_ros.core.steering import PolicySteering, rng_from_json, rng_state_json
 
 VERSION_FILE = "actor_version.json"   # the last published version, written before each publication
+LOCK_FILE = ".learner.lock"
+CHECKPOINTS_KEPT = 2                  # the newest and the one before it (the fallback if the newest is damaged)
 # on_actor(version, num_updates, safetensors bytes, config JSON)
 ActorCallback = Callable[[int, int, bytes, str], None]
 
@@ -50,29 +59,57 @@ class AsyncLearner:
         self.steering, self.settings, self.on_actor, self.log = steering, settings, on_actor, log
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_run_dir(self.run_dir)
         c = steering.policy.config
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
-        self.replay = ChunkReplay.open(self.run_dir / "replay.zarr", schema, steering.features,
-                                       steering.normalize_actions)
+        self.replay = open_replay(self.run_dir, schema, steering)
         self.rng = np.random.default_rng(settings.seed)
         self.actor_version = 0
         self.resumed_from: int | None = None
-        self.error: str | None = None          # set if the training thread died
+        self.error: BaseException | None = None   # set if the training thread died
         self.last_metrics: dict[str, float] = {}  # of the latest update (critic loss, alpha, ...), for the logs
         self._lock = threading.Lock()          # replay + agent: the thread updates, callers add and save
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rate_window: list[tuple[float, int]] = []
         self._last_checkpoint = time.monotonic()
-        if (self.run_dir / "checkpoint" / "config.json").exists():
-            trainer = steering.load_checkpoint(self.run_dir / "checkpoint")
-            published = json.loads((self.run_dir / VERSION_FILE).read_text())["actor_version"] \
-                if (self.run_dir / VERSION_FILE).exists() else 0
+        published = read_published_version(self.run_dir)
+        trainer = self._resume()
+        if trainer is not None:
             self.rng = rng_from_json(trainer["rng"])
-            self.actor_version = max(int(trainer["actor_version"]), int(published))
+            self.actor_version = max(int(trainer["actor_version"]), published)
             self.resumed_from = steering.agent.num_updates
-            self.log(f"resumed from {self.run_dir / 'checkpoint'}: {self.resumed_from} updates, actor version "
+            self.log(f"resumed from {self._resumed_dir}: {self.resumed_from} updates, actor version "
                      f"{self.actor_version}, {self.n_episodes} committed episodes")
+        elif published > 0:
+            raise ValueError(f"{self.run_dir}: actor version {published} was published ({VERSION_FILE}) but no "
+                             f"checkpoint is left to resume from; restoring a ckpt_* directory (or removing "
+                             f"{VERSION_FILE} to start training over) is your call")
+
+    def _resume(self) -> dict | None:
+        """Loads the newest checkpoint that loads (the `checkpoint` link's target first); None if there is none.
+        A damaged one is skipped with a warning; if some exist and none loads: ValueError."""
+        link = self.run_dir / "checkpoint"
+        candidates = sorted(self.run_dir.glob("ckpt_*"), reverse=True)
+        if link.is_symlink() and link.resolve().is_dir():
+            target = link.resolve()
+            candidates = [target] + [c for c in candidates if c.resolve() != target]
+        elif link.is_symlink():
+            self.log(f"warning: {link} points to {os.readlink(link)}, which is missing; trying older checkpoints")
+        failures = []
+        for directory in candidates:
+            try:
+                trainer = self.steering.load_checkpoint(directory)
+            except Exception as err:  # torn or foreign files raise many types; each is reported, none fatal here
+                failures.append(f"{directory.name}: {type(err).__name__}: {err}")
+                self.log(f"warning: checkpoint {directory} does not load ({failures[-1]}); trying an older one")
+                continue
+            self._resumed_dir = directory
+            return trainer
+        if failures or link.is_symlink():
+            raise ValueError(f"{self.run_dir}: no checkpoint loads ({'; '.join(failures) or 'dangling link'}); "
+                             f"move the damaged ckpt_* aside only if you mean to lose the training state")
+        return None
 
     # ---- counters (read by the node for its status message) ---------------------------------------------------
     @property
@@ -119,8 +156,11 @@ class AsyncLearner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        with self._lock:
-            self._checkpoint_locked()
+        try:
+            with self._lock:
+                self._checkpoint_locked()
+        finally:
+            self._lock_file.close()           # releases the run directory
 
     def _due_updates(self) -> int:
         """Updates owed: utd per transition recorded after the warm-up (as SAC's `learning_starts` and
@@ -139,8 +179,8 @@ class AsyncLearner:
         try:
             self._train()
         except Exception as err:  # surfaced by `error`: the node exits and is restarted from its checkpoint
-            self.error = f"{type(err).__name__}: {err}"
-            self.log(f"training thread stopped: {self.error}")
+            self.error = err
+            self.log(f"training thread stopped: {type(err).__name__}: {err}")
 
     def _train(self) -> None:
         config = self.steering.config
@@ -191,10 +231,52 @@ class AsyncLearner:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(name)
         os.replace(tmp, link)                     # atomic: readers see the old or the new checkpoint
-        for old in self.run_dir.glob("ckpt_*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        for old in sorted(self.run_dir.glob("ckpt_*"), reverse=True)[CHECKPOINTS_KEPT:]:
+            shutil.rmtree(old, ignore_errors=True)
         self._last_checkpoint = time.monotonic()
+
+
+def open_replay(run_dir: Path, schema: dict, steering: PolicySteering) -> ChunkReplay:
+    """The run's replay, checked on open; anything wrong is one ValueError that names `dsrl-ros repair`."""
+    path = run_dir / "replay.zarr"
+    try:
+        if path.exists():
+            EpisodeStore.open(path).verify()
+        return ChunkReplay.open(path, schema, steering.features, steering.normalize_actions)
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise
+        raise ValueError(f"{path}: the replay is damaged or not this run's ({err}); `dsrl-ros repair {run_dir}` "
+                         f"keeps a backup and truncates it to the last whole episode") from err
+
+
+def read_published_version(run_dir: Path) -> int:
+    path = run_dir / VERSION_FILE
+    if not path.exists():
+        return 0
+    try:
+        return int(json.loads(path.read_text())["actor_version"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: expected {{\"actor_version\": <int>}}, got {path.read_text()[:60]!r} ({err}); "
+                         f"versions must not go backwards, so set it to the highest version this run published") \
+            from err
+
+
+def _lock_run_dir(run_dir: Path):
+    """One learner per run directory (two would write one replay): an exclusive lock held while it lives."""
+    f = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise ValueError(f"{run_dir}: another learner is using this run directory (pid {holder})") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -8,6 +8,7 @@ through `encode_obs` (its frozen observation features, the actor/critic input) a
 from __future__ import annotations
 
 import copy
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,13 @@ class SteerConfig:
     reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
     encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own
     encoder_dim: int = 128               # feature size of the "cnn" encoder
+
+    @classmethod
+    def from_learner_section(cls, lc) -> "SteerConfig":
+        """The agent a robot config's `learner:` section describes (learner and steering nodes agree on it)."""
+        return cls(algo=lc.algo, noise_magnitude=lc.noise_magnitude, hidden_dim=lc.hidden_dim,
+                   batch_size=lc.batch_size, init_temperature=lc.init_temperature,
+                   target_entropy=lc.target_entropy, reward=lc.reward)
 
     def __post_init__(self) -> None:
         if self.reward not in REWARD_MODES:
@@ -168,7 +176,9 @@ class PolicySteering:
                      "critics": [o.state_dict() for o in self.agent.critic_opts],
                      "torch_rng": torch.get_rng_state()}
         tmp = directory / f".{TRAINER_STATE}.tmp"
-        torch.save(opt_state, tmp)
+        buffer = io.BytesIO()
+        torch.save(opt_state, buffer)
+        tmp.write_bytes(buffer.getvalue())    # a plain write: a full disk is an OSError (ENOSPC), not torch's own
         tmp.replace(directory / TRAINER_STATE)
         config = {"format": "dsrl_ros.steer_checkpoint/1", "steer": asdict(self.config),
                   "num_updates": self.agent.num_updates, "trainer": trainer}
@@ -198,20 +208,39 @@ def load_actor(directory: str | Path, policy: DiffusionPolicy) -> PolicySteering
     return actor_from_tensors(tensors, config, policy, where=f"actor checkpoint {directory}")
 
 
-def actor_from_bytes(safetensors_bytes: bytes, config_json: str, policy: DiffusionPolicy) -> PolicySteering:
-    """The same from `PolicySteering.actor_payload()` as it crossed a process (ROS message): no pickle."""
+def actor_from_bytes(safetensors_bytes: bytes, config_json: str, policy: DiffusionPolicy,
+                     expected: SteerConfig | None = None) -> PolicySteering:
+    """The same from `PolicySteering.actor_payload()` as it crossed a process (ROS message): no pickle.
+    expected: the steering config this robot runs; an actor of any other architecture or bound is refused."""
     try:
         tensors, config = safetensors_load(bytes(safetensors_bytes)), json.loads(config_json)
     except Exception as err:  # safetensors raises its own error types for truncated or foreign bytes
         raise ValueError(f"actor weights: not a safetensors file + JSON config ({err})") from err
-    return actor_from_tensors(tensors, config, policy, where="actor weights")
+    return actor_from_tensors(tensors, config, policy, where="actor weights", expected=expected)
+
+
+# Trained actor weights are O(1); anything this large is corrupt or hostile (and would saturate every unit).
+MAX_ACTOR_WEIGHT = 1e4
 
 
 def actor_from_tensors(tensors: dict[str, torch.Tensor], config: dict, policy: DiffusionPolicy,
-                       where: str) -> PolicySteering:
+                       where: str, expected: SteerConfig | None = None) -> PolicySteering:
+    """A PolicySteering for inference, checked: format, noise shape, architecture (= `expected` if given),
+    tensor names and shapes, finite weights of plausible size, and a finite, bounded w on a probe input."""
     if not isinstance(config, dict) or config.get("format") != ACTOR_FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"{where}: format expected {ACTOR_FORMAT!r}, got {got!r}")
+    if expected is not None and config.get("steer") != asdict(expected):
+        want, theirs = asdict(expected), config.get("steer") if isinstance(config.get("steer"), dict) else {}
+        key = next((k for k in want if theirs.get(k) != want[k]), next(iter(sorted(set(theirs) - set(want))), "?"))
+        raise ValueError(f"{where}: steer.{key}: expected {want.get(key)!r} (this robot's learner section), "
+                         f"got {theirs.get(key)!r}")
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{where}: tensor {name!r}: expected finite values, got NaN or inf")
+        if tensor.numel() and tensor.abs().max() > MAX_ACTOR_WEIGHT:
+            raise ValueError(f"{where}: tensor {name!r}: expected |values| <= {MAX_ACTOR_WEIGHT:g}, got "
+                             f"{float(tensor.abs().max()):.3g}")
     if tuple(config.get("noise_shape", ())) != policy.config.noise_shape:
         raise ValueError(f"{where}: noise_shape {config.get('noise_shape')} does not match the "
                          f"base policy's {list(policy.config.noise_shape)}")
@@ -230,7 +259,24 @@ def actor_from_tensors(tensors: dict[str, torch.Tensor], config: dict, policy: D
             steering.agent.encoder.load_state_dict(encoder, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{where}: tensors do not match its config: {err}") from err
+    _probe(steering, where)
     return steering
+
+
+def _probe(steering: PolicySteering, where: str) -> None:
+    """The actor's w on a few random inputs must be finite and within its bound b."""
+    agent = steering.agent
+    with torch.no_grad():
+        if agent.encoder is not None:
+            c = steering.policy.config
+            obs = {"image": torch.zeros((2, *c.image_shape), dtype=torch.uint8, device=steering.device),
+                   "proprio": torch.zeros((2, c.proprio_dim), device=steering.device)}
+        else:
+            obs = torch.randn(2, agent.config.obs_dim, generator=torch.Generator().manual_seed(0)).to(steering.device)
+        w = agent.act(obs, deterministic=True)
+    bound = agent.config.noise_magnitude
+    if not torch.isfinite(w).all() or w.abs().max() > bound:
+        raise ValueError(f"{where}: the actor's output on a probe input is not finite or exceeds its bound {bound}")
 
 
 def rng_state_json(rng: np.random.Generator) -> str:

@@ -12,6 +12,7 @@ current actor.
 from __future__ import annotations
 
 import array
+import errno
 import time
 
 import torch
@@ -20,11 +21,12 @@ from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeE
 from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
 from dsrl_ros.core.episode_recorder import EpisodeRecorder
 from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.core.steering import PolicySteering, SteerConfig
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
-                                   float32_array, guarded, observation_arrays, outcome_name, qos, run_node)
-
+                                   RATE_CAP_HZ, check_episode_event, float32_array, guarded, observation_arrays,
+                                   outcome_name, qos, run_node, sign_actor_weights)
 
 
 class LearnerNode(ConfiguredNode):
@@ -36,9 +38,8 @@ class LearnerNode(ConfiguredNode):
             torch.set_num_threads(1)   # the other nodes need the remaining cores
         torch.manual_seed(lc.seed)
         self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), device)
-        steer = SteerConfig(algo=lc.algo, noise_magnitude=lc.noise_magnitude, hidden_dim=lc.hidden_dim,
-                            batch_size=lc.batch_size, init_temperature=lc.init_temperature,
-                            target_entropy=lc.target_entropy, reward=lc.reward)
+        steer = SteerConfig.from_learner_section(lc)
+        self.key = load_or_create_run_key(lc.run_dir)
         q = qos()
         self.weights_pub = self.create_publisher(ActorWeights, ACTOR_WEIGHTS, q["latched"])
         self.status_pub = self.create_publisher(LearnerStatus, LEARNER_STATUS, q["status"])
@@ -49,11 +50,14 @@ class LearnerNode(ConfiguredNode):
                                     log=self.get_logger().info)
         pc = self.policy.config
         self.recorder = EpisodeRecorder(pc.chunk_len * pc.action_dim, lc.reward)
-        sub = self.create_subscription
-        sub(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation), q["decision"])
-        sub(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk), q["decision"])
-        sub(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result), q["decision"])
-        sub(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode), q["decision"])
+
+        def sub(msg_type, topic, handler, role):
+            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role]),
+                                     q["decision"])
+        sub(Observation, OBSERVATION, self._on_observation, "decision")
+        sub(ActionChunk, ACTION_CHUNK, self._on_chunk, "decision")
+        sub(ChunkResult, CHUNK_RESULT, self._on_result, "decision")
+        sub(EpisodeEvent, EPISODE, self._on_episode, "event")
         self.create_timer(0.1, self._commit_finished)
         self.create_timer(1.0, self._publish_status)
         self.learner.publish_current()
@@ -75,8 +79,11 @@ class LearnerNode(ConfiguredNode):
         self.recorder.result(msg.episode, msg.seq, msg.reward)
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
-        if msg.state == EpisodeEvent.STATE_ENDED and outcome_name(msg.outcome):
-            self.recorder.end(msg.episode, outcome_name(msg.outcome), time.monotonic())
+        check_episode_event(msg, self.key)
+        if msg.state == EpisodeEvent.STATE_RUNNING:
+            self.recorder.start(msg.episode)
+        elif msg.state == EpisodeEvent.STATE_ENDED and outcome_name(msg.outcome):
+            self.recorder.end(msg.episode, outcome_name(msg.outcome), time.monotonic(), msg.chunks)
 
     def _commit_finished(self) -> None:
         for done in self.recorder.poll(time.monotonic()):
@@ -95,12 +102,15 @@ class LearnerNode(ConfiguredNode):
         msg = ActorWeights(version=version, num_updates=num_updates, config_json=config_json)
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.safetensors = array.array("B", payload)   # array.array: no per-element conversion
+        sign_actor_weights(msg, self.key)
         self.weights_pub.publish(msg)
 
     def _publish_status(self) -> None:
         ln = self.learner
         if ln.error is not None:            # exit; the supervisor / ros2 launch restarts us from the checkpoint
-            raise RuntimeError(f"learner training thread failed: {ln.error}")
+            if isinstance(ln.error, OSError) and ln.error.errno == errno.ENOSPC:
+                raise ln.error                # disk full: run_node ends the run with one line (a restart cannot help)
+            raise RuntimeError(f"learner training thread failed: {type(ln.error).__name__}: {ln.error}")
         msg = LearnerStatus(actor_version=ln.actor_version, num_updates=ln.num_updates,
                             updates_per_s=float(ln.updates_per_s()), episodes=ln.n_episodes,
                             transitions=ln.n_transitions, training=ln.training)

@@ -1,19 +1,25 @@
-"""What every node shares: the DDS environment, QoS profiles, message <-> numpy conversion, and `run_node`.
+"""What every node shares: QoS profiles, message <-> numpy conversion, signed messages, input rate caps, and
+`run_node`. (The process environment and exit codes live in `dsrl_ros/ros_env.py`: no rclpy there.)
 
 Conversions validate as they go and raise ValueError with one line naming the field and what was expected;
-callbacks catch it, log it (throttled) and drop the message, so a malformed message never kills a node.
+callbacks catch it, log it (throttled) and drop the message, so a malformed message never kills a node. Every
+subscription has an input rate cap: a flood on one topic costs a bounded amount of CPU, never the control loop.
 """
 
 from __future__ import annotations
 
 import array
+import errno
 import os
 import sys
+import time
 from typing import Callable
 
 import numpy as np
 
-from dsrl_ros.config import StackConfig
+from dsrl_ros.core.run_identity import (ACTOR_WEIGHTS_KIND, EPISODE_EVENT_KIND, RunKey, actor_weights_fields,
+                                        episode_event_fields)
+from dsrl_ros.ros_env import CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT, die_with_supervisor, ros_environment
 
 # Topics of the graph (docs/architecture.md lists types and QoS).
 OBSERVATION = "/dsrl/observation"
@@ -24,22 +30,6 @@ EPISODE = "/dsrl/episode"
 ACTOR_WEIGHTS = "/dsrl/actor_weights"
 LEARNER_STATUS = "/dsrl/learner_status"
 SIM_RESET_SERVICE = "/sim_robot/reset"
-
-
-def ros_environment(config: StackConfig | None = None, base: dict | None = None) -> dict[str, str]:
-    """Environment for a node process: DDS on localhost unless the config says otherwise, large-data transport
-    for images, one torch/BLAS thread per process (several nodes share the cores). Values already set win."""
-    env = dict(os.environ if base is None else base)
-    ros = config.ros if config is not None else None
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", ros.discovery_range if ros else "LOCALHOST")
-    env.setdefault("ROS_DOMAIN_ID", str(ros.domain_id if ros else 42))
-    if ros is None or ros.large_data:
-        env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MUJOCO_GL", "egl")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
 
 
 def qos():
@@ -68,10 +58,9 @@ def qos():
 
 def outcome_name(code: int) -> str:
     """EpisodeEvent.OUTCOME_* -> "success" | "failure" | "timeout" | "aborted" (the recorder's names) | ""."""
-    from dsrl_interfaces.msg import EpisodeEvent as E
+    from dsrl_ros.core.episode_cycle import OUTCOME_NAMES   # = EpisodeEvent.OUTCOME_* (tests/test_interfaces.py)
 
-    return {E.OUTCOME_SUCCESS: "success", E.OUTCOME_FAILURE: "failure", E.OUTCOME_TIMEOUT: "timeout",
-            E.OUTCOME_ABORTED: "aborted"}.get(code, "")
+    return OUTCOME_NAMES.get(code, "")
 
 
 # ---- conversions ------------------------------------------------------------------------------------------------
@@ -148,22 +137,50 @@ def joint_positions(msg, names: list[str]) -> dict[str, float]:
 
 
 class DropLog:
-    """Logs dropped messages without flooding: the first of each kind (topic + the field the error names), then
-    one line per `every` drops of that kind."""
+    """Logs dropped messages without flooding: the first of each kind (topic + what the error says was expected,
+    i.e. its text before ", got"), then one line per `every` drops of that kind."""
 
     def __init__(self, logger, every: int = 100):
         self.logger, self.every, self.counts = logger, every, {}
 
-    def __call__(self, topic: str, err: Exception) -> None:
-        kind = (topic, str(err).split(":", 1)[0])
+    def __call__(self, topic: str, err: Exception | str, what: str = "a malformed message") -> None:
+        kind = (topic, what, str(err).split(", got", 1)[0])
         n = self.counts[kind] = self.counts.get(kind, 0) + 1
         if n == 1 or n % self.every == 0:
-            self.logger.warning(f"dropped a malformed message on {topic} ({n} like it so far): {err}")
+            self.logger.warning(f"dropped {what} on {topic} ({n} like it so far): {err}")
 
 
-def guarded(drop: DropLog, topic: str, handler: Callable) -> Callable:
-    """A subscription callback that logs and drops what `handler` rejects instead of dying."""
+class RateCap:
+    """Token bucket: at most `rate_hz` messages per second pass (bursts up to one second's worth)."""
+
+    def __init__(self, rate_hz: float, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.clock = float(rate_hz), clock
+        self.tokens, self.last = self.rate, clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+# Input rate caps per role, messages per second. Far above what the graph sends (decisions: a few per second;
+# sensors: the driver's rate), so only a flood hits them; over the cap, messages are dropped unread.
+RATE_CAP_HZ = {"sensor": 1000.0, "decision": 100.0, "event": 50.0, "weights": 20.0}
+
+
+def guarded(drop: DropLog, topic: str, handler: Callable, rate_cap_hz: float | None = None) -> Callable:
+    """A subscription callback that logs and drops what `handler` rejects instead of dying, and drops (unread)
+    what arrives faster than `rate_cap_hz`."""
+    cap = RateCap(rate_cap_hz) if rate_cap_hz else None
+
     def callback(msg) -> None:
+        if cap is not None and not cap.allow():
+            drop(topic, f"over {cap.rate:g} messages/s", "a message over the input rate cap")
+            return
         try:
             handler(msg)
         except (ValueError, KeyError, IndexError, TypeError) as err:
@@ -171,32 +188,83 @@ def guarded(drop: DropLog, topic: str, handler: Callable) -> Callable:
     return callback
 
 
+# ---- signed messages (dsrl_ros/core/run_identity.py) --------------------------------------------------------------
+def sign_episode_event(msg, key: RunKey) -> None:
+    msg.run_id = key.run_id
+    msg.signature = array.array("B", key.sign(EPISODE_EVENT_KIND, *_event_fields(msg)))
+
+
+def check_episode_event(msg, key: RunKey) -> None:
+    """ValueError naming the field unless this run's episode manager sent the event."""
+    why = key.verify(EPISODE_EVENT_KIND, msg.run_id, bytes(msg.signature), *_event_fields(msg))
+    if why:
+        raise ValueError(f"episode_event.{why}")
+
+
+def _event_fields(msg) -> tuple:
+    return episode_event_fields(msg.episode, msg.state, msg.outcome, msg.chunks, msg.steps,
+                                stamp_ns(msg.header.stamp), msg.detail)
+
+
+def sign_actor_weights(msg, key: RunKey) -> None:
+    msg.run_id = key.run_id
+    msg.signature = array.array("B", key.sign(ACTOR_WEIGHTS_KIND, *_weights_fields(msg)))
+
+
+def check_actor_weights(msg, key: RunKey) -> None:
+    """ValueError naming the field unless this run's learner sent the weights."""
+    why = key.verify(ACTOR_WEIGHTS_KIND, msg.run_id, bytes(msg.signature), *_weights_fields(msg))
+    if why:
+        raise ValueError(f"actor_weights.{why}")
+
+
+def _weights_fields(msg) -> tuple:
+    return actor_weights_fields(msg.version, msg.num_updates, msg.config_json, bytes(msg.safetensors))
+
+
 # ---- process entry ----------------------------------------------------------------------------------------------
 def run_node(node_class: Callable[[], object], name: str, argv: list[str] | None = None) -> int:
     """Common `main`: DDS environment, rclpy init, spin until Ctrl-C / SIGTERM, clean shutdown.
-    A bad config or checkpoint: one line on stderr, exit code 2 (the supervisor does not restart it)."""
+    A bad config, checkpoint or corrupt file at start: one line on stderr, exit CONFIG_ERROR_EXIT; the disk full
+    at any time: one line, exit RESOURCE_ERROR_EXIT. The supervisor restarts neither (ros_env.py)."""
+    die_with_supervisor()
     for key, value in ros_environment().items():   # before rclpy loads the rmw
         os.environ.setdefault(key, value)
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    def fail(code: int, message: str) -> int:
+        print(f"{name}: error: {message}", file=sys.stderr, flush=True)
+        return code
+
     node = None
     try:
         try:
+            rclpy.init(args=argv if argv is not None else sys.argv)
             node = node_class()
         except (ValueError, FileNotFoundError) as err:   # at start only: a bad config, checkpoint or path
-            print(f"{name}: error: {err}", file=sys.stderr, flush=True)
-            return CONFIG_ERROR_EXIT
+            return fail(CONFIG_ERROR_EXIT, str(err))
+        except Exception as err:
+            if os.environ.get("ROS_SECURITY_ENABLE") == "true":
+                return fail(CONFIG_ERROR_EXIT, f"ros.security: DDS security could not start ({err}); the pip ROS "
+                            "wheels have no Fast DDS security libraries: use an apt ROS 2 install with SROS2, or "
+                            "set ros.security: false")
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                return fail(RESOURCE_ERROR_EXIT, f"disk full: {err}")
+            raise
         rclpy.spin(node)                                  # anything raised here is a crash: exit 1, restarted
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        return fail(RESOURCE_ERROR_EXIT, f"disk full: {err}")
     finally:
         if node is not None:
-            node.close()
+            try:
+                node.close()
+            except OSError as err:                       # e.g. the final checkpoint on a full disk
+                print(f"{name}: error: while closing: {err}", file=sys.stderr, flush=True)
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
-
-
-CONFIG_ERROR_EXIT = 2

@@ -7,6 +7,10 @@ publishes its ChunkResult. While it has nothing to execute the arm holds still: 
 keep streaming the current state. Reset: the `/sim_robot/reset` service (std_srvs/Trigger); episode i resets
 with seed robot.sim_seed + i.
 
+Like a real arm's executor, it holds every chunk to the robot config's `action.low/high` itself, whoever
+published it: out-of-bound actions are clipped (each dimension's hit logged once per episode), non-finite chunks
+are dropped.
+
 Parameter `realtime_factor` (default 1.0): control ticks run at control.rate_hz x this factor of wall time.
 """
 
@@ -20,9 +24,10 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 
 from dsrl_interfaces.msg import ActionChunk, ChunkResult
+from dsrl_ros.core.action_limits import clip_actions
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, SIM_RESET_SERVICE, array_to_image, float32_array,
-                                   guarded, qos, run_node)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, RATE_CAP_HZ, SIM_RESET_SERVICE, array_to_image,
+                                   float32_array, guarded, qos, run_node)
 
 GRIPPER_JOINT = "gripper"
 
@@ -53,8 +58,10 @@ class SimRobotNode(ConfiguredNode):
         self.pose_pub = (self.create_publisher(PoseStamped, c.proprio.ee_pose_topic, q["status"])
                          if c.proprio.ee_pose_topic else None)
         self.result_pub = self.create_publisher(ChunkResult, CHUNK_RESULT, q["decision"])
-        self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk),
-                                 q["decision"])
+        self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
+                                                                    RATE_CAP_HZ["decision"]), q["decision"])
+        self.low, self.high = np.array(c.action.low, np.float32), np.array(c.action.high, np.float32)
+        self.limit_hits_logged: set[str] = set()     # action dimensions whose limit hit was logged this episode
         self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
         self.resets = 0
         self.queue: deque[np.ndarray] = deque()
@@ -72,6 +79,7 @@ class SimRobotNode(ConfiguredNode):
         self.obs, _ = self.env.reset(seed=seed)
         self.queue.clear()
         self.chunk, self.episode_over = None, False
+        self.limit_hits_logged.clear()
         self._publish_obs()
         response.success, response.message = True, f"reset with seed {seed}"
         return response
@@ -87,10 +95,16 @@ class SimRobotNode(ConfiguredNode):
         if self.episode_over:
             self.get_logger().warning(f"chunk {msg.seq} arrived after the episode ended: ignored")
             return
+        actions, hits = clip_actions(actions[: msg.execute_steps], self.low, self.high, self.config.action.names)
+        for hit in hits:
+            if hit.name not in self.limit_hits_logged:
+                self.limit_hits_logged.add(hit.name)
+                self.get_logger().warning(f"chunk {msg.seq} (episode {msg.episode}) clipped to action limits: {hit} "
+                                          f"(logged once per dimension and episode)")
         if self.queue:
             self.get_logger().warning(f"chunk {msg.seq} replaces chunk {self.chunk.seq} with {len(self.queue)} "
                                       f"actions left")
-        self.queue = deque(actions[: msg.execute_steps])
+        self.queue = deque(actions)
         self.chunk, self.chunk_steps, self.chunk_reward = msg, 0, 0.0
 
     # ---- the control tick --------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Answers every (non-final) Observation with a Noise message carrying the same (ep
 learner has published an actor (version 0) it draws w ~ N(0, I) and marks it SOURCE_BASE: the base policy's own
 behaviour, without making the policy node wait for its deadline. Actor versions arrive on /dsrl/actor_weights
 (safetensors bytes, latched, so a restarted steering node picks up the current one at once) and are swapped in
-between two decisions; a version that fails to load is logged and the previous actor stays in use.
+between two decisions. A version is adopted only if it is signed with this run's key, numbered above the one in
+use, has the architecture this robot config describes, finite weights, and a finite, bounded output; anything
+else is refused with one log line and the previous actor stays in use.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import torch
 
 from dsrl_interfaces.msg import ActorWeights, Noise, Observation
 from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
-from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
+from dsrl_ros.core.run_identity import load_or_create_run_key
+from dsrl_ros.core.steering import PolicySteering, SteerConfig, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, float32_field, guarded, observation_arrays,
-                                   qos, run_node)
+from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ, check_actor_weights,
+                                   float32_field, guarded, observation_arrays, qos, run_node)
 
 
 class SteeringNode(ConfiguredNode):
@@ -26,15 +29,17 @@ class SteeringNode(ConfiguredNode):
         c = self.config
         torch.set_num_threads(1)
         self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), resolve_device(c.policy.device))
+        self.expected = SteerConfig.from_learner_section(c.learner)
+        self.key = load_or_create_run_key(c.learner.run_dir)
         self.steering: PolicySteering | None = None
         self.version = 0
         self.rng = np.random.default_rng()
         q = qos()
         self.noise_pub = self.create_publisher(Noise, NOISE, q["decision"])
-        self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation),
-                                 q["decision"])
-        self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(self.drop, ACTOR_WEIGHTS, self._on_weights),
-                                 q["latched"])
+        self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
+                                                                   RATE_CAP_HZ["decision"]), q["decision"])
+        self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(self.drop, ACTOR_WEIGHTS, self._on_weights,
+                                                                      RATE_CAP_HZ["weights"]), q["latched"])
         self.get_logger().info("no actor yet: answering with w ~ N(0, I) until the learner publishes one")
 
     def _on_observation(self, msg: Observation) -> None:
@@ -53,12 +58,14 @@ class SteeringNode(ConfiguredNode):
         self.noise_pub.publish(out)
 
     def _on_weights(self, msg: ActorWeights) -> None:
-        if msg.version <= self.version:
-            return
         try:
-            steering = actor_from_bytes(bytes(msg.safetensors), msg.config_json, self.policy)
-        except ValueError as err:
-            self.get_logger().error(f"actor version {msg.version} not loaded, keeping version {self.version}: {err}")
+            check_actor_weights(msg, self.key)
+            if msg.version <= self.version:
+                raise ValueError(f"actor_weights.version: expected > {self.version} (the version in use), got "
+                                 f"{msg.version}")
+            steering = actor_from_bytes(bytes(msg.safetensors), msg.config_json, self.policy, self.expected)
+        except ValueError as err:                  # logged per kind of refusal, not per message: floods stay quiet
+            self.drop(ACTOR_WEIGHTS, err, "actor weights (the actor in use stays)")
             return
         self.steering, self.version = steering, int(msg.version)
         self.get_logger().info(f"actor version {self.version} in use ({msg.num_updates} learner updates)")

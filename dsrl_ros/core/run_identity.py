@@ -1,0 +1,101 @@
+"""Who may steer this robot: a per-run key that authenticates actor weights and episode events (no ROS import).
+
+The pip ROS wheels have no DDS security (node creation fails with security enabled), so any process on the DDS
+domain can publish on any topic. Two messages change what the arm does or what the learner stores:
+`ActorWeights` (the steering actor) and `EpisodeEvent` (episode start / end / outcome). Their publishers (the
+learner, the episode manager) sign them with HMAC-SHA256 under a key kept in the run directory (`run_key.json`,
+mode 0600); their readers (steering, policy, learner, the supervisor's monitor) drop what does not verify.
+
+This protects against a second stack on the same domain, a replayed bag of another run, and a stray publisher
+that does not hold the key. It does not encrypt anything and does not stop a process that can read the run
+directory (same user, same machine): that needs SROS2 on an apt ROS install (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_FILE = "run_key.json"
+FORMAT = "dsrl_ros.run_key/1"
+
+
+@dataclass(frozen=True)
+class RunKey:
+    run_id: str          # public: carried in every signed message, names the run
+    key: bytes           # secret: 32 random bytes
+
+    def sign(self, kind: str, *fields) -> bytes:
+        """HMAC-SHA256 over the message kind, the run id and the fields (their str(), unit-separated)."""
+        return hmac.new(self.key, _payload(kind, self.run_id, fields), hashlib.sha256).digest()
+
+    def verify(self, kind: str, run_id: str, signature: bytes, *fields) -> str:
+        """"" when `signature` is this run's signature of the fields, else why not (for one log line)."""
+        if run_id != self.run_id:
+            return f"run_id: expected {self.run_id!r} (this run), got {run_id!r}"
+        if not hmac.compare_digest(bytes(signature), self.sign(kind, *fields)):
+            return "signature: does not match this run's key"
+        return ""
+
+
+def _payload(kind: str, run_id: str, fields) -> bytes:
+    return "\x1f".join([kind, run_id, *(str(f) for f in fields)]).encode()
+
+
+def load_or_create_run_key(run_dir: str | Path) -> RunKey:
+    """The run directory's key; the first process to ask creates it (atomically: concurrent starters under
+    `ros2 launch` all end up with the same key)."""
+    run_dir = Path(run_dir)
+    path = run_dir / KEY_FILE
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": FORMAT, "run_id": secrets.token_hex(8), "key": secrets.token_hex(32)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)          # fails if another process created it first: theirs wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return read_run_key(path)
+
+
+def read_run_key(path: str | Path) -> RunKey:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format expected {FORMAT!r}, got {data.get('format')!r}")
+        key = bytes.fromhex(data["key"])
+        if len(key) != 32 or not data["run_id"]:
+            raise ValueError("expected a 32-byte key and a run_id")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a valid run key ({err}); delete it only if no node of this run is "
+                         f"running (a new key refuses the old run's actors)") from err
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return RunKey(str(data["run_id"]), key)
+
+
+# ---- what is signed, per message (one place, so publisher and reader cannot disagree) ---------------------------
+def actor_weights_fields(version: int, num_updates: int, config_json: str, safetensors: bytes) -> tuple:
+    return int(version), int(num_updates), hashlib.sha256(config_json.encode()).hexdigest(), \
+        hashlib.sha256(bytes(safetensors)).hexdigest()
+
+
+def episode_event_fields(episode: int, state: int, outcome: int, chunks: int, steps: int, stamp_ns: int,
+                         detail: str) -> tuple:
+    return int(episode), int(state), int(outcome), int(chunks), int(steps), int(stamp_ns), detail
+
+
+ACTOR_WEIGHTS_KIND = "dsrl_interfaces/ActorWeights"
+EPISODE_EVENT_KIND = "dsrl_interfaces/EpisodeEvent"

@@ -1,0 +1,211 @@
+"""The policy node's decision clock and the episode manager's state machine, driven without ROS."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dsrl_ros.core.decision_clock import DecisionClock
+from dsrl_ros.core.episode_cycle import (ABORTED, ENDED, RESETTING, RUNNING, STATE_FILE, SUCCESS, TIMEOUT,
+                                         CycleSettings, EpisodeCycle)
+
+SENSORS = ["camera", "joint1", "ee"]
+
+
+def fresh(clock: DecisionClock, stamp: int) -> None:
+    for name in SENSORS:
+        clock.on_sensor(name, stamp)
+
+
+# ---- decision clock -------------------------------------------------------------------------------------------
+def test_a_decision_waits_for_every_sensor_to_be_at_least_as_new_as_its_trigger():
+    clock = DecisionClock(SENSORS, result_timeout_ns=10**9, first_seq=100)
+    fresh(clock, 5)
+    assert clock.on_episode(1, running=True, stamp_ns=10)
+    assert clock.next_decision() is None                  # data from before the episode started: not yet
+    clock.on_sensor("camera", 12)
+    clock.on_sensor("joint1", 11)
+    assert clock.next_decision() is None                  # the ee pose is still old
+    clock.on_sensor("ee", 10)
+    decision = clock.next_decision()
+    assert (decision.seq, decision.episode, decision.final, decision.stamp_ns) == (101, 1, False, 12)
+    assert clock.next_decision() is None and clock.pending_seq == 101   # one decision per trigger
+
+
+def test_the_next_decision_is_due_on_the_result_of_the_chunk_sent_and_no_other():
+    clock = DecisionClock(SENSORS, 10**9, 0)
+    fresh(clock, 10)
+    clock.on_episode(1, True, 10)
+    d = clock.next_decision()
+    clock.on_chunk_sent(d.seq, now_ns=0)
+    assert not clock.on_result(1, d.seq + 7, 20, episode_over=False)   # a result for another chunk
+    assert not clock.on_result(2, d.seq, 20, episode_over=False)       # for another episode
+    assert clock.on_result(1, d.seq, 20, episode_over=False)
+    fresh(clock, 19)
+    assert clock.next_decision() is None                               # older than the result
+    fresh(clock, 20)
+    assert clock.next_decision().seq == d.seq + 1
+
+
+def test_the_episode_end_asks_for_one_final_observation_and_then_nothing():
+    clock = DecisionClock(SENSORS, 10**9, 0)
+    fresh(clock, 10)
+    clock.on_episode(1, True, 10)
+    d = clock.next_decision()
+    clock.on_chunk_sent(d.seq, 0)
+    clock.on_result(1, d.seq, 30, episode_over=True)                   # success inside this chunk
+    fresh(clock, 30)
+    final = clock.next_decision()
+    assert final.final and final.episode == 1 and clock.pending_seq is None
+    fresh(clock, 40)
+    assert clock.next_decision() is None and clock.episode is None
+
+
+def test_an_operator_end_mid_decision_cancels_it_and_asks_for_the_final_observation():
+    clock = DecisionClock(SENSORS, 10**9, 0)
+    fresh(clock, 10)
+    clock.on_episode(1, True, 10)
+    clock.next_decision()
+    assert clock.on_episode(1, running=False, stamp_ns=50)
+    assert clock.pending_seq is None
+    fresh(clock, 50)
+    assert clock.next_decision().final
+
+
+def test_episode_events_count_only_in_order():
+    clock = DecisionClock(SENSORS, 10**9, 0)
+    assert clock.on_episode(5, True, 10)
+    assert not clock.on_episode(3, True, 20)          # a replayed older start cannot restart the past
+    assert not clock.on_episode(5, True, 20)          # nor the same one twice
+    assert not clock.on_episode(4, False, 20)         # only the current episode can end
+    assert clock.episode == 5 and clock.due_after_ns == 10
+
+
+def test_an_overdue_result_makes_a_decision_due_again_on_fresh_data():
+    clock = DecisionClock(SENSORS, result_timeout_ns=100, first_seq=0)
+    fresh(clock, 10)
+    clock.on_episode(1, True, 10)
+    d = clock.next_decision()
+    clock.on_chunk_sent(d.seq, now_ns=1000)
+    assert not clock.on_watchdog(now_ns=1100, sensor_now_ns=500)        # not overdue yet (= timeout)
+    assert clock.on_watchdog(now_ns=1101, sensor_now_ns=500)
+    assert clock.next_decision() is None                                # needs data stamped >= 500
+    fresh(clock, 500)
+    assert clock.next_decision().seq == d.seq + 1
+    assert not clock.on_result(1, d.seq, 600, False)                    # the lost result, late: ignored
+
+
+def test_a_stale_sensor_message_does_not_replace_a_newer_one_and_late_sensors_are_named():
+    clock = DecisionClock(SENSORS, 10**9, 0)
+    assert clock.on_sensor("camera", 50) and not clock.on_sensor("camera", 40)
+    clock.on_episode(1, True, 60)
+    clock.on_sensor("joint1", 70)
+    assert clock.late_sensors(now_ns=100, max_age_ns=50) == (0.0, [])
+    late_s, stale = clock.late_sensors(now_ns=200, max_age_ns=50)
+    assert stale == ["camera", "ee"] and late_s == pytest.approx(140e-9)
+
+
+# ---- episode cycle --------------------------------------------------------------------------------------------
+SIM = CycleSettings(auto_reset=True, max_episode_steps=16, stall_timeout_s=5.0)
+
+
+def run_to_running(cycle: EpisodeCycle, now: float = 0.0):
+    events = cycle.begin(now)
+    assert cycle.take_reset_request(now)
+    return events + cycle.reset_done(True, "reset with seed 0", now)
+
+
+def test_sim_episodes_cycle_through_reset_run_and_end():
+    cycle = EpisodeCycle(SIM)
+    events = run_to_running(cycle)
+    assert [(e.state, e.episode) for e in events] == [(RESETTING, 0), (RUNNING, 1)]
+    assert cycle.on_result(1, 8, success=False, truncated=False, now=1.0) == []
+    assert cycle.on_result(2, 8, False, False, 1.0) == []              # another episode's result: ignored
+    (end,) = cycle.on_result(1, 8, False, False, 2.0)                  # 16 steps: the limit
+    assert (end.state, end.outcome, end.chunks, end.steps) == (ENDED, TIMEOUT, 2, 16)
+    assert cycle.tick(3.0) == []                                       # waits for the final observation ...
+    cycle.on_final_observation(1, 3.5)
+    (resetting,) = cycle.tick(3.5)                                     # ... then resets
+    assert resetting.state == RESETTING and cycle.take_reset_request(3.5)
+    (running,) = cycle.reset_done(True, "", 4.0)
+    assert running.episode == 2
+
+
+def test_a_late_final_observation_delays_the_reset_by_at_most_the_wait():
+    cycle = EpisodeCycle(SIM)
+    run_to_running(cycle)
+    cycle.on_result(1, 4, success=True, truncated=False, now=1.0)
+    assert cycle.tick(1.0 + SIM.final_obs_wait_s - 0.01) == []
+    (resetting,) = cycle.tick(1.0 + SIM.final_obs_wait_s)
+    assert resetting.state == RESETTING and "no final observation" in cycle.take_notes()[0]
+
+
+def test_a_stalled_episode_is_aborted_and_the_next_one_reset():
+    cycle = EpisodeCycle(SIM)
+    run_to_running(cycle)
+    cycle.on_result(1, 8, False, False, now=1.0)
+    assert cycle.tick(6.0) == []                                       # 5 s since the last result: not yet
+    (end,) = cycle.tick(6.01)
+    assert end.outcome == ABORTED and "stalled" in end.detail
+
+
+def test_an_unanswered_reset_is_asked_again():
+    cycle = EpisodeCycle(SIM)
+    cycle.begin(0.0)
+    assert cycle.take_reset_request(0.0)
+    cycle.tick(5.0)
+    assert not cycle.take_reset_request(5.0)
+    cycle.tick(5.01)
+    assert cycle.take_reset_request(5.01) and "no answer to the sim reset" in cycle.take_notes()[0]
+    assert cycle.reset_done(False, "failed", 6.0) == []
+    cycle.tick(6.5)
+    assert not cycle.take_reset_request(6.5)
+    cycle.tick(7.0)
+    assert cycle.take_reset_request(7.0)                               # a failed reset is retried after 1 s
+
+
+def test_episode_numbers_survive_a_restart_and_the_interrupted_episode_is_aborted(tmp_path):
+    first = EpisodeCycle(SIM, tmp_path, session="s1")
+    run_to_running(first)
+    first.on_result(1, 4, True, False, 1.0)
+    first.on_final_observation(1, 1.0)
+    first.tick(1.0)
+    first.take_reset_request(1.0)
+    first.reset_done(True, "", 1.5)                                    # episode 2 running ... then a kill -9
+    assert json.loads((tmp_path / STATE_FILE).read_text())["state"] == "running"
+
+    restarted = EpisodeCycle(SIM, tmp_path, session="s1")
+    (aborted,) = restarted.recover(now=0.0)
+    assert (aborted.episode, aborted.state, aborted.outcome) == (2, ENDED, ABORTED)
+    assert "interrupted" in aborted.detail
+    events = run_to_running(restarted)
+    assert events[-1].episode == 3                                     # never 1 again, never 2 twice
+
+
+def test_max_episodes_counts_this_session_only(tmp_path):
+    settings = CycleSettings(auto_reset=True, max_episode_steps=8, max_episodes=1)
+    first = EpisodeCycle(settings, tmp_path, session="a")
+    run_to_running(first)
+    first.on_result(1, 8, False, False, 1.0)
+    assert first.idle and first.tick(100.0) == []                      # stays idle after its one episode
+    again = EpisodeCycle(settings, tmp_path, session="b")              # a new `dsrl-ros up` on the run dir
+    assert not again.idle and run_to_running(again)[-1].episode == 2
+
+
+def test_the_operator_starts_labels_and_aborts_on_a_real_arm():
+    cycle = EpisodeCycle(CycleSettings(auto_reset=False, max_episode_steps=100))
+    cycle.begin(0.0)
+    assert not cycle.take_reset_request(0.0)                           # no sim: the operator resets
+    assert cycle.operator_end(SUCCESS, 0.0)[:2] == (False, "no episode running (state resetting)")
+    ok, message, (running,) = cycle.operator_start(1.0)
+    assert ok and message == "episode 1 running" and running.state == RUNNING
+    assert cycle.operator_start(1.0)[:2] == (False, "cannot start: state is running")
+    ok, message, (end,) = cycle.operator_end(ABORTED, 2.0)
+    assert message == "episode 1: aborted" and end.outcome == ABORTED
+
+
+def test_a_damaged_state_file_is_one_clear_error(tmp_path):
+    (tmp_path / STATE_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="episode_manager.json: not a valid episode manager state"):
+        EpisodeCycle(SIM, tmp_path)

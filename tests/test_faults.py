@@ -1,0 +1,317 @@
+"""The stack under faults, corruption and hostile traffic (real processes, real DDS on localhost).
+
+Each test starts its own graph (`dsrl-ros up`) and checks, after the fact, that every stored episode is one whole
+robot episode: re-simulated from its reset seed with its stored chunks it reproduces every stored observation
+bit for bit (tests/stack_harness.py). A merged, halved or forged episode cannot pass that check.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stack_harness import (FAST, SIM, Probe, Up, alive, assert_stored_episodes_are_whole, stored_episodes,
+                           supervisor_state, wait_for)
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def probe():
+    p = Probe()
+    yield p
+    p.close()
+
+
+def _steered(probe, timeout_s=240):
+    from dsrl_interfaces.msg import ActionChunk
+
+    probe.wait(lambda: any(c.noise_source == ActionChunk.SOURCE_ACTOR for c in probe.chunks), timeout_s,
+               "chunks steered by a learned actor")
+
+
+def _mid_episode(probe, results_in: int = 1):
+    """Waits until an episode is running and has `results_in` chunk results; returns its number."""
+    def running_with_results():
+        running = probe.running()
+        if not running or (probe.ended() and probe.ended()[-1].episode == running[-1].episode):
+            return None
+        episode = running[-1].episode
+        return episode if sum(r.episode == episode for r in probe.results) >= results_in else None
+    return probe.wait(running_with_results, 120, "an episode in progress")
+
+
+def _actor_payload(config_overrides: list[str], **steer_changes):
+    """A real actor for this robot config (as the learner would make it), as (safetensors bytes, config JSON)."""
+    import dataclasses
+
+    from dsrl_ros.config import load_config
+    from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy
+    from dsrl_ros.core.steering import PolicySteering, SteerConfig
+
+    overrides = [v for k, v in zip(config_overrides, config_overrides[1:]) if k == "--set"]
+    steer = SteerConfig.from_learner_section(load_config(SIM, overrides).learner)
+    return PolicySteering(load_policy(DEFAULT_BASE_POLICY), dataclasses.replace(steer, **steer_changes))
+
+
+# ---- hostile traffic ------------------------------------------------------------------------------------------
+def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, probe):
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from dsrl_interfaces.msg import ActionChunk, ActorWeights, EpisodeEvent, Noise, Observation
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, EPISODE, NOISE, OBSERVATION, qos,
+                                       sign_actor_weights)
+
+    up = Up(tmp_path / "run")
+    try:
+        _steered(probe)
+        key = load_or_create_run_key(tmp_path / "run")
+
+        # 1. Noise with the current seq but huge values races the steering node: refused, base noise instead.
+        answered = []
+        noise_pub = probe.node.create_publisher(Noise, NOISE, qos()["decision"])
+
+        def answer(obs):
+            if not obs.final:
+                noise_pub.publish(Noise(seq=obs.seq, episode=obs.episode, actor_version=99, source=0,
+                                        noise=array.array("f", [1e30] * 40)))
+                answered.append(obs.seq)
+        obs_sub = probe.node.create_subscription(Observation, OBSERVATION, answer, qos()["decision"])
+        probe.wait(lambda: "refused noise" in up.log("policy") and len(answered) >= 5, 60, "refused noise")
+        probe.node.destroy_subscription(obs_sub)
+
+        # 2. Actor weights: unsigned, signed but NaN / 1e30 / another architecture: none adopted.
+        good = _actor_payload(FAST)
+        payload, config_json = good.actor_payload()
+        tensors = st_load(payload)
+        name = next(iter(tensors))
+        forged = []
+        for label, t, cfg, sign in (("unsigned", tensors, config_json, False),
+                                    ("nan", {**tensors, name: tensors[name] * float("nan")}, config_json, True),
+                                    ("huge", {**tensors, name: tensors[name] * 0 + 1e30}, config_json, True)):
+            msg = ActorWeights(version=10**6 + len(forged), num_updates=1, config_json=cfg,
+                               safetensors=array.array("B", st_save(t)))
+            if sign:
+                sign_actor_weights(msg, key)
+            forged.append((label, msg))
+        wrong_key = ActorWeights(version=10**6 + 8, num_updates=1, config_json=config_json,
+                                 safetensors=array.array("B", payload), run_id=key.run_id,
+                                 signature=array.array("B", bytes(32)))
+        forged.append(("wrong key", wrong_key))
+        other = _actor_payload(FAST, hidden_dim=64).actor_payload()
+        msg = ActorWeights(version=10**6 + 9, num_updates=1, config_json=other[1],
+                           safetensors=array.array("B", other[0]))
+        sign_actor_weights(msg, key)
+        forged.append(("architecture", msg))
+        for label, msg in forged:
+            probe.publish(ActorWeights, ACTOR_WEIGHTS, [msg], "latched", seconds=1.0)
+        refusals = [f"actor_weights.run_id: expected {key.run_id!r} (this run), got ''",
+                    "actor_weights.signature: does not match this run's key",
+                    "expected finite values, got NaN or inf", "expected |values| <= 10000",
+                    "steer.hidden_dim: expected 32"]
+        log = probe.wait(lambda: all(r in (text := up.log("steering")) for r in refusals) and text, 60,
+                         f"the steering node to refuse every forged actor: {refusals}")
+        assert " version 100000" not in log.replace("stays version", "")   # no forged version ever in use
+        # ... and the learner's next real version is still adopted afterwards.
+        adopted_before = log.count(" in use (")
+        probe.wait(lambda: up.log("steering").count(" in use (") > adopted_before, 120,
+                   "the learner's next version to be adopted")
+
+        # 3. A chunk from a stray publisher is held to the robot config's action limits by the sim itself; a NaN
+        #    chunk is dropped.
+        big = ActionChunk(seq=1, episode=0, chunk_len=8, action_dim=5, execute_steps=8,
+                          noise=array.array("f", [0.0] * 40), actions=array.array("f", [1e6, 0, 0, 0, 0] * 8))
+        nan = ActionChunk(seq=2, episode=0, chunk_len=8, action_dim=5, execute_steps=8,
+                          noise=array.array("f", [0.0] * 40), actions=array.array("f", [float("nan")] * 40))
+        expected = ["clipped to action limits: dx 1e+06 > 1", "actions: expected finite values, got NaN or inf"]
+        probe.publish(ActionChunk, ACTION_CHUNK, [big, nan], "decision", seconds=20,
+                      until=lambda: all(e in up.log("sim_robot") for e in expected))
+        assert all(e in up.log("sim_robot") for e in expected), up.log("sim_robot")
+
+        # 4. Forged episode events (an ENDED success for the running episode, then a flood of random ones):
+        #    ignored by every reader, and the stack goes on making episodes.
+        episode = _mid_episode(probe)
+        fake_end = EpisodeEvent(episode=episode, state=EpisodeEvent.STATE_ENDED,
+                                outcome=EpisodeEvent.OUTCOME_SUCCESS, chunks=1, steps=8)
+        probe.publish(EpisodeEvent, EPISODE, [fake_end], "events", seconds=1.0)
+        rng = np.random.default_rng(0)
+        ended_before = len(probe.ended())
+        flood = [EpisodeEvent(episode=int(rng.integers(0, 10**6)), state=int(rng.integers(0, 3)),
+                              outcome=int(rng.integers(0, 5))) for _ in range(200)]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:                      # ~20 k events in 10 s
+            probe.publish(EpisodeEvent, EPISODE, flood, "events", seconds=0.1)
+        probe.wait(lambda: len(probe.ended()) >= ended_before + 2, 120, "episodes going on after the flood")
+        for node in ("policy", "learner"):
+            assert "episode_event.signature" in up.log(node) or "episode_event.run_id" in up.log(node)
+
+        # 5. A flood of noise for decisions nobody asked about: control goes on.
+        results_before = len(probe.results)
+        junk = [Noise(seq=int(s), episode=1, noise=array.array("f", [0.0] * 40)) for s in rng.integers(1, 10**9, 100)]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            probe.publish(Noise, NOISE, junk, "decision", seconds=0.1)
+        assert len(probe.results) > results_before + 5, "chunk results stopped during a noise flood"
+
+        # Nothing unsafe was ever published, and every node is still the one that started.
+        for c in probe.chunks:
+            actions = np.frombuffer(c.actions, np.float32)
+            if c.seq > 2:                                        # ours (seq 1, 2) are the hostile ones
+                assert np.isfinite(actions).all() and np.abs(actions).max() <= 1.0
+        assert all(s["restarts"] == 0 for s in up.state().values()), up.state()
+    finally:
+        up.stop()
+    assert up.proc.returncode == 0, up.output()
+    assert assert_stored_episodes_are_whole(tmp_path / "run", probe.seeds()) >= 2
+
+
+# ---- crashes --------------------------------------------------------------------------------------------------
+def test_kill_9_of_any_node_costs_at_most_the_episode_it_interrupted(tmp_path, probe):
+    from dsrl_interfaces.msg import EpisodeEvent
+
+    up = Up(tmp_path / "run", "--set", "episode.stall_timeout_s=8")
+    try:
+        probe.wait(lambda: probe.ended(), 180, "a first finished episode")
+
+        # The episode manager: its interrupted episode is aborted, numbering continues.
+        episode = _mid_episode(probe)
+        old = up.pid("episode_manager")
+        os.kill(old, signal.SIGKILL)
+        aborted = probe.wait(lambda: [e for e in probe.ended() if e.episode == episode and
+                                      e.outcome == EpisodeEvent.OUTCOME_ABORTED], 120,
+                             "the interrupted episode to be aborted by the restarted manager")
+        assert "interrupted" in aborted[0].detail
+        probe.wait(lambda: probe.running()[-1].episode > episode, 60, "the next episode")
+        assert probe.running()[-1].episode == episode + 1 and up.pid("episode_manager") != old
+
+        # The sim: nothing executes, the stalled episode is aborted after episode.stall_timeout_s.
+        episode = _mid_episode(probe)
+        os.kill(up.pid("sim_robot"), signal.SIGKILL)
+        stalled = probe.wait(lambda: [e for e in probe.ended() if e.episode == episode], 120,
+                             "the stalled episode to end")
+        assert stalled[0].outcome == EpisodeEvent.OUTCOME_ABORTED and "stalled" in stalled[0].detail
+        probe.wait(lambda: [e for e in probe.ended() if e.episode > episode], 120,
+                   "an episode after the sim's restart")
+
+        # Learner and policy together: the learner sees only the episode's second half and must not store it.
+        episode = _mid_episode(probe, results_in=2)
+        for node in ("learner", "policy"):
+            os.kill(up.pid(node), signal.SIGKILL)
+        probe.wait(lambda: [e for e in probe.ended() if e.episode > episode + 1], 240,
+                   "two more episodes after the learner's and policy's restart")
+        (end,) = [e for e in probe.ended() if e.episode == episode]
+        if end.outcome != EpisodeEvent.OUTCOME_ABORTED:         # the policy came back in time: a second half
+            probe.wait(lambda: f"episode {episode} not stored: its start was not seen" in up.log("learner"), 60,
+                       "the learner to refuse the half episode it saw")
+    finally:
+        up.stop()
+    records = stored_episodes(tmp_path / "run")
+    robot_episodes = [r["robot_episode"] for r in records]
+    assert robot_episodes == sorted(set(robot_episodes))                  # unique, in order
+    assert episode not in robot_episodes
+    assert assert_stored_episodes_are_whole(tmp_path / "run", probe.seeds()) >= 2
+    state = supervisor_state(tmp_path / "run")
+    assert state["episode_manager"]["restarts"] == 1 and -9 in state["sim_robot"]["exit_codes"]
+
+
+# ---- the supervisor ---------------------------------------------------------------------------------------------
+def test_children_die_with_the_supervisor_and_a_run_dir_has_one_supervisor(tmp_path, probe):
+    up = Up(tmp_path / "run")
+    try:
+        wait_for(lambda: len(up.state()) == 5 and all(s["state"] == "running" for s in up.state().values()), 120,
+                 "all five nodes")
+        pids = [s["pid"] for s in up.state().values()]
+        second = subprocess.run([sys.executable, "-m", "dsrl_ros.cli", "up", SIM, "--run-dir", str(tmp_path / "run")],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"dsrl-ros up: error: run dir {tmp_path / 'run'} is in use by another dsrl-ros up (pid {up.proc.pid}); "
+            f"stop it first or pass --run-dir")
+        os.kill(up.proc.pid, signal.SIGKILL)                       # no chance to stop anything itself
+        wait_for(lambda: not any(alive(p) for p in pids), 60, "every node to die with its supervisor")
+    finally:
+        up.stop()
+
+    hup = Up(tmp_path / "run2")                                    # the terminal closing: a clean stop
+    probe.wait(lambda: probe.running(), 120, "an episode (every node up)")
+    pids = [s["pid"] for s in hup.state().values()]
+    hup.proc.send_signal(signal.SIGHUP)
+    assert hup.wait(90) == 0, hup.output()
+    assert "SIGHUP received" in hup.output()
+    assert not any(alive(p) for p in pids)
+    assert {s["state"] for s in supervisor_state(tmp_path / "run2").values()} == {"stopped"}
+    assert all(s["exit_codes"][-1] == 0 for s in supervisor_state(tmp_path / "run2").values())
+
+
+def test_dds_security_on_the_pip_wheels_fails_closed_with_one_line(tmp_path):
+    (tmp_path / "keystore").mkdir()
+    up = Up(tmp_path / "run", "--set", "ros.security=true", "--set", f"ros.security_keystore={tmp_path / 'keystore'}")
+    assert up.wait(180) == 2
+    errors = [line for line in up.output().splitlines() if line.startswith("dsrl-ros up: error:")]
+    assert len(errors) == 1 and "cannot start: " in errors[0] and "ros.security: DDS security could not start" \
+        in errors[0] and "apt ROS 2 install with SROS2" in errors[0], up.output()
+
+
+# ---- damaged files ----------------------------------------------------------------------------------------------
+def test_a_damaged_replay_stops_the_run_with_one_line_and_repair_makes_it_usable(tmp_path):
+    first = Up(tmp_path / "run", "--episodes", "3")
+    assert first.wait(300) == 0, first.output()
+    data = tmp_path / "run" / "replay.zarr" / "data" / "image" / "c"
+    chunk = sorted(p for p in data.rglob("*") if p.is_file())[-1]
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])      # a torn write
+
+    broken = Up(tmp_path / "run", "--episodes", "1")
+    assert broken.wait(300) == 2
+    errors = [line for line in broken.output().splitlines() if line.startswith("dsrl-ros up: error:")]
+    assert len(errors) == 1 and "learner cannot start" in errors[0] and "dsrl-ros repair" in errors[0], \
+        broken.output()
+    assert supervisor_state(tmp_path / "run")["learner"]["restarts"] == 0  # diagnosed, not looped
+
+    repair = subprocess.run([sys.executable, "-m", "dsrl_ros.cli", "repair", str(tmp_path / "run"), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert repair.returncode == 0, repair.stderr
+    report = json.loads(repair.stdout.strip().splitlines()[-1])
+    assert report["episodes_kept"] < 3 and Path(report["replay_backup"]).is_dir()
+    again = Up(tmp_path / "run", "--episodes", "1")
+    assert again.wait(300) == 0, again.output()
+
+
+# ---- disk full ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs of the test's own (needs root, as on CI)."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_ends_the_run_with_one_line_and_loses_nothing_committed(small_disk):
+    from dsrl_ros.core.episode_store import EpisodeStore
+
+    up = Up(small_disk / "run", "--set", "learner.checkpoint_every_s=0.5")
+    assert up.wait(600) == 3, up.output()
+    errors = [line for line in up.output().splitlines() if line.startswith("dsrl-ros up: error:")]
+    assert len(errors) == 1 and "disk full" in errors[0], up.output()
+    assert "Traceback" not in up.output()
+    store = EpisodeStore.open(small_disk / "run" / "replay.zarr")
+    store.verify()
+    data, ends = store.load_all()                               # every committed episode decodes
+    assert len(ends) >= 1 and int(ends[-1]) == store.n_steps
+    # The learner logs an episode after committing it: the log may lack the one the disk filled up after.
+    assert len(store) - len(stored_episodes(small_disk / "run")) in (0, 1)

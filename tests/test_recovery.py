@@ -1,0 +1,264 @@
+"""Recovering from crashes and damaged files without ROS: the learner's checks on start, `dsrl-ros repair`, and
+the supervisor's restarts, give-ups and stop escalation (with small stand-in processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.policy import DiffusionPolicy
+from dsrl_ros.core.run_repair import repair_run
+from dsrl_ros.core.steering import PolicySteering
+from dsrl_ros.supervisor import CRASH_LOOP_STARTS, Supervisor
+from stack_harness import alive, wait_for
+from test_learner_core import STEER, TINY, _episode_rows
+
+SETTINGS = LearnerSettings(warmup_episodes=1, utd=2.0, publish_every_updates=2, checkpoint_every_s=1e9)
+
+
+def make_learner(run_dir: Path, logs: list | None = None) -> AsyncLearner:
+    torch.manual_seed(0)
+    return AsyncLearner(PolicySteering(DiffusionPolicy(TINY).eval(), STEER), run_dir, SETTINGS, lambda *a: None,
+                        log=(logs.append if logs is not None else lambda s: None))
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory with 4 committed episodes, two checkpoints and a published actor version."""
+    learner = make_learner(tmp_path / "run")
+    for seed in range(4):
+        learner.add_episode(_episode_rows(3, seed=seed + 1), {"outcome": "success"})
+        if seed == 1:
+            learner.steering.agent.update(_batch(learner))     # some training, then a published version
+            learner._publish_locked()
+    learner.stop()
+    assert len(list((tmp_path / "run").glob("ckpt_*"))) == 2
+    return tmp_path / "run"
+
+
+def _batch(learner):
+    return learner.replay.sample(8, np.random.default_rng(0))
+
+
+# ---- the learner refuses what it cannot trust -----------------------------------------------------------------
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(run_dir):
+    newest = (run_dir / "checkpoint").resolve()
+    (newest / "trainer_state.pt").write_bytes(b"garbage")
+    logs = []
+    learner = make_learner(run_dir, logs)
+    assert learner.resumed_from is not None and learner._resumed_dir != newest
+    assert any("does not load" in line and newest.name in line for line in logs)
+    assert learner.actor_version == 1                              # the published version, never lower
+    learner.stop()
+
+
+@pytest.mark.parametrize("damage", ["all_garbage", "dangling_link_only"])
+def test_no_loadable_checkpoint_is_an_error_not_a_silent_fresh_start(run_dir, damage):
+    for ckpt in run_dir.glob("ckpt_*"):
+        if damage == "all_garbage":
+            (ckpt / "model.safetensors").write_bytes(b"garbage")
+        else:
+            import shutil
+            shutil.rmtree(ckpt)
+    with pytest.raises(ValueError, match="no checkpoint loads"):
+        make_learner(run_dir)
+
+
+def test_a_published_version_without_any_checkpoint_is_an_error(run_dir):
+    import shutil
+
+    for ckpt in run_dir.glob("ckpt_*"):
+        shutil.rmtree(ckpt)
+    (run_dir / "checkpoint").unlink()
+    with pytest.raises(ValueError, match="actor version 1 was published .* but no checkpoint is left"):
+        make_learner(run_dir)
+
+
+def test_a_garbage_version_file_is_named(run_dir):
+    (run_dir / "actor_version.json").write_text("\x00garbage")
+    with pytest.raises(ValueError, match=r"actor_version.json: expected \{\"actor_version\": <int>\}"):
+        make_learner(run_dir)
+
+
+def test_two_learners_cannot_share_a_run_directory(run_dir):
+    first = make_learner(run_dir)
+    with pytest.raises(ValueError, match=f"another learner is using this run directory \\(pid {os.getpid()}\\)"):
+        make_learner(run_dir)
+    first.stop()
+    make_learner(run_dir).stop()                                    # released with the first one
+
+
+# ---- damaged replays and `dsrl-ros repair` --------------------------------------------------------------------
+def _tear_last_image_chunk(run_dir: Path) -> None:
+    chunk = sorted(p for p in (run_dir / "replay.zarr" / "data" / "image").rglob("*") if p.is_file()
+                   and p.name != "zarr.json")[-1]
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+
+
+def _set_committed(run_dir: Path, n_episodes: int, n_steps: int) -> None:
+    path = run_dir / "replay.zarr" / "zarr.json"
+    meta = json.loads(path.read_text())
+    meta["attributes"]["committed"] = [n_episodes, n_steps]
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage", ["torn_chunk", "missing_episode_ends", "counter_off_by_one"])
+def test_a_damaged_replay_is_refused_on_open_then_repaired_to_its_whole_episodes(run_dir, damage):
+    before = EpisodeStore.open(run_dir / "replay.zarr")
+    rows, ends = before.load_all()
+    if damage == "torn_chunk":
+        _tear_last_image_chunk(run_dir)
+    elif damage == "missing_episode_ends":
+        import shutil
+        shutil.rmtree(run_dir / "replay.zarr" / "meta" / "episode_ends")
+    else:
+        _set_committed(run_dir, 5, int(ends[-1]) + 4)
+    with pytest.raises(ValueError, match=f"dsrl-ros repair {run_dir}"):
+        make_learner(run_dir)
+
+    report = repair_run(run_dir)
+    assert Path(report.replay_backup).is_dir() and report.episodes_kept + report.episodes_dropped >= 4
+    repaired = EpisodeStore.open(run_dir / "replay.zarr")
+    repaired.verify()
+    kept = len(repaired)
+    # Kept episodes are the originals, bit for bit; with only one image chunk torn, nothing survives of the
+    # episodes stored in it, and without episode_ends the learner's episode log gives the boundaries back.
+    expected = {"torn_chunk": 0, "missing_episode_ends": 4, "counter_off_by_one": 4}[damage]
+    assert kept == expected and report.episodes_kept == expected
+    data, new_ends = repaired.load_all()
+    np.testing.assert_array_equal(new_ends, ends[:kept])
+    for key in data:
+        np.testing.assert_array_equal(data[key], rows[key][: int(ends[kept - 1]) if kept else 0])
+    make_learner(run_dir).stop()                                    # usable again
+    assert not repair_run(run_dir).changed                          # and nothing left to repair
+
+
+def test_repair_sets_damaged_checkpoints_aside_and_fixes_the_link_and_the_version_file(run_dir):
+    newest = (run_dir / "checkpoint").resolve()
+    (newest / "model.safetensors").write_bytes(b"garbage")
+    (run_dir / "actor_version.json").write_text("{}")
+    report = repair_run(run_dir)
+    assert (run_dir / "damaged" / newest.name).is_dir() and not newest.exists()
+    assert (run_dir / "checkpoint").resolve().is_dir() and (run_dir / "checkpoint").resolve() != newest
+    assert report.actor_version > 1                                 # above every version this run published
+    learner = make_learner(run_dir)
+    assert learner.actor_version == report.actor_version
+    learner.stop()
+
+
+# ---- the supervisor with stand-in nodes -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Script:
+    """A stand-in node: `name` and the process it runs (what the supervisor needs of a NodeSpec)."""
+
+    name: str
+    code: str
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", textwrap.dedent(self.code)]
+
+
+def poll_until(supervisor: Supervisor, predicate, timeout_s: float, what: str):
+    def check():
+        supervisor.poll()
+        return predicate()
+    return wait_for(check, timeout_s, what)
+
+
+def test_a_crashing_node_is_restarted_with_doubling_back_off_then_given_up_on_when_it_fails_the_same_way(tmp_path):
+    node = Script("crasher", "import sys; print('RuntimeError: the driver is not there'); sys.exit(1)")
+    said = []
+    supervisor = Supervisor([node], dict(os.environ), tmp_path / "logs", say=said.append)
+    supervisor.start()
+    starts = [supervisor.children[0].started_at]
+
+    def record():
+        child = supervisor.children[0]
+        if child.started_at != starts[-1]:
+            starts.append(child.started_at)
+        return supervisor.fatal
+    poll_until(supervisor, record, 60, "the supervisor to give up")
+    assert len(starts) == CRASH_LOOP_STARTS
+    gaps = np.diff(starts)
+    assert 1.0 <= gaps[0] < 2.0 and 2.0 <= gaps[1] < 3.5              # 1 s, then 2 s
+    assert supervisor.fatal == ("crasher cannot start: RuntimeError: the driver is not there (failed the same way "
+                                f"at each of {CRASH_LOOP_STARTS} starts)")
+    assert supervisor.children[0].state == "failed" and supervisor.children[0].exit_codes == [1, 1, 1]
+
+
+def test_a_fatal_exit_code_is_never_restarted(tmp_path):
+    node = Script("bad_config", "import sys; print('bad_config: error: learner.utd: expected > 0', "
+                                "file=sys.stderr); sys.exit(2)")
+    supervisor = Supervisor([node], dict(os.environ), tmp_path / "logs", say=lambda s: None)
+    supervisor.start()
+    poll_until(supervisor, lambda: supervisor.fatal, 30, "the fatal exit")
+    assert supervisor.fatal == "bad_config cannot start: bad_config: error: learner.utd: expected > 0"
+    assert supervisor.fatal_code == 2 and supervisor.children[0].restarts == 0
+
+
+def test_stop_escalates_from_sigint_to_sigterm_to_sigkill(tmp_path):
+    ignore_int = Script("ignores_sigint", """
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print('ready', flush=True)
+        time.sleep(60)""")
+    ignore_both = Script("ignores_both", """
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print('ready', flush=True)
+        time.sleep(60)""")
+    polite = Script("polite", "import time\ntry:\n    print('ready', flush=True); time.sleep(60)\n"
+                              "except KeyboardInterrupt:\n    pass")
+    said = []
+    supervisor = Supervisor([ignore_int, ignore_both, polite], dict(os.environ), tmp_path / "logs", say=said.append)
+    supervisor.start()
+    wait_for(lambda: all("ready" in (tmp_path / "logs" / f"{n}.log").read_text() for n in
+                         ("ignores_sigint", "ignores_both", "polite")), 30, "the stand-ins to start")
+    pids = [c.process.pid for c in supervisor.children]
+    start = time.monotonic()
+    supervisor.stop(timeout_s=0.5)
+    assert time.monotonic() - start < 0.5 + 5.0 + 5.0 + 1.0
+    codes = {c.spec.name: c.exit_codes[-1] for c in supervisor.children}
+    assert codes == {"ignores_sigint": -signal.SIGTERM, "ignores_both": -signal.SIGKILL, "polite": 0}
+    assert said == ["[supervisor] still running after SIGINT: ['ignores_sigint', 'ignores_both']",
+                    "[supervisor] still running after SIGTERM: ['ignores_both']"]
+    assert not any(alive(p) for p in pids)
+    state = json.loads((tmp_path / "logs" / "supervisor.json").read_text())
+    assert {s["state"] for s in state.values()} == {"stopped"}
+
+
+def test_nodes_die_with_a_supervisor_killed_by_sigkill(tmp_path):
+    child = ("from dsrl_ros.ros_env import die_with_supervisor\ndie_with_supervisor()\nprint('armed', flush=True)\n"
+             "import time\ntime.sleep(60)")
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from dsrl_ros.supervisor import Supervisor
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_recovery import Script
+        s = Supervisor([Script("a", {child!r}), Script("b", {child!r})], dict(os.environ), {str(tmp_path / 'logs')!r},
+                       say=lambda s: None)
+        s.start()
+        print(" ".join(str(c.process.pid) for c in s.children), flush=True)
+        time.sleep(60)""")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    wait_for(lambda: all("armed" in (tmp_path / "logs" / f"{n}.log").read_text() for n in "ab"), 30,
+             "the children to arm their parent-death signal")
+    assert all(alive(p) for p in pids)
+    parent.kill()
+    parent.wait()
+    wait_for(lambda: not any(alive(p) for p in pids), 15, "the children to die with their supervisor")
