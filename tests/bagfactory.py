@@ -124,9 +124,9 @@ def write_franka_bag(path: Path, episodes: list[tuple[float, float]], storage: s
             add(t + 0.001, POSE, pose_msg([POISON] * 3, 0.0), "geometry_msgs/msg/PoseStamped")
     Event = T["dsrl_interfaces/msg/EpisodeEvent"]
     for number, ((s, d), outcome) in enumerate(zip(episodes, outcomes or []), start=1):
-        add(s - 0.001, "/dsrl/episode", Event(None, number, Event.STATE_RUNNING, 0, 0, 0, ""),
+        add(s - 0.001, "/dsrl/episode", Event(None, number, Event.STATE_RUNNING, 0, 0, 0, "", "", np.zeros(0, np.uint8)),
             "dsrl_interfaces/msg/EpisodeEvent")
-        add(s + d - 0.005, "/dsrl/episode", Event(None, number, Event.STATE_ENDED, outcome, 0, 0, ""),
+        add(s + d - 0.005, "/dsrl/episode", Event(None, number, Event.STATE_ENDED, outcome, 0, 0, "", "", np.zeros(0, np.uint8)),
             "dsrl_interfaces/msg/EpisodeEvent")
     messages.sort(key=lambda m: m[0])
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3

@@ -205,3 +205,36 @@ def test_episode_spans_from_events_and_from_gaps():
                                                                   ("episode 3", "no ENDED event")]
     times = np.array([0, 1, 2, 10, 11, 30]) * 10**9
     assert spans_from_gaps(times, 5.0) == [(0, 2 * 10**9), (10 * 10**9, 11 * 10**9), (30 * 10**9, 30 * 10**9)]
+
+
+def test_recording_adds_the_recorder_to_the_one_graph_and_episode_1_waits_for_it():
+    from dsrl_ros.config import load_config
+    from dsrl_ros.stack import NODE_EXECUTABLES, build_graph
+
+    sim = "robot_configs/sim_arm.yaml"
+    plain = build_graph(load_config(sim), sim)
+    recorded = build_graph(load_config(sim, ["recording.enabled=true"]), sim)
+    assert "recorder" not in [n.name for n in plain] and "recorder" in NODE_EXECUTABLES
+    assert [n.name for n in recorded] == [n.name for n in plain] + ["recorder"]
+    manager = next(n for n in recorded if n.name == "episode_manager")
+    assert "recorder" in manager.parameters["wait_for_nodes"].split(",")
+    real = build_graph(load_config("robot_configs/franka_fr3.yaml", ["recording.enabled=true"]), sim)
+    assert real[-1].name == "recorder"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("recording.compression=gzip", "recording.compression: expected one of ['none', 'lz4', 'zstd']"),
+    ("recording.topics=[camera]", "recording.topics[0]: expected an absolute topic name"),
+    ("recording.max_split_mb=-1", "recording.max_split_mb: expected MB >= 0"),
+    ("bags.stamp=arrival", "bags.stamp: expected one of ['receive', 'header']"),
+    ("bags.action_scale=[1, 2]", "bags.action_scale: expected [] or 5 values (one per action.names)"),
+    ("bags.action_scale=[1, 1, 1, 0, 1]", "bags.action_scale[3]: expected a scale > 0"),
+    ("bags.image_max_age_s=0", "bags.image_max_age_s: expected seconds > 0"),
+    ("bags.gripper_open_width=0.0", "bags.gripper_open_width: expected a width other than gripper_closed_width"),
+])
+def test_bad_recording_and_bags_values_get_one_error_naming_the_field(override, message):
+    from dsrl_ros.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config("robot_configs/sim_arm.yaml", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)

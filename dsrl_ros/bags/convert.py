@@ -23,7 +23,7 @@ import numpy as np
 
 from dsrl_ros.bags.actions import ActionDeriver, GripperMap, JointSource, StaleSource
 from dsrl_ros.bags.align import NO_MESSAGE
-from dsrl_ros.bags.episodes import EVENT_OUTCOMES, STATE_ENDED, episode_spans, read_labels
+from dsrl_ros.bags.episodes import EVENT_OUTCOMES, episode_spans, read_labels
 from dsrl_ros.bags.images import BagDataError, decode_image, raw_image, to_policy_input
 from dsrl_ros.bags.reader import BagReader
 from dsrl_ros.bags.streams import EPISODE_TOPIC, BagStreams, read_streams, sources
@@ -125,8 +125,10 @@ class BagConverter:
                                int(msg.noise_source))
             elif topic == "/dsrl/chunk_result":
                 recorder.result(msg.episode, msg.seq, float(msg.reward))
+            elif msg.state == event_type.STATE_RUNNING:
+                recorder.start(msg.episode)
             elif msg.state == event_type.STATE_ENDED and msg.outcome in EVENT_OUTCOMES:
-                recorder.end(msg.episode, EVENT_OUTCOMES[msg.outcome], log_ns / 1e9)
+                recorder.end(msg.episode, EVENT_OUTCOMES[msg.outcome], log_ns / 1e9, int(msg.chunks))
             self._collect(recorder.poll(log_ns / 1e9), result)
         self._collect(recorder.poll(math.inf), result)
         for episode in recorder.open_episodes:
@@ -135,9 +137,12 @@ class BagConverter:
     def _collect(self, done, result: BagResult) -> None:
         for d in done:
             if d.rows is None:
-                reason = d.reason.split(": ", 1)[-1] if d.reason.startswith("incomplete after") else d.reason
-                result.skip(f"episode {d.episode}", reason if d.reason == "aborted by the operator" else
-                            f"incomplete in the bag: {reason}")
+                if d.reason == "aborted":
+                    result.skip(f"episode {d.episode}", "aborted by the operator")
+                elif d.reason.startswith("incomplete after"):    # the learner's grace period, in bag time
+                    result.skip(f"episode {d.episode}", f"incomplete in the bag: {d.reason.split(': ', 1)[-1]}")
+                else:
+                    result.skip(f"episode {d.episode}", d.reason)
             else:
                 result.episodes.append(Episode(result.bag, f"episode {d.episode}", d.outcome, d.rows))
 

@@ -85,7 +85,8 @@ class BagWriter:
         return ensure_type(self.types, msgtype)
 
     def add_topic(self, topic: str, msgtype: str, qos: list[dict] | None = None) -> None:
-        """qos: offered QoS profiles as rosbag2 v9 mappings (history, depth, reliability, durability, ...)."""
+        """qos: offered QoS profiles as rosbag2 v9 mappings (history, depth, reliability, durability, ...). Fixed
+        once given: metadata.yaml and every MCAP channel must agree (rosbags matches connections on it)."""
         if topic in self.topics:
             if self.topics[topic].msgtype != msgtype:
                 raise ValueError(f"{topic}: recorded as {self.topics[topic].msgtype}, now offered as {msgtype}")
