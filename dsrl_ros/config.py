@@ -119,6 +119,8 @@ class LearnerSection:
     target_entropy: float = 0.0
     reward: str = "time_penalty"
     seed: int = 0
+    prior_replay: str = ""                  # offline-to-online: a replay store (dsrl-ros bag2zarr) mixed into batches
+    prior_fraction: float = 0.5             # share of each batch taken from prior_replay
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,8 @@ def _check_values(c: StackConfig) -> None:
 
 
 def _check_bag_values(c: StackConfig, require) -> None:
+    require(0.0 <= c.learner.prior_fraction <= 1.0, "learner.prior_fraction", "a share of each batch in 0..1",
+            c.learner.prior_fraction)
     r, b = c.recording, c.bags
     for key in ("topics", "exclude"):
         for i, topic in enumerate(getattr(r, key)):

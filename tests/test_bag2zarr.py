@@ -187,3 +187,29 @@ def test_cli_error_is_one_line_and_leaves_no_store(mcap_bag, tmp_path):
     assert errors == [errors[0]] and errors[0].startswith("dsrl-ros bag2zarr: error: /nope: "
                                                           "proprio.joint_states_topic is not in the bag")
     assert not out.exists() and not out.with_name("never.zarr.partial").exists()
+
+
+def test_train_steer_offline_learns_from_a_converted_bag_alone(mcap_bag, tmp_path, capsys):
+    """DSRL-NA from external data (no noise known): Q^A fits the stored returns, an actor comes out; DSRL-SAC,
+    which needs w, refuses such a replay with one clear error."""
+    from dsrl_ros.cli import main
+    from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy
+    from dsrl_ros.core.chunk_replay import chunk_schema
+    from dsrl_ros.core.steering import load_actor
+
+    store = EpisodeStore.create(tmp_path / "demos.zarr", chunk_schema((84, 84, 3), 11, 40))
+    for e in convert(mcap_bag).episodes:
+        store.append_episode(e.rows)
+    torch_threads = ["--threads", "1", "--hidden-dim", "32", "--batch-size", "16"]
+    assert main(["train-steer", "--offline", str(tmp_path / "demos.zarr"), "--out", str(tmp_path / "off"),
+                 "--offline-updates", "60", "--json", *torch_threads]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["updates"] == 60 and summary["transitions"] == 12 and summary["usable_transitions"] == 12
+    log = [json.loads(line) for line in (tmp_path / "off" / "offline.jsonl").read_text().splitlines()]
+    assert [r["updates"] for r in log] == [60]
+    assert summary["final_metrics"]["q_mean"] < -0.5          # returns are -1 per chunk: Q^A learned them
+    actor = load_actor(tmp_path / "off" / "actor", load_policy(DEFAULT_BASE_POLICY))
+    assert actor.config.algo == "na"
+    assert main(["train-steer", "--offline", str(tmp_path / "demos.zarr"), "--out", str(tmp_path / "sac"),
+                 "--algo", "sac", *torch_threads]) == 2
+    assert "has no transition with a known noise w" in capsys.readouterr().err

@@ -54,11 +54,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--offline", default=None, metavar="REPLAY.zarr", help="train from this replay store alone "
+                   "(dsrl-ros bag2zarr output; no environment): commands/steer_offline.py")
+    p.add_argument("--offline-updates", type=int, default=0, help="with --offline: gradient updates "
+                   "(default: --utd x the replay's transitions)")
     p.set_defaults(func=run)
+
+
+def steer_config(args: argparse.Namespace) -> SteerConfig:
+    return SteerConfig(algo=args.algo, noise_magnitude=args.noise_magnitude, hidden_dim=args.hidden_dim,
+                       batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature,
+                       reward=args.reward, target_entropy=args.target_entropy, actor_lr=args.actor_lr,
+                       encoder=args.encoder, distill_steps=args.distill_steps)
 
 
 def run(args: argparse.Namespace) -> int:
     from dsrl_ros.sim import make_env
+
+    if args.offline:
+        from dsrl_ros.commands.steer_offline import run_offline
+
+        return run_offline(args, steer_config(args))
 
     if args.episodes <= args.warmup_episodes:
         raise ValueError(f"--episodes: expected more than --warmup-episodes ({args.warmup_episodes}): the actor "
@@ -70,10 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out: {out} already has a checkpoint; pass --resume to continue it")
     torch.manual_seed(args.seed)
     policy = load_policy(args.policy)
-    config = SteerConfig(algo=args.algo, noise_magnitude=args.noise_magnitude, hidden_dim=args.hidden_dim,
-                         batch_size=args.batch_size, utd=args.utd, init_temperature=args.init_temperature,
-                         reward=args.reward, target_entropy=args.target_entropy, actor_lr=args.actor_lr,
-                         encoder=args.encoder, distill_steps=args.distill_steps)
+    config = steer_config(args)
     steering = PolicySteering(policy, config)
     c = policy.config
     schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)

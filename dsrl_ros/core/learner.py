@@ -63,6 +63,7 @@ class AsyncLearner:
         c = steering.policy.config
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
         self.replay = open_replay(self.run_dir, schema, steering)
+        self.sampler = self.replay             # what batches come from (mix_prior: online + a prior replay)
         self.rng = np.random.default_rng(settings.seed)
         self.actor_version = 0
         self.resumed_from: int | None = None
@@ -175,6 +176,17 @@ class AsyncLearner:
         w = self.settings.warmup_episodes
         return int(self.replay.episodes.episode_ends[w - 1]) - w if w > 0 else 0
 
+    def mix_prior(self, path: str | Path, prior_fraction: float) -> int:
+        """Offline-to-online: from now on each batch takes prior_fraction of its transitions from the (read-only)
+        replay store at `path`. Returns the prior's transition count."""
+        from dsrl_ros.core.replay_mix import MixedReplay, open_prior_replay
+
+        prior = open_prior_replay(path, self.replay.episodes.schema, self.steering.features,
+                                  self.steering.normalize_actions)
+        with self._lock:
+            self.sampler = MixedReplay(self.replay, prior, prior_fraction)
+        return prior.n_transitions
+
     def _train_loop(self) -> None:
         try:
             self._train()
@@ -190,8 +202,8 @@ class AsyncLearner:
                 self._stop.wait(0.02)
                 continue
             with self._lock:
-                batch = self.replay.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
-                                           raw_obs=config.encoder == "cnn")
+                batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
+                                            raw_obs=config.encoder == "cnn")
                 self.last_metrics = self.steering.agent.update(_to_device(batch, device))
                 updates = self.num_updates
                 if updates % self.settings.publish_every_updates == 0:
