@@ -50,7 +50,7 @@ def frame_value(index: int) -> int:
 def write_franka_bag(path: Path, episodes: list[tuple[float, float]], storage: str = "mcap",
                      compressed: bool = False, decision_period_s: float = 8 / 15,
                      poison_after_decisions: bool = True, encoding: str = "rgb8",
-                     outcomes: list[int] | None = None) -> dict:
+                     outcomes: list[int] | None = None, width: int = WIDTH, height: int = HEIGHT) -> dict:
     """episodes: (start_s, duration_s) from the bag's start, when the teleop streams commands; sensors run from 0
     to the end. Just after each decision time (1 ms) a poisoned camera frame / joint state / pose is stamped:
     a converter that reads the future would pick them up. outcomes: EpisodeEvent.OUTCOME_* per episode, published
@@ -72,20 +72,27 @@ def write_franka_bag(path: Path, episodes: list[tuple[float, float]], storage: s
     def active(t_s: float) -> tuple[float, float] | None:
         return next(((s, d) for s, d in episodes if s <= t_s <= s + d - 1e-9), None)
 
-    def width(t_s: float) -> float:
+    def opening(t_s: float) -> float:
         ep = active(t_s) or next(((s, d) for s, d in episodes if t_s < s), None) or episodes[-1]
         return 0.08 if t_s < ep[0] + ep[1] / 2 else 0.0      # closes half-way through each episode
 
+    frames: dict[int, np.ndarray] = {}          # one buffer per pixel value: big frames stay cheap to hold
+
     def camera(t_s: float, value: int) -> None:
-        pixels = np.full((HEIGHT, WIDTH, 3), value, np.uint8)
+        if value not in frames:
+            pixels = np.full((height, width, 3), value, np.uint8)
+            if compressed:
+                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+                frames[value] = np.frombuffer(jpeg, np.uint8)
+            else:
+                frames[value] = pixels.reshape(-1)
         if compressed:
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
             add(t_s, COMPRESSED, T["sensor_msgs/msg/CompressedImage"](None, "rgb8; jpeg compressed bgr8",
-                                                                        np.frombuffer(jpeg, np.uint8)),
+                                                                        frames[value]),
                 "sensor_msgs/msg/CompressedImage")
         else:
-            add(t_s, CAMERA, T["sensor_msgs/msg/Image"](None, HEIGHT, WIDTH, encoding, 0, WIDTH * 3,
-                                                         pixels.reshape(-1)), "sensor_msgs/msg/Image")
+            add(t_s, CAMERA, T["sensor_msgs/msg/Image"](None, height, width, encoding, 0, width * 3,
+                                                         frames[value]), "sensor_msgs/msg/Image")
 
     def pose_msg(position, yaw):
         P = T["geometry_msgs/msg/Pose"](T["geometry_msgs/msg/Point"](*map(float, position)),
@@ -103,7 +110,7 @@ def write_franka_bag(path: Path, episodes: list[tuple[float, float]], storage: s
         ep = active(t)
         tau = t - ep[0] if ep else 0.0
         arm = [0.1 * i + 0.01 * t for i in range(7)]
-        w = width(t)
+        w = opening(t)
         add(t, JOINT_STATES, joints_msg(ARM + FINGERS, arm + [w / 2, w / 2]), "sensor_msgs/msg/JointState")
         add(t, GRIPPER, joints_msg(FINGERS, [w / 2, w / 2]), "sensor_msgs/msg/JointState")
         measured, yaw = target(max(tau - 0.05, 0.0))            # the arm lags its target by 50 ms
