@@ -17,7 +17,7 @@ from rosbags.rosbag2 import Reader
 
 from dsrl_ros.bags.actions import rotation_vectors
 from dsrl_ros.bags.align import NO_MESSAGE, Series
-from dsrl_ros.bags.episodes import spans_from_events, spans_from_gaps
+from dsrl_ros.bags.episodes import episode_spans, spans_from_events, spans_from_gaps
 from dsrl_ros.bags.reader import BagReader
 from dsrl_ros.bags.streams import Event, header_stamp_ns
 from dsrl_ros.bags.typestore import make_typestore
@@ -82,6 +82,18 @@ def test_writer_output_reads_back_byte_for_byte_with_rosbags(tmp_path):
         msg = ts.deserialize_cdr(got[-2][2], NOISE)
     assert sorted(got) == sorted(sent)
     assert msg.seq == 49 and msg.noise[0] == 49.0
+    # What Foxglove and ros2 bag's MCAP plugin read: the ros2 profile, ros2msg schemas, cdr channels, a summary.
+    from mcap.reader import make_reader
+
+    with open(bag / "session_0.mcap", "rb") as f:
+        reader = make_reader(f)
+        assert reader.get_header().profile == "ros2"
+        summary = reader.get_summary()
+    assert summary.statistics.message_count == 100 and summary.chunk_indexes
+    assert {s.encoding for s in summary.schemas.values()} == {"ros2msg"}
+    assert {c.message_encoding for c in summary.channels.values()} == {"cdr"}
+    noise_channel = next(c for c in summary.channels.values() if c.topic == "/dsrl/noise")
+    assert noise_channel.metadata["topic_type_hash"] == ts.hash_rihs01(NOISE)
 
 
 def test_splits_by_size_and_by_time_each_readable_alone(tmp_path):
@@ -205,6 +217,11 @@ def test_episode_spans_from_events_and_from_gaps():
                                                                   ("episode 3", "no ENDED event")]
     times = np.array([0, 1, 2, 10, 11, 30]) * 10**9
     assert spans_from_gaps(times, 5.0) == [(0, 2 * 10**9), (10 * 10**9, 11 * 10**9), (30 * 10**9, 30 * 10**9)]
+    labelled, _ = episode_spans([], ["success", "failure", "unknown"], times, (0, 30 * 10**9), 5.0, "bag")
+    assert [s.outcome for s in labelled] == ["success", "failure", "unknown"]
+    timed, _ = episode_spans([], [{"start_s": 1.0, "end_s": 4.5, "outcome": "success"}], times, (10**9, 40 * 10**9),
+                             5.0, "bag")                     # side-car times count from the bag's first message
+    assert [(s.start_ns, s.end_ns, s.outcome) for s in timed] == [(2 * 10**9, 55 * 10**8, "success")]
 
 
 def test_recording_adds_the_recorder_to_the_one_graph_and_episode_1_waits_for_it():

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsrl_ros.bags.align import NO_MESSAGE, Series
+from dsrl_ros.bags.align import Series
 
 POSITION_NAMES = {"dx": 0, "dy": 1, "dz": 2}
 ROTATION_NAMES = {"droll": 0, "dpitch": 1, "dyaw": 2}
