@@ -205,6 +205,8 @@ def test_train_steer_offline_learns_from_a_converted_bag_alone(mcap_bag, tmp_pat
                  "--offline-updates", "60", "--json", *torch_threads]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["updates"] == 60 and summary["transitions"] == 12 and summary["usable_transitions"] == 12
+    assert summary["actor_version"] >= 1                     # an ordinary run directory: `up --run-dir` goes on
+    assert (tmp_path / "off" / "checkpoint").is_symlink() and (tmp_path / "off" / "actor_version.json").exists()
     log = [json.loads(line) for line in (tmp_path / "off" / "offline.jsonl").read_text().splitlines()]
     assert [r["updates"] for r in log] == [60]
     assert summary["final_metrics"]["q_mean"] < -0.5          # returns are -1 per chunk: Q^A learned them

@@ -56,10 +56,11 @@ def _actor_payload(config_overrides: list[str], **steer_changes):
 
     from dsrl_ros.config import load_config
     from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy
-    from dsrl_ros.core.steering import PolicySteering, SteerConfig
+    from dsrl_ros.core.agent_config import AgentConfig
+    from dsrl_ros.core.steering import PolicySteering
 
     overrides = [v for k, v in zip(config_overrides, config_overrides[1:]) if k == "--set"]
-    steer = SteerConfig.from_learner_section(load_config(SIM, overrides).learner)
+    steer = AgentConfig.of(load_config(SIM, overrides).learner)
     return PolicySteering(load_policy(DEFAULT_BASE_POLICY), dataclasses.replace(steer, **steer_changes))
 
 
@@ -124,7 +125,7 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         refusals = [f"actor_weights.run_id: expected {key.run_id!r} (this run), got ''",
                     "actor_weights.signature: does not match this run's key",
                     "expected finite values, got NaN or inf", "expected |values| <= 10000",
-                    "steer.hidden_dim: expected 32", "actor_weights.version: expected > "]
+                    "agent.hidden_dim: expected 32", "actor_weights.version: expected > "]
         log = probe.wait(lambda: all(r in (text := up.log("steering")) for r in refusals) and text, 60,
                          f"the steering node to refuse every forged actor: {refusals}")
         assert " version 100000" not in log.replace("stays version", "")   # no forged version ever in use

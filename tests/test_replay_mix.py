@@ -11,11 +11,12 @@ import torch
 
 from dsrl_ros.core.chunk_replay import SOURCE_BASE, SOURCE_EXTERNAL, ChunkEpisode, ChunkReplay, chunk_schema
 from dsrl_ros.core.episode_store import EpisodeStore
-from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.ram_episodes import RamEpisodes
 from dsrl_ros.core.replay_mix import MixedReplay, open_prior_replay
-from dsrl_ros.core.steering import PolicySteering, SteerConfig
+from dsrl_ros.core.steering import PolicySteering
 
 SCHEMA = chunk_schema((8, 8, 3), 3, 4)
 
@@ -94,12 +95,13 @@ TINY = PolicyConfig(image_shape=(8, 8, 3), proprio_dim=3, action_dim=2, chunk_le
 def test_the_learner_engine_trains_on_the_mix_once_a_prior_is_attached(tmp_path):
     """learner.prior_replay: the engine's batches come from online + prior; updates still follow online data."""
     torch.manual_seed(0)
-    steering = PolicySteering(DiffusionPolicy(TINY).eval(), SteerConfig(hidden_dim=16, num_layers=2, batch_size=20))
+    agent = AgentConfig(hidden_dim=16, num_layers=2, batch_size=20, warmup_episodes=1, utd=2.0)
+    steering = PolicySteering(DiffusionPolicy(TINY).eval(), agent)
     prior_path = tmp_path / "prior.zarr"
     store = EpisodeStore.create(prior_path, SCHEMA)
     for _ in range(3):
         store.append_episode(episode(PRIOR, SOURCE_EXTERNAL))
-    learner = AsyncLearner(steering, tmp_path / "run", LearnerSettings(warmup_episodes=1, utd=2.0), lambda *a: None)
+    learner = Learner(steering, tmp_path / "run", log=lambda s: None)
     assert learner.mix_prior(prior_path, 0.25) == 15
     learner.add_episode(episode(ONLINE, SOURCE_BASE), {})       # the warm-up episode: earns no updates
     learner.add_episode(episode(ONLINE, SOURCE_BASE), {})       # 5 transitions x utd 2 = 10 updates owed
@@ -116,3 +118,19 @@ def test_the_learner_engine_trains_on_the_mix_once_a_prior_is_attached(tmp_path)
     assert learner.error is None and learner.num_updates == 10          # owed by online data only
     assert len(drawn) == 10
     assert all(int((b["reward"] == PRIOR).sum()) == 5 for b in drawn)   # 25 % of each batch of 20
+
+
+def test_train_updates_runs_updates_nobody_owes_from_the_prior_alone(tmp_path):
+    """Offline training's use of the engine: no online data at all, every batch from the prior."""
+    torch.manual_seed(0)
+    steering = PolicySteering(DiffusionPolicy(TINY).eval(), AgentConfig(hidden_dim=16, num_layers=2, batch_size=8))
+    store = EpisodeStore.create(tmp_path / "prior.zarr", SCHEMA)
+    store.append_episode(episode(PRIOR, SOURCE_EXTERNAL))
+    learner = Learner(steering, tmp_path / "run", log=lambda s: None)
+    try:
+        learner.mix_prior(tmp_path / "prior.zarr", 1.0)
+        assert learner._due_updates() <= 0                       # nothing is owed without online data
+        learner.train_updates(7)
+        assert learner.num_updates == 7 and learner.n_episodes == 0
+    finally:
+        learner.stop()
