@@ -19,17 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stack_harness import (FAST, SIM, Probe, Up, alive, assert_stored_episodes_are_whole, stored_episodes,
+from stack_harness import (FAST, SIM, Up, alive, assert_stored_episodes_are_whole, stored_episodes,
                            supervisor_state, wait_for)
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def probe():
-    p = Probe()
-    yield p
-    p.close()
 
 
 def _steered(probe, timeout_s=240):
@@ -72,7 +65,7 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
     from dsrl_interfaces.msg import ActionChunk, ActorWeights, EpisodeEvent, Noise, Observation
     from dsrl_ros.core.run_identity import load_or_create_run_key
     from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, EPISODE, NOISE, OBSERVATION, qos,
-                                       sign_actor_weights)
+                                       sign)
 
     # A narrower limit than the sim's own +-1 on dx, as a real arm's config would set: both the policy node and
     # the robot side must hold chunks to it.
@@ -100,16 +93,16 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         tensors = st_load(payload)
         name = next(iter(tensors))
         forged = []
-        for label, t, cfg, sign in (("unsigned", tensors, config_json, False),
+        for label, t, cfg, signed in (("unsigned", tensors, config_json, False),
                                     ("nan", {**tensors, name: tensors[name] * float("nan")}, config_json, True),
                                     ("huge", {**tensors, name: tensors[name] * 0 + 1e30}, config_json, True)):
             msg = ActorWeights(version=10**6 + len(forged), num_updates=1, config_json=cfg,
                                safetensors=array.array("B", st_save(t)))
-            if sign:
-                sign_actor_weights(msg, key)
+            if signed:
+                sign(msg, key)
             forged.append((label, msg))
         old = ActorWeights(version=1, num_updates=1, config_json=config_json, safetensors=array.array("B", payload))
-        sign_actor_weights(old, key)                            # a real, signed actor, but not newer than the one
+        sign(old, key)                            # a real, signed actor, but not newer than the one
         forged.append(("old version", old))                     # in use: a replay
         wrong_key = ActorWeights(version=10**6 + 8, num_updates=1, config_json=config_json,
                                  safetensors=array.array("B", payload), run_id=key.run_id,
@@ -118,7 +111,7 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         other = _actor_payload(FAST, hidden_dim=64).actor_payload()
         msg = ActorWeights(version=10**6 + 9, num_updates=1, config_json=other[1],
                            safetensors=array.array("B", other[0]))
-        sign_actor_weights(msg, key)
+        sign(msg, key)
         forged.append(("architecture", msg))
         for label, msg in forged:
             probe.publish(ActorWeights, ACTOR_WEIGHTS, [msg], "latched", seconds=1.0)
@@ -245,8 +238,7 @@ def test_children_die_with_the_supervisor_and_a_run_dir_has_one_supervisor(tmp_p
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 2
         assert second.stderr.strip().splitlines()[-1] == (
-            f"dsrl-ros up: error: run dir {tmp_path / 'run'} is in use by another dsrl-ros up (pid {up.proc.pid}); "
-            f"stop it first or pass --run-dir")
+            f"dsrl-ros up: error: {tmp_path / 'run'}: in use by another dsrl-ros up (pid {up.proc.pid}); stop it first")
         os.kill(up.proc.pid, signal.SIGKILL)                       # no chance to stop anything itself
         wait_for(lambda: not any(alive(p) for p in pids), 60, "every node to die with its supervisor")
     finally:

@@ -96,7 +96,7 @@ def test_a_garbage_version_file_is_named(run_dir):
 
 def test_two_learners_cannot_share_a_run_directory(run_dir):
     first = make_learner(run_dir)
-    with pytest.raises(ValueError, match=f"another learner is using this run directory \\(pid {os.getpid()}\\)"):
+    with pytest.raises(ValueError, match=f"in use by another learner \\(pid {os.getpid()}\\)"):
         make_learner(run_dir)
     first.stop()
     make_learner(run_dir).stop()                                    # released with the first one

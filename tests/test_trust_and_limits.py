@@ -22,8 +22,7 @@ from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.run_identity import KEY_FILE, load_or_create_run_key
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
-from dsrl_ros.nodes.ros_io import RateCap, check_actor_weights, check_episode_event, sign_actor_weights, \
-    sign_episode_event
+from dsrl_ros.nodes.ros_io import RateCap, check_signed, sign
 
 TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
                     num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
@@ -54,22 +53,22 @@ def test_signed_messages_verify_only_unchanged_and_only_in_their_own_run(tmp_pat
 
     key, other = load_or_create_run_key(tmp_path / "a"), load_or_create_run_key(tmp_path / "b")
     event = EpisodeEvent(episode=3, state=2, outcome=1, chunks=4, steps=30, detail="task success")
-    sign_episode_event(event, key)
-    check_episode_event(event, key)                                    # passes
+    sign(event, key)
+    check_signed(event, key)                                    # passes
     with pytest.raises(ValueError, match="episode_event.run_id"):
-        check_episode_event(event, other)
+        check_signed(event, other)
     for field, value in (("outcome", 2), ("episode", 4), ("chunks", 1), ("detail", "x")):
         tampered = EpisodeEvent(**{f: getattr(event, f) for f in ("episode", "state", "outcome", "chunks", "steps",
                                                                   "detail", "run_id", "signature")})
         setattr(tampered, field, value)
         with pytest.raises(ValueError, match="episode_event.signature"):
-            check_episode_event(tampered, key)
+            check_signed(tampered, key)
     weights = ActorWeights(version=7, num_updates=70, config_json="{}", safetensors=array.array("B", b"abc"))
-    sign_actor_weights(weights, key)
-    check_actor_weights(weights, key)
+    sign(weights, key)
+    check_signed(weights, key)
     weights.version = 8                                                # a replay with a higher version
     with pytest.raises(ValueError, match="actor_weights.signature"):
-        check_actor_weights(weights, key)
+        check_signed(weights, key)
 
 
 # ---- actor checks ----------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ a warning. Actor versions never go backwards.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import torch
 from dsrl_ros.core.checkpoint import write_atomic
 from dsrl_ros.core.chunk_replay import ChunkReplay, chunk_schema
 from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.run_lock import lock_run_dir
 from dsrl_ros.core.steering import PolicySteering, rng_from_json, rng_state_json
 
 VERSION_FILE = "actor_version.json"   # the last published version, written before each publication
@@ -56,7 +56,7 @@ class Learner:
         self.checkpoint_every_s = checkpoint_every_s
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_run_dir(self.run_dir)
+        self._lock_file = lock_run_dir(self.run_dir / LOCK_FILE, "learner")   # one writer of the replay
         c = steering.policy.config
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
         self.replay = open_replay(self.run_dir, schema, steering)
@@ -288,23 +288,6 @@ def read_published_version(run_dir: Path) -> int:
         raise ValueError(f"{path}: expected {{\"actor_version\": <int>}}, got {path.read_text()[:60]!r} ({err}); "
                          f"versions must not go backwards, so set it to the highest version this run published") \
             from err
-
-
-def _lock_run_dir(run_dir: Path):
-    """One learner per run directory (two would write one replay): an exclusive lock held while it lives."""
-    f = open(run_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise ValueError(f"{run_dir}: another learner is using this run directory (pid {holder})") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -26,8 +26,8 @@ from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.core.steering import PolicySteering
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
-                                   RATE_CAP_HZ, check_episode_event, float32_array, guarded, observation_arrays,
-                                   outcome_name, qos, run_node, sign_actor_weights)
+                                   RATE_CAP_HZ, check_signed, float32_array, guarded, observation_arrays,
+                                   outcome_name, qos, run_node, sign)
 
 
 class LearnerNode(ConfiguredNode):
@@ -80,7 +80,7 @@ class LearnerNode(ConfiguredNode):
         self.recorder.result(msg.episode, msg.seq, msg.reward)
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
-        check_episode_event(msg, self.key)
+        check_signed(msg, self.key)
         if msg.state == EpisodeEvent.STATE_RUNNING:
             self.recorder.start(msg.episode)
         elif msg.state == EpisodeEvent.STATE_ENDED and outcome_name(msg.outcome):
@@ -103,7 +103,7 @@ class LearnerNode(ConfiguredNode):
         msg = ActorWeights(version=version, num_updates=num_updates, config_json=config_json)
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.safetensors = array.array("B", payload)   # array.array: no per-element conversion
-        sign_actor_weights(msg, self.key)
+        sign(msg, self.key)
         self.weights_pub.publish(msg)
 
     def _publish_status(self) -> None:

@@ -20,7 +20,7 @@ from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ, check_actor_weights,
+from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ, check_signed,
                                    float32_field, guarded, observation_arrays, qos, run_node)
 
 
@@ -60,7 +60,7 @@ class SteeringNode(ConfiguredNode):
 
     def _on_weights(self, msg: ActorWeights) -> None:
         try:
-            check_actor_weights(msg, self.key)
+            check_signed(msg, self.key)
             if msg.version <= self.version:
                 raise ValueError(f"actor_weights.version: expected > {self.version} (the version in use), got "
                                  f"{msg.version}")
