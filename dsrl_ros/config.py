@@ -26,6 +26,8 @@ from dsrl_ros.core.agent_config import AgentConfig
 ROBOT_KINDS = ("sim", "real")
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
 DEVICES = ("auto", "cpu", "cuda")
+BAG_COMPRESSIONS = ("none", "lz4", "zstd")
+BAG_STAMPS = ("receive", "header")
 
 
 class ConfigError(ValueError):
@@ -109,6 +111,8 @@ class LearnerSection(AgentConfig):
     run_dir: str = "runs/sim_arm"           # replay.zarr, checkpoint/, actor/ (relative to the working directory)
     checkpoint_every_s: float = 30.0        # and after every committed episode
     device: str = "auto"
+    prior_replay: str = ""                  # offline-to-online: a replay store (dsrl-ros bag2zarr) mixed into batches
+    prior_fraction: float = 0.5             # share of each batch taken from prior_replay
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,36 @@ class RosSection:
 
 
 @dataclass(frozen=True)
+class RecordingSection:
+    """The recorder node (`dsrl-ros up --record`): raw CDR of the graph's topics into a rosbag2 MCAP bag."""
+    enabled: bool = False                   # true: a recorder node joins the graph (--record sets it)
+    path: str = ""                          # bag directory; "": <learner.run_dir>/bags/rosbag2_<date-time>
+    topics: list[str] = field(default_factory=list)    # [] = every topic of the graph (discovered as it grows)
+    exclude: list[str] = field(default_factory=list)   # topics never recorded
+    max_split_mb: float = 1024.0            # a new file (split) after this many MB; 0: no size limit
+    max_split_s: float = 0.0                # ... or after this many seconds; 0: no time limit
+    flush_every_s: float = 1.0              # whole chunks reach the disk at least this often (a kill loses less)
+    compression: str = "none"               # MCAP chunk compression: none | lz4 | zstd
+    discovery_every_s: float = 1.0          # how often the graph is scanned for new topics
+
+
+@dataclass(frozen=True)
+class BagsSection:
+    """Converting rosbag2 bags into replay episodes (`dsrl-ros bag2zarr`, see dsrl_ros/bags/convert.py)."""
+    stamp: str = "receive"                  # time base: receive (the bag's log time) | header (header.stamp)
+    image_max_age_s: float = 0.1            # a stream is used "as of" a decision only if this fresh, never
+    proprio_max_age_s: float = 0.1          # from the future
+    command_topic: str = ""                 # actions from PoseStamped / JointTrajectory / JointState commands;
+                                            # "": from the measured ee pose (ee_delta) or joint states
+    action_scale: list[float] = field(default_factory=list)   # robot motion per action unit ([] = 1 each)
+    gripper_topic: str = ""                 # sensor_msgs/JointState carrying gripper_joints ("": joint states)
+    gripper_joints: list[str] = field(default_factory=list)   # their positions summed = the opening width
+    gripper_open_width: float = 0.08        # width read as action.low of the grip dimension (open)
+    gripper_closed_width: float = 0.0       # width read as action.high (closed)
+    split_gap_s: float = 0.0                # > 0: a gap this long in the action stream ends an episode
+
+
+@dataclass(frozen=True)
 class StackConfig:
     robot: RobotSection
     joints: JointsSection
@@ -146,6 +180,8 @@ class StackConfig:
     learner: LearnerSection = field(default_factory=LearnerSection)
     episode: EpisodeSection = field(default_factory=EpisodeSection)
     ros: RosSection = field(default_factory=RosSection)
+    recording: RecordingSection = field(default_factory=RecordingSection)
+    bags: BagsSection = field(default_factory=BagsSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -298,8 +334,39 @@ def _check_values(c: StackConfig) -> None:
     require(0 <= c.ros.domain_id <= 232, "ros.domain_id", "0..232", c.ros.domain_id)
     require(c.ros.discovery_range in ("LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT"), "ros.discovery_range",
             "LOCALHOST | SUBNET | OFF | SYSTEM_DEFAULT", c.ros.discovery_range)
+    _check_bag_values(c, require)
     if c.robot.kind == "sim":
         require(c.robot.sim_task in ("lift", "place"), "robot.sim_task", "'lift' or 'place'", c.robot.sim_task)
+
+
+def _check_bag_values(c: StackConfig, require) -> None:
+    require(0.0 <= c.learner.prior_fraction <= 1.0, "learner.prior_fraction", "a share of each batch in 0..1",
+            c.learner.prior_fraction)
+    r, b = c.recording, c.bags
+    for key in ("topics", "exclude"):
+        for i, topic in enumerate(getattr(r, key)):
+            require(topic.startswith("/"), f"recording.{key}[{i}]", "an absolute topic name", topic)
+    require(r.max_split_mb >= 0, "recording.max_split_mb", "MB >= 0 (0: no size limit)", r.max_split_mb)
+    require(r.max_split_s >= 0, "recording.max_split_s", "seconds >= 0 (0: no time limit)", r.max_split_s)
+    require(r.flush_every_s > 0, "recording.flush_every_s", "seconds > 0", r.flush_every_s)
+    require(r.compression in BAG_COMPRESSIONS, "recording.compression", f"one of {list(BAG_COMPRESSIONS)}",
+            r.compression)
+    require(r.discovery_every_s > 0, "recording.discovery_every_s", "seconds > 0", r.discovery_every_s)
+    require(b.stamp in BAG_STAMPS, "bags.stamp", f"one of {list(BAG_STAMPS)}", b.stamp)
+    require(b.image_max_age_s > 0, "bags.image_max_age_s", "seconds > 0", b.image_max_age_s)
+    require(b.proprio_max_age_s > 0, "bags.proprio_max_age_s", "seconds > 0", b.proprio_max_age_s)
+    require(not b.command_topic or b.command_topic.startswith("/"), "bags.command_topic",
+            "an absolute topic name or ''", b.command_topic)
+    require(not b.gripper_topic or b.gripper_topic.startswith("/"), "bags.gripper_topic",
+            "an absolute topic name or ''", b.gripper_topic)
+    d = len(c.action.names)
+    require(len(b.action_scale) in (0, d), "bags.action_scale", f"[] or {d} values (one per action.names)",
+            b.action_scale)
+    for i, v in enumerate(b.action_scale):
+        require(v > 0, f"bags.action_scale[{i}]", "a scale > 0", v)
+    require(b.gripper_open_width != b.gripper_closed_width, "bags.gripper_open_width",
+            f"a width other than gripper_closed_width ({b.gripper_closed_width})", b.gripper_open_width)
+    require(b.split_gap_s >= 0, "bags.split_gap_s", "seconds >= 0 (0: no split)", b.split_gap_s)
 
 
 def check_policy_fits_config(pc, c: StackConfig) -> None:

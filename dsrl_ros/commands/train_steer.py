@@ -56,6 +56,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--offline", default=None, metavar="REPLAY.zarr", help="train from this replay store alone "
+                   "(dsrl-ros bag2zarr output; no environment): commands/steer_offline.py")
+    p.add_argument("--offline-updates", type=int, default=0, help="with --offline: gradient updates "
+                   "(default: learner.utd x the replay's transitions)")
     p.set_defaults(func=run)
 
 
@@ -70,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"policy.checkpoint={args.policy}")
     config = load_config(args.config, overrides)
     agent = AgentConfig.of(config.learner)
+    if args.offline:
+        from dsrl_ros.commands.steer_offline import run_offline
+
+        return run_offline(args, config, agent)
     if args.episodes <= agent.warmup_episodes:
         raise ValueError(f"--episodes: expected more than learner.warmup_episodes ({agent.warmup_episodes}): the "
                          f"actor trains only after the warm-up, got {args.episodes}")

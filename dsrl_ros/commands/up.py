@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime-factor", type=float, default=1.0, help="sim only: control ticks x wall time")
     p.add_argument("--window", type=int, default=20, help="episodes per success-rate window")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--record", action="store_true", help="record the session into a rosbag2 MCAP bag "
+                   "(<run dir>/bags/; the config's recording: section)")
     p.set_defaults(func=run)
 
 
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"learner.run_dir={args.run_dir}")
     if args.episodes:
         overrides.append(f"episode.max_episodes={args.episodes}")
+    if args.record:
+        overrides.append("recording.enabled=true")
     config = load_config(args.config, overrides)
     run_dir = Path(config.learner.run_dir)
     if run_dir.exists() and not run_dir.is_dir():

@@ -60,6 +60,7 @@ class Learner:
         c = steering.policy.config
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
         self.replay = open_replay(self.run_dir, schema, steering)
+        self.sampler = self.replay             # what batches come from (mix_prior: online + a prior replay)
         self.rng = np.random.default_rng(self.config.seed)
         self.trainer_extra: dict = {}
         self.resumed_extra: dict = {}
@@ -197,11 +198,27 @@ class Learner:
             done += 1
         return done
 
+    def train_updates(self, count: int) -> None:
+        """`count` updates now, owed or not (offline training: `train-steer --offline` has no online data)."""
+        for _ in range(count):
+            self._one_update()
+
+    def mix_prior(self, path: str | Path, prior_fraction: float) -> int:
+        """Offline-to-online: from now on each batch takes prior_fraction of its transitions from the (read-only)
+        replay store at `path` (core/replay_mix.py). Returns the prior's transition count."""
+        from dsrl_ros.core.replay_mix import MixedReplay, open_prior_replay
+
+        prior = open_prior_replay(path, self.replay.episodes.schema, self.steering.features,
+                                  self.steering.normalize_actions)
+        with self._lock:
+            self.sampler = MixedReplay(self.replay, prior, prior_fraction)
+        return prior.n_transitions
+
     def _one_update(self) -> None:
         config = self.config
         with self._lock:
-            batch = self.replay.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
-                                       raw_obs=config.encoder == "cnn")
+            batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
+                                        raw_obs=config.encoder == "cnn")
             self.last_metrics = self.steering.agent.update(_to_device(batch, self.steering.device))
             updates = self.num_updates
             if updates % config.publish_every_updates == 0:

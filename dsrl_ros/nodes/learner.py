@@ -57,6 +57,10 @@ class LearnerNode(ConfiguredNode):
         sub(EpisodeEvent, EPISODE, self._on_episode, "event")
         self.create_timer(0.1, self._commit_finished)
         self.create_timer(1.0, self._publish_status)
+        if lc.prior_replay:                  # offline-to-online: batches mix in a prior replay (dsrl-ros bag2zarr)
+            prior = self.learner.mix_prior(lc.prior_replay, lc.prior_fraction)
+            self.get_logger().info(f"prior replay {lc.prior_replay}: {prior} transitions, "
+                                   f"{lc.prior_fraction:.0%} of each batch")
         self.learner.publish_current()
         self.learner.start()
         self.get_logger().info(f"DSRL-{lc.algo.upper()} on {device}, replay {lc.run_dir}/replay.zarr: "
