@@ -108,6 +108,17 @@ def test_a_replayed_older_start_cannot_reopen_an_episode():
     assert dropped.episode == 5 and dropped.rows is None and "start was not seen" in dropped.reason
 
 
+def test_an_episode_with_a_chunk_cut_short_by_a_newer_one_is_dropped():
+    recorder = EpisodeRecorder(CHUNK, "time_penalty", execute_steps=4)
+    feed_episode(recorder, 8, n_chunks=3)
+    recorder.result(8, 8000, 0.0, steps=2, episode_over=False)           # decision 0 ran 2 of its 4 steps
+    (dropped,) = recorder.poll(now=0.0)
+    assert dropped.rows is None and "chunk 8000 was cut short" in dropped.reason
+    feed_episode(recorder, 9, n_chunks=3)
+    recorder.result(9, 9002, 0.0, steps=1, episode_over=True)            # the last one ended by success: fine
+    assert recorder.poll(now=0.0)[0].rows is not None
+
+
 def test_a_trailing_observation_cut_off_by_the_end_is_not_a_decision():
     recorder = EpisodeRecorder(CHUNK, "time_penalty")
     recorder.observation(5, 5099, obs(1), final=False)                   # decision asked, episode ended first

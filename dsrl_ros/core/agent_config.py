@@ -36,7 +36,8 @@ class AgentConfig:
     distill_steps: int = 1               # NA: Q^W regression steps per update
     distill_noise_fraction: float = 0.5  # NA: share of Q^W samples from N(0, I) clipped to +-b (rest: the actor)
     init_temperature: float = 0.01
-    target_entropy: float = 0.0
+    target_entropy: float = 0.0          # per chunk, measured on tanh(u) = w / b (core/dsrl.py)
+    init_log_std: float = 0.0            # the untrained actor: u ~ N(0, e^init_log_std) in every state
     reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
     encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own
     encoder_dim: int = 128               # feature size of the "cnn" encoder
@@ -62,6 +63,7 @@ class AgentConfig:
                 ("distill_steps", self.distill_steps >= 1, "an integer >= 1"),
                 ("distill_noise_fraction", 0 <= self.distill_noise_fraction <= 1, "0..1"),
                 ("init_temperature", _positive(self.init_temperature), "a temperature > 0"),
+                ("init_log_std", -5 < self.init_log_std < 2, "-5 < log sigma < 2"),
                 ("encoder_dim", self.encoder_dim >= 1, "an integer >= 1")):
             if not ok:
                 raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r} "

@@ -59,8 +59,15 @@ def repair_run(run_dir: str | Path) -> RepairReport:
 
 # ---- replay ---------------------------------------------------------------------------------------------------
 def whole_episodes(store: EpisodeStore, jsonl: Path | None = None) -> tuple[np.ndarray, str]:
-    """(ends of the longest prefix of whole episodes, why the rest is not whole: "" if everything is)."""
+    """(ends of the longest prefix of whole episodes, why the rest is not whole: "" if everything is).
+    Torn chunk frames are found from their headers first (decoding one can crash the process)."""
+    damaged = store.damaged_chunks()
+    torn_ends = "meta/episode_ends" in damaged
+    first_torn_row = min((chunks[0] * store._group[path].chunks[0] for path, chunks in damaged.items()
+                          if path != "meta/episode_ends"), default=None)
     try:
+        if torn_ends:
+            raise ValueError("meta/episode_ends has a torn chunk")
         committed = store._committed()[0]
         ends = np.asarray(store._group["meta/episode_ends"][:], np.int64)[:committed]
         if len(ends) < committed:
@@ -74,6 +81,8 @@ def whole_episodes(store: EpisodeStore, jsonl: Path | None = None) -> tuple[np.n
     for i, end in enumerate(ends):
         if end <= start or any(end > n for n in lengths.values()):
             return ends[:i], why or f"episode {i}: end {end} does not fit the data ({min(lengths.values())} rows)"
+        if first_torn_row is not None and end > first_torn_row:
+            return ends[:i], why or f"episode {i}: row {first_torn_row} onwards lies in a torn chunk"
         for key in store.schema:
             try:
                 store._group[f"data/{key}"][start:end]

@@ -35,7 +35,8 @@ def dsrl_config(config: AgentConfig, obs_dim: int, noise_dim: int) -> DSRLConfig
                       noise_magnitude=config.noise_magnitude, gamma=config.gamma, tau=config.tau, lr=config.lr,
                       actor_lr=config.actor_lr or None, distill_steps=config.distill_steps,
                       distill_noise_fraction=config.distill_noise_fraction, batch_size=config.batch_size,
-                      init_temperature=config.init_temperature, target_entropy=config.target_entropy)
+                      init_temperature=config.init_temperature, target_entropy=config.target_entropy,
+                      init_log_std=config.init_log_std)
 
 
 class SteeringObsEncoder(nn.Module):

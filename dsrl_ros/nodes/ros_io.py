@@ -30,6 +30,9 @@ EPISODE = "/dsrl/episode"
 ACTOR_WEIGHTS = "/dsrl/actor_weights"
 LEARNER_STATUS = "/dsrl/learner_status"
 SIM_RESET_SERVICE = "/sim_robot/reset"
+# Seeing another node's endpoints does not mean every participant has matched ours yet (~0.35 s each, more under
+# load): a node that must not lose its first messages waits this long after it sees its peers (or starts).
+DISCOVERY_SETTLE_S = 1.5
 
 
 def qos():
