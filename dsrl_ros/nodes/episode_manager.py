@@ -28,9 +28,9 @@ from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus, Observ
 from dsrl_ros.core.episode_cycle import ABORTED, FAILURE, STATE_NAMES, SUCCESS, CycleSettings, EpisodeCycle, Event
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, LEARNER_STATUS, OBSERVATION, RATE_CAP_HZ,
-                                   SIM_RESET_SERVICE,
-                                   guarded, outcome_name, qos, run_node, sign)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, LEARNER_STATUS,
+                                   OBSERVATION, RATE_CAP_HZ, SIM_RESET_SERVICE, guarded, outcome_name, qos, run_node,
+                                   sign)
 from dsrl_ros.ros_env import SESSION_ENV
 
 # The learner's 1 Hz status is its heartbeat: a learner killed with SIGKILL stays in the DDS graph until its
