@@ -202,3 +202,15 @@ def test_success_ends_the_chunk_and_the_episode_step_limit_truncates(kin):
         assert rs[0].truncated == (k == 7)
     (r,) = send(ex2, 9, 1, np.zeros((8, 5), np.float32), 6000 * MS, 6000 * MS).reports
     assert r.indices == [] and r.truncated
+
+
+def test_with_episode_events_only_the_running_episodes_chunks_run(kin):
+    ex = make(kin)
+    ex.on_episode(3, True, 900 * MS)
+    with pytest.raises(ChunkRefused, match="running episode is 3"):
+        send(ex, 1, 99, np.zeros((8, 5), np.float32), 1000 * MS)          # a stray or hostile episode number
+    send(ex, 2, 3, np.zeros((8, 5), np.float32), 1000 * MS)
+    (r,) = ex.on_episode(3, False, 1120 * MS).reports                     # the operator ended it mid-chunk
+    assert r.ended_by == "episode_ended" and r.indices == [0, 1]
+    with pytest.raises(ChunkRefused, match="over"):
+        send(ex, 3, 3, np.zeros((8, 5), np.float32), 1200 * MS)

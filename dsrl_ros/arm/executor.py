@@ -106,6 +106,8 @@ class ChunkExecutor:
         self.anchor: Target | None = None     # last commanded target; None: start from the measured state
         self.episode = -1                     # episode of the newest accepted chunk
         self.running = False                  # an episode is running (episode events)
+        self.running_episode: int | None = None   # once events are seen, only its chunks are run
+        self.events_seen = False
         self.ended_episode = -1               # newest episode known to have ended
         self.episode_steps = 0
         self.success_episode = -1             # episode whose success came in between chunks
@@ -114,18 +116,26 @@ class ChunkExecutor:
 
     # ---- inputs --------------------------------------------------------------------------------------------
     def on_joint_state(self, q: np.ndarray, grip: float | None, now_ns: int) -> None:
-        self.measured_q, self.measured_grip = np.asarray(q, float), grip
+        """The arm's measured joints (config order) and, if the same message carries it, the gripper opening."""
+        self.measured_q = np.asarray(q, float)
+        if grip is not None:
+            self.measured_grip = grip
         self.watchdog.on_joint_state(now_ns)
+
+    def on_gripper_state(self, grip: float) -> None:
+        """A gripper opening published on its own (drivers that publish the gripper separately)."""
+        self.measured_grip = grip
 
     def on_episode(self, episode: int, running: bool, now_ns: int) -> Output:
         out = Output()
+        self.events_seen = True
         if running:
             if episode > self.ended_episode:
-                self.running, self.episode_steps = True, 0
+                self.running, self.running_episode = True, episode
                 self.watchdog.on_chunk(now_ns)        # the chunk timeout counts from the start
             return out
         self.ended_episode = max(self.ended_episode, episode)
-        self.running = False
+        self.running, self.running_episode = False, None
         active = self.schedule.active
         if active is not None and active.episode <= episode:
             out.add(self._stop(END_EPISODE, now_ns, hold_if_idle=False))
@@ -151,6 +161,9 @@ class ChunkExecutor:
             raise ChunkRefused(f"holding: {self.watchdog.check(now_ns, False)}")
         if episode < self.episode or episode <= self.ended_episode:
             raise ChunkRefused(f"chunk {seq} is for episode {episode}, which is over")
+        if self.events_seen and episode != self.running_episode:
+            raise ChunkRefused(f"chunk {seq} is for episode {episode}; the running episode is "
+                               f"{self.running_episode if self.running_episode is not None else 'none'}")
         out = Output()
         self.watchdog.on_chunk(now_ns)
         if episode != self.episode:                   # an episode's first chunk: start from the measured state
@@ -338,3 +351,23 @@ class ChunkExecutor:
                            chunk.dropped_late, sum(st.limited for st in done),
                            chunk.ended_by, chunk.end_ns, success or chunk.ended_by == END_SUCCESS,
                            self.episode_steps >= self.s.max_episode_steps)
+
+
+def build_executor(config, urdf: str) -> ChunkExecutor:
+    """The executor a robot config asks for (`executor`, `workspace`, `joints`, `action`, `control` sections),
+    over the kinematics of `urdf` (the arm's /robot_description)."""
+    from dsrl_ros.arm.backends import make_backend
+
+    c, e = config, config.executor
+    period_ns = round(1e9 / c.control.rate_hz)
+    limits = SafetyLimits(tuple(c.joints.names), np.array(c.joints.position_lower), np.array(c.joints.position_upper),
+                          np.array(c.joints.velocity_limit), e.velocity_scale, e.joint_margin_rad,
+                          np.array(c.workspace.low) if c.workspace.low else None,
+                          np.array(c.workspace.high) if c.workspace.high else None, e.max_ee_step_m, e.max_ee_step_rad)
+    settings = ExecutorSettings(
+        c.action.space, tuple(c.action.names), np.array(c.action.low, np.float32), np.array(c.action.high, np.float32),
+        np.array(e.action_scale or [1.0] * len(c.action.names)), period_ns, round(e.latency_margin_s * 1e9),
+        c.control.max_episode_steps, limits, round(e.joint_state_timeout_s * 1e9), round(e.chunk_timeout_s * 1e9),
+        (e.grip_open_action, e.grip_closed_action), (e.gripper_open_width, e.gripper_closed_width))
+    backend = make_backend(e.backend, list(c.joints.names), period_ns, e.gripper_mode, e.gripper_joint)
+    return ChunkExecutor(settings, backend, ArmKinematics(urdf, list(c.joints.names), e.tip_frame))
