@@ -262,3 +262,38 @@ def test_nodes_die_with_a_supervisor_killed_by_sigkill(tmp_path):
     parent.kill()
     parent.wait()
     wait_for(lambda: not any(alive(p) for p in pids), 15, "the children to die with their supervisor")
+
+
+@pytest.mark.parametrize("crash_at", ["before_the_link_swap", "while_writing_the_checkpoint"])
+def test_a_kill_during_a_checkpoint_leaves_the_previous_one_to_resume_from(run_dir, monkeypatch, crash_at):
+    import dsrl_ros.core.learner as learner_module
+    import dsrl_ros.core.steering as steering_module
+
+    learner = make_learner(run_dir)
+    updates, target = learner.num_updates, (run_dir / "checkpoint").resolve()
+    learner.steering.agent.update(_batch(learner))               # state the crashed checkpoint would have held
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed()
+    real_replace = os.replace
+
+    def die_at_the_swap(src, dst, *args, **kwargs):
+        if Path(dst).name == "checkpoint":
+            raise Killed()
+        return real_replace(src, dst, *args, **kwargs)
+    if crash_at == "before_the_link_swap":                      # the new ckpt_* is complete, the link not swapped
+        monkeypatch.setattr(learner_module.os, "replace", die_at_the_swap)
+    else:
+        monkeypatch.setattr(steering_module, "save_tensors_and_config", die)   # trainer state written, weights not
+    with pytest.raises(Killed):
+        learner.add_episode(_episode_rows(3, seed=9), {"outcome": "success"})
+    monkeypatch.undo()
+    learner._lock_file.close()                                   # the process is gone: its lock with it
+    assert (run_dir / "checkpoint").resolve() == target
+    resumed = make_learner(run_dir)
+    assert resumed.resumed_from == updates and resumed._resumed_dir == target
+    assert resumed.n_episodes == 5                                # the episode committed before the checkpoint
+    resumed.stop()

@@ -126,10 +126,14 @@ class NoiseActor(nn.Module):
         self.magnitude = config.noise_magnitude
         self.trunk = mlp(config.obs_dim, config.hidden_dim, config.num_layers, 2 * config.noise_dim)
 
+    def gaussian(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma) of the pre-squash Gaussian over u, log sigma squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
+        mu, log_std = self.trunk(s).chunk(2, dim=-1)
+        return mu, self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+
     def forward(self, s: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (w (B, noise_dim), log pi(w|s) (B,)), reparameterised."""
-        mu, log_std = self.trunk(s).chunk(2, dim=-1)
-        log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        mu, log_std = self.gaussian(s)
         u = mu if deterministic else mu + log_std.exp() * torch.randn_like(mu)
         # log N(u; mu, std) - log |dw/du|, with dw/du = b (1 - tanh(u)^2) computed stably.
         log_prob = (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
