@@ -33,9 +33,13 @@ def kin():
     return ArmKinematics(sim_arm_urdf([2.0] * 7), list(JOINTS), "grip")
 
 
-def make(kin, backend="forward_position", space="ee_delta", names=NAMES, scale=SCALE, **limits):
-    lim = SafetyLimits(JOINTS, np.array([-2.9, -1.8, -2.9, -2.6, -2.9, -2.6, -3.0]),
-                       np.array([2.9, 1.8, 2.9, 2.6, 2.9, 2.6, 3.0]), np.full(7, 2.0),
+LOWER = np.array([-2.9, -1.8, -2.9, -2.6, -2.9, -2.6, -3.0])
+UPPER = np.array([2.9, 1.8, 2.9, 2.6, 2.9, 2.6, 3.0])
+
+
+def make(kin, backend="forward_position", space="ee_delta", names=NAMES, scale=SCALE, lower=LOWER, upper=UPPER,
+         **limits):
+    lim = SafetyLimits(JOINTS, lower, upper, np.full(7, 2.0), joint_margin=0.02,
                        **({"workspace_low": np.array([0.22, -0.32, 0.012]),
                            "workspace_high": np.array([0.72, 0.32, 0.40]), "max_ee_step_m": 0.03,
                            "max_ee_step_rad": 0.2} | limits))
@@ -214,3 +218,31 @@ def test_with_episode_events_only_the_running_episodes_chunks_run(kin):
     assert r.ended_by == "episode_ended" and r.indices == [0, 1]
     with pytest.raises(ChunkRefused, match="over"):
         send(ex, 3, 3, np.zeros((8, 5), np.float32), 1200 * MS)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_hostile_sequence_gets_a_target_past_any_limit(kin, seed):
+    """Random out-of-range chunks, pushed into corners: every target the executor commands is in the box, within
+    the joint limits (narrowed here, so the clamp is what holds them), and within the per-step limits."""
+    lower = np.array([-2.9, -1.8, -2.9, 1.3, -2.9, -2.6, -3.0])               # joint4 >= 1.3: home is 1.59
+    upper = np.array([2.9, 0.8, 2.9, 2.6, 2.9, 1.3, 3.0])                  # joint2 <= 0.8, joint6 <= 1.3
+    ex = make(kin, lower=lower, upper=upper)
+    lim = ex.s.limits
+    rng = np.random.default_rng(seed)
+    t = 1000 * MS
+    prev = None
+    for k in range(30):
+        direction = rng.uniform(-1, 1, 5)
+        actions = np.tile(direction * rng.uniform(1, 50), (8, 1)).astype(np.float32)   # far out of range
+        send(ex, k, 1, actions, t)
+        for step in ex.schedule.active.steps if ex.schedule.active else []:
+            target = step.target
+            assert np.all(target.pose.xyz >= lim.workspace_low - 1e-3) and np.all(target.pose.xyz <= lim.workspace_high + 1e-3)
+            assert np.all(target.q >= lower + 0.02 - 1e-9) and np.all(target.q <= upper - 0.02 + 1e-9)
+            np.testing.assert_allclose(kin.fk(target.q).xyz, target.pose.xyz, atol=1e-3)
+            if prev is not None:
+                assert np.abs(target.q - prev.q).max() <= 2.0 * 0.05 + 1e-9
+                assert np.linalg.norm(target.pose.xyz - prev.pose.xyz) <= 0.03 + 1e-3
+            prev = target
+        run(ex, t + 500 * MS, t, step_ns=50 * MS)
+        t += 500 * MS

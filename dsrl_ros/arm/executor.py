@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dsrl_ros.arm.backends import Backend, Target
-from dsrl_ros.arm.kinematics import ArmKinematics, Pose, rotate_about_z, yaw_of
+from dsrl_ros.arm.kinematics import ArmKinematics, Pose, rotate_about_z, rotation_log, yaw_of
 from dsrl_ros.arm.safety import (EStop, Hit, LimitLog, SafetyLimits, Watchdog, check_finite, clamp_ee, clamp_joints,
                                  clamp_rotation_step)
 from dsrl_ros.arm.schedule import (END_COMPLETE, END_EPISODE, END_ESTOP, END_SUCCESS, END_WATCHDOG, ChunkSchedule,
                                    ScheduledChunk)
 
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
+POSE_TOLERANCE_M, POSE_TOLERANCE_RAD = 1e-3, 1e-3    # slack for a clamped step's pose against the Cartesian limits
 
 
 class ChunkRefused(ValueError):
@@ -311,7 +312,15 @@ class ChunkExecutor:
                 hits.append(Hit("executor.ik_position_error_m", ik.position_error_m, 1e-4))
             q, h = clamp_joints(ik.q, prev.q, dt, lim)
             hits += h
-            pose = wanted if ik.converged and not h else self.kin.fk(q)
+            if ik.converged and not h:
+                return Target(due_ns, q, wanted, grip)
+            # What the clamped joints really reach must itself pass the Cartesian limits, else the arm holds.
+            pose = self.kin.fk(q)
+            box, _ = clamp_ee(pose.xyz, prev.pose.xyz, lim)
+            turn = float(np.linalg.norm(rotation_log(prev.pose.rotation.T @ pose.rotation)))
+            if np.abs(box - pose.xyz).max() > POSE_TOLERANCE_M or turn > lim.max_ee_step_rad + POSE_TOLERANCE_RAD:
+                hits.append(Hit("executor.unreachable_step_m", float(np.linalg.norm(wanted.xyz - pose.xyz)), 0.0))
+                return Target(due_ns, prev.q.copy(), prev.pose, grip)
             return Target(due_ns, q, pose, grip)
         arm = np.array([a[i] * s.action_scale[i] for i, n in enumerate(s.action_names) if n != "grip"])
         q_wanted = arm if s.action_space == "joint_position" else prev.q + arm
