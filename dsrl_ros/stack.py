@@ -18,8 +18,8 @@ from typing import Any
 
 from dsrl_ros.config import StackConfig, uses_executor
 
-NODE_EXECUTABLES = ("sim_robot", "sim_hardware", "chunk_executor", "episode_manager", "policy", "steering",
-                    "learner")
+NODE_EXECUTABLES = ("sim_robot", "sim_hardware", "chunk_executor", "realsense_camera", "episode_manager", "policy",
+                    "steering", "learner")
 
 
 @dataclass(frozen=True)
