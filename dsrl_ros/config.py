@@ -135,6 +135,9 @@ class ExecutorSection:
     joint_state_timeout_s: float = 0.1      # older joint states -> hold, chunks refused
     chunk_timeout_s: float = 2.0            # an episode running without a chunk this long -> hold
     success_topic: str = ""                 # std_msgs/Bool from a success detector ("" = the operator labels)
+    # 1..99: the control thread runs SCHED_FIFO at this priority (needs CAP_SYS_NICE or an rtprio limit; without
+    # it a warning and normal scheduling); 0: normal scheduling. Streaming at 500 Hz on a busy PC needs it.
+    realtime_priority: int = 0
 
     @property
     def topic(self) -> str:
@@ -428,6 +431,8 @@ def _check_executor(c: StackConfig, require) -> None:
     require(e.max_ee_step_rad > 0, "executor.max_ee_step_rad", "radians > 0", e.max_ee_step_rad)
     require(e.joint_state_timeout_s > 0, "executor.joint_state_timeout_s", "seconds > 0", e.joint_state_timeout_s)
     require(e.chunk_timeout_s > 0, "executor.chunk_timeout_s", "seconds > 0", e.chunk_timeout_s)
+    require(0 <= e.realtime_priority <= 99, "executor.realtime_priority", "0 (off) or a SCHED_FIFO priority 1..99",
+            e.realtime_priority)
     require(not e.success_topic or e.success_topic.startswith("/"), "executor.success_topic",
             "an absolute topic name or ''", e.success_topic)
     arm = [n for n in c.action.names if n != "grip"]

@@ -38,6 +38,15 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Motion:
+    """What the arm is doing, replaced as a whole (one assignment), so a streaming thread may read it without the
+    executor's lock: the commanded state before the plan, the plan, or the pose it holds."""
+    start: Target | None = None
+    plan: tuple[Target, ...] = ()
+    holding: Target | None = None
+
+
+@dataclass(frozen=True)
 class TrajectoryCommand:
     joint_names: list[str]
     stamp_ns: int                 # header.stamp: when time_from_start counts from
@@ -83,9 +92,7 @@ class Backend:
                              f"(backend {self.name!r}, gripper_joint {gripper_joint!r})")
         self.joint_names, self.period_ns = list(joint_names), int(period_ns)
         self.gripper_mode, self.gripper_joint = gripper_mode, gripper_joint
-        self.start: Target | None = None          # commanded state before the plan's first target
-        self.plan: list[Target] = []
-        self.holding: Target | None = None
+        self.motion = Motion()
         self.grip_sent: float | None = None
         self.last_step = -1                       # newest plan index already announced by tick
 
@@ -94,38 +101,44 @@ class Backend:
         return self.joint_names + ([self.gripper_joint] if self.gripper_mode == "joint" else [])
 
     # ---- the interface the executor uses ------------------------------------------------------------------------
+    @property
+    def plan(self) -> tuple[Target, ...]:
+        return self.motion.plan
+
+    @property
+    def holding(self) -> Target | None:
+        return self.motion.holding
+
     def run(self, start: Target, targets: list[Target]) -> list:
         """A new plan, replacing whatever ran before (never blended)."""
-        self.start, self.plan, self.holding, self.last_step = start, list(targets), None, -1
+        self.motion, self.last_step = Motion(start, tuple(targets), None), -1
         return self._on_plan()
 
     def tick(self, now_ns: int) -> list:
         out = []
-        step = self._current(now_ns)
+        plan = self.motion.plan
+        step = _current(plan, now_ns)
         if step > self.last_step:
             self.last_step = step
             out += self._on_step(step, now_ns)
-            grip = self.plan[step].grip
+            grip = plan[step].grip
             if self.gripper_mode == "topic" and grip is not None and grip != self.grip_sent:
                 self.grip_sent = grip
                 out.append(GripperCommand(float(grip)))
-        if self.streams and (self.plan or self.holding is not None):
-            out += self._stream(now_ns)
-        return out
+        return out + self.stream(now_ns)
+
+    def stream(self, now_ns: int) -> list:
+        """The streamed command for now (streaming backends; [] otherwise). Reads `motion` once and changes
+        nothing: safe without the executor's lock, e.g. while it plans the next chunk."""
+        m = self.motion
+        return self._stream(m, now_ns) if self.streams and (m.plan or m.holding is not None) else []
 
     def hold(self, measured: Target, now_ns: int) -> list:
         """Stop where the arm is measured; streaming backends keep commanding that until the next plan."""
-        self.plan, self.start, self.holding, self.last_step = [], None, measured, -1
+        self.motion, self.last_step = Motion(None, (), measured), -1
         return self._on_hold(now_ns)
 
     # ---- helpers -------------------------------------------------------------------------------------------
-    def _current(self, now_ns: int) -> int:
-        """Index of the plan step running at now_ns (-1 before the first)."""
-        k = -1
-        while k + 1 < len(self.plan) and self.plan[k + 1].due_ns <= now_ns:
-            k += 1
-        return k
-
     def _joint_row(self, target: Target) -> np.ndarray:
         if self.gripper_mode != "joint":
             return np.asarray(target.q, float)
@@ -138,7 +151,7 @@ class Backend:
     def _on_step(self, step: int, now_ns: int) -> list:
         return []
 
-    def _stream(self, now_ns: int) -> list:
+    def _stream(self, m: Motion, now_ns: int) -> list:
         return []
 
     def _on_hold(self, now_ns: int) -> list:
@@ -149,7 +162,7 @@ class JointTrajectoryBackend(Backend):
     name = "joint_trajectory"
 
     def _on_plan(self) -> list:
-        rows = np.array([self._joint_row(t) for t in [self.start, *self.plan]])
+        rows = np.array([self._joint_row(t) for t in [self.motion.start, *self.plan]])
         p = self.period_ns / 1e9
         # Velocity at each point: central difference of its neighbours; zero at the last (the arm stops there
         # unless the next chunk's trajectory replaces this one first).
@@ -171,15 +184,15 @@ class ForwardPositionBackend(Backend):
     name = "forward_position"
     streams = True
 
-    def _stream(self, now_ns: int) -> list:
-        if self.holding is not None:
-            return [PositionCommand(self._joint_row(self.holding))]
-        k = self._current(now_ns)
+    def _stream(self, m: Motion, now_ns: int) -> list:
+        if m.holding is not None:
+            return [PositionCommand(self._joint_row(m.holding))]
+        k = _current(m.plan, now_ns)
         if k < 0:
-            return [PositionCommand(self._joint_row(self.start))]
-        prev = self.start if k == 0 else self.plan[k - 1]
-        a = min(1.0, (now_ns - self.plan[k].due_ns) / self.period_ns)
-        row = (1 - a) * self._joint_row(prev) + a * self._joint_row(self.plan[k])
+            return [PositionCommand(self._joint_row(m.start))]
+        prev = m.start if k == 0 else m.plan[k - 1]
+        a = min(1.0, (now_ns - m.plan[k].due_ns) / self.period_ns)
+        row = (1 - a) * self._joint_row(prev) + a * self._joint_row(m.plan[k])
         return [PositionCommand(row)]
 
     def _on_hold(self, now_ns: int) -> list:
@@ -202,19 +215,27 @@ class CartesianTwistBackend(Backend):
     joint_space = False
     streams = True
 
-    def _stream(self, now_ns: int) -> list:
-        k = self._current(now_ns) if self.holding is None else -1
-        if k < 0 or now_ns >= self.plan[k].due_ns + self.period_ns:
+    def _stream(self, m: Motion, now_ns: int) -> list:
+        k = _current(m.plan, now_ns) if m.holding is None else -1
+        if k < 0 or now_ns >= m.plan[k].due_ns + self.period_ns:
             return [TwistCommand(now_ns, np.zeros(3), np.zeros(3))]
-        prev = self.start if k == 0 else self.plan[k - 1]
+        prev = m.start if k == 0 else m.plan[k - 1]
         p = self.period_ns / 1e9
-        a, b = prev.pose, self.plan[k].pose
+        a, b = prev.pose, m.plan[k].pose
         linear = (b.xyz - a.xyz) / p
         angular = a.rotation @ rotation_log(a.rotation.T @ b.rotation) / p   # in the base frame
         return [TwistCommand(now_ns, linear, angular)]
 
     def _on_hold(self, now_ns: int) -> list:
         return [TwistCommand(now_ns, np.zeros(3), np.zeros(3))]
+
+
+def _current(plan: tuple[Target, ...], now_ns: int) -> int:
+    """Index of the plan step running at now_ns (-1 before the first)."""
+    k = -1
+    while k + 1 < len(plan) and plan[k + 1].due_ns <= now_ns:
+        k += 1
+    return k
 
 
 def make_backend(name: str, joint_names: list[str], period_ns: int, gripper_mode: str = "none",

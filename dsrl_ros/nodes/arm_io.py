@@ -17,6 +17,19 @@ EPISODE_ABORT_SERVICE = "/episode_manager/abort"
 SIM_TASK_SUCCESS = "/sim_hardware/task_success"   # std_msgs/Bool, transient local (the sim's success detector)
 
 
+def make_process_realtime(priority: int) -> str:
+    """Every thread of this process (the rclpy and DDS threads; threads started later inherit it) to SCHED_FIFO
+    at `priority`. Returns "" or why it was not permitted (then scheduling stays normal)."""
+    import os
+
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError) as err:
+        return str(err)
+    return ""
+
+
 def joint_state_values(msg, arm_joints: list[str], gripper_joint: str = "") -> tuple[np.ndarray | None,
                                                                                    float | None]:
     """sensor_msgs/JointState -> (arm positions in config order, or None if it lacks one; gripper or None).

@@ -14,11 +14,13 @@ request's own callback, not at the next tick), ends the running chunk, aborts th
 (/episode_manager/abort) and refuses chunks until the reset; the state is latched on /dsrl/estop_state.
 
 A control thread ticks the executor at executor.controller_rate_hz (streaming backends publish every tick;
-trajectory and pose backends are ticked at up to 200 Hz), sleeping to absolute deadlines.
+trajectory and pose backends are ticked at up to 200 Hz), sleeping to absolute deadlines. With executor.realtime_priority the whole
+process (control thread, e-stop service, DDS threads) runs SCHED_FIFO at that priority, when permitted.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -77,6 +79,14 @@ class ChunkExecutorNode(ConfiguredNode):
         self.estop_pub.publish(Bool(data=False))
         streams = e.backend in ("forward_position", "cartesian_twist")
         self.tick_hz = e.controller_rate_hz if streams else min(e.controller_rate_hz, MAX_TICK_HZ_NOT_STREAMING)
+        priority = e.realtime_priority
+        why = arm_io.make_process_realtime(priority) if priority else ""
+        if why:                                        # the e-stop path and the control thread alike
+            self.get_logger().warning(f"executor.realtime_priority {priority}: SCHED_FIFO not permitted ({why}); "
+                                      f"normal scheduling (grant CAP_SYS_NICE or an rtprio limit)")
+        # The control thread must get the GIL quickly while a callback plans a chunk (Python's default hands it over
+        # every 5 ms: two whole periods at 500 Hz).
+        sys.setswitchinterval(0.0002)
         self.stopping = threading.Event()
         self.thread_error: BaseException | None = None
         self.thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
@@ -189,6 +199,7 @@ class ChunkExecutorNode(ConfiguredNode):
 
     def _ticks(self) -> None:
         period = round(1e9 / self.tick_hz)
+        lock_wait_s = 0.2 * period / 1e9
         deadline = time.monotonic_ns()
         while not self.stopping.is_set():
             deadline += period
@@ -199,8 +210,13 @@ class ChunkExecutorNode(ConfiguredNode):
                 deadline = time.monotonic_ns()
             if self.core is None:
                 continue
-            with self.lock:
-                self._emit(self.core.tick(time.time_ns()))
+            if self.lock.acquire(timeout=lock_wait_s):
+                try:
+                    self._emit(self.core.tick(time.time_ns()))
+                finally:
+                    self.lock.release()
+            else:                                 # a chunk is being planned: stream the motion in force meanwhile
+                self._emit(Output(commands=self.core.backend.stream(time.time_ns())))
 
     # ---- outputs -----------------------------------------------------------------------------------------------
     def _emit(self, out: Output) -> None:
