@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from dsrl_ros.core.agent_config import AgentConfig
+
 ROBOT_KINDS = ("sim", "real")
 SIM_INTERFACES = ("direct", "hardware")
 EXECUTOR_BACKENDS = ("joint_trajectory", "forward_position", "cartesian_pose", "cartesian_twist")
@@ -34,7 +36,6 @@ DEFAULT_COMMAND_TOPICS = {
     "cartesian_twist": "/servo_node/delta_twist_cmds",
 }
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
-ALGOS = ("na", "sac")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -172,21 +173,12 @@ class SteeringSection:
 
 
 @dataclass(frozen=True)
-class LearnerSection:
-    algo: str = "na"                        # na (DSRL-NA) | sac (DSRL-SAC)
+class LearnerSection(AgentConfig):
+    """The agent (every knob of `core/agent_config.py: AgentConfig`, with its defaults) plus where it runs."""
+
     run_dir: str = "runs/sim_arm"           # replay.zarr, checkpoint/, actor/ (relative to the working directory)
-    warmup_episodes: int = 10               # base-policy episodes before the first update
-    utd: float = 5.0                        # gradient updates per recorded transition (chunk)
-    publish_every_updates: int = 10         # a new actor version every N updates (a lagging actor hurts: docs/results.md)
     checkpoint_every_s: float = 30.0        # and after every committed episode
     device: str = "auto"
-    noise_magnitude: float = 1.5
-    hidden_dim: int = 128
-    batch_size: int = 128
-    init_temperature: float = 0.01
-    target_entropy: float = 0.0
-    reward: str = "time_penalty"
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -290,7 +282,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{path}: missing (required)")
             continue
         kwargs[name] = _coerce(hints[name], data[name], path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:          # a section's own checks (e.g. AgentConfig's) name the field first
+        raise ConfigError(_join(where, str(err))) from None
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
@@ -364,14 +359,7 @@ def _check_values(c: StackConfig) -> None:
             f">= learner.noise_magnitude ({c.learner.noise_magnitude}: the actor's own bound)", c.safety.max_noise_abs)
     require(c.policy.device in DEVICES, "policy.device", f"one of {list(DEVICES)}", c.policy.device)
     require(c.learner.device in DEVICES, "learner.device", f"one of {list(DEVICES)}", c.learner.device)
-    require(c.learner.algo in ALGOS, "learner.algo", f"one of {list(ALGOS)}", c.learner.algo)
     require(bool(c.learner.run_dir), "learner.run_dir", "a directory", c.learner.run_dir)
-    require(c.learner.warmup_episodes >= 0, "learner.warmup_episodes", "an integer >= 0",
-            c.learner.warmup_episodes)
-    require(c.learner.noise_magnitude > 0, "learner.noise_magnitude", "a bound > 0", c.learner.noise_magnitude)
-    require(c.learner.utd > 0, "learner.utd", "updates per transition > 0", c.learner.utd)
-    require(c.learner.publish_every_updates >= 1, "learner.publish_every_updates", "an integer >= 1",
-            c.learner.publish_every_updates)
     require(c.learner.checkpoint_every_s > 0, "learner.checkpoint_every_s", "seconds > 0",
             c.learner.checkpoint_every_s)
     require(c.episode.reset_pause_s >= 0, "episode.reset_pause_s", "seconds >= 0", c.episode.reset_pause_s)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -23,6 +22,7 @@ import yaml
 
 from dsrl_ros.config import load_config
 from dsrl_ros.core.run_identity import load_or_create_run_key
+from dsrl_ros.core.run_lock import lock_run_dir
 from dsrl_ros.ros_env import RESOURCE_ERROR_EXIT, SESSION_ENV, ros_environment
 from dsrl_ros.stack import build_graph
 from dsrl_ros.supervisor import Supervisor
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"learner.run_dir: expected a directory, got the file {run_dir}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with _lock(run_dir):
+        with lock_run_dir(run_dir / LOCK_FILE, "dsrl-ros up"):   # a second one would run a second graph
             return _run_locked(args, config, overrides, run_dir)
     except OSError as err:
         if err.errno != errno.ENOSPC:
@@ -70,24 +70,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsrl-ros up: error: disk full ({err}); committed episodes and checkpoints on disk are intact",
               file=sys.stderr)
         return RESOURCE_ERROR_EXIT
-
-
-def _lock(run_dir: Path):
-    """One `up` per run directory: a second one would run a second graph on the same replay."""
-    f = open(run_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise ValueError(f"run dir {run_dir} is in use by another dsrl-ros up (pid {holder}); stop it first or "
-                         f"pass --run-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir: Path) -> int:

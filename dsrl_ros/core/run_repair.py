@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.steering import CHECKPOINT_FORMAT, TRAINER_STATE
 
 REPLAY, VERSION_FILE, CHECKPOINT_LINK = "replay.zarr", "actor_version.json", "checkpoint"
 
@@ -132,13 +133,13 @@ def checkpoint_problem(directory: Path) -> str:
     """"" if every file of a steering checkpoint reads back, else what does not."""
     try:
         config = json.loads((directory / "config.json").read_text())
-        if config.get("format") != "dsrl_ros.steer_checkpoint/1":
+        if config.get("format") != CHECKPOINT_FORMAT:
             return f"config.json: not a steering checkpoint ({config.get('format')!r})"
         int(config["trainer"]["actor_version"])
         tensors = load_file(str(directory / "model.safetensors"))
         if not all(torch.isfinite(t).all() for t in tensors.values()):
             return "model.safetensors: non-finite weights"
-        torch.load(directory / "trainer_state.pt", weights_only=True)
+        torch.load(directory / TRAINER_STATE, weights_only=True)
     except Exception as err:  # any unreadable piece makes the checkpoint unusable
         return f"{type(err).__name__}: {err}"
     return ""

@@ -29,7 +29,7 @@ from dsrl_ros.core.episode_cycle import ABORTED, FAILURE, STATE_NAMES, SUCCESS, 
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, OBSERVATION, RATE_CAP_HZ, SIM_RESET_SERVICE,
-                                   guarded, outcome_name, qos, run_node, sign_episode_event)
+                                   guarded, outcome_name, qos, run_node, sign)
 from dsrl_ros.ros_env import SESSION_ENV
 
 DISCOVERY_SETTLE_S = 1.5
@@ -150,7 +150,7 @@ class EpisodeManagerNode(ConfiguredNode):
             msg = EpisodeEvent(episode=e.episode, state=e.state, outcome=e.outcome, chunks=e.chunks, steps=e.steps,
                                detail=e.detail)
             msg.header.stamp = self.get_clock().now().to_msg()
-            sign_episode_event(msg, self.key)
+            sign(msg, self.key)
             self.event_pub.publish(msg)
             self.get_logger().info(f"episode {e.episode}: {STATE_NAMES[e.state]} {outcome_name(e.outcome)} "
                                    f"{e.detail}")

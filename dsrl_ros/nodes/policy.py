@@ -30,7 +30,7 @@ from dsrl_ros.core.decision_clock import DecisionClock
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, NOISE, OBSERVATION, RATE_CAP_HZ,
-                                   array_to_image, check_episode_event, float32_array, float32_field, guarded,
+                                   array_to_image, check_signed, float32_array, float32_field, guarded,
                                    image_to_array, joint_positions, ns_stamp, qos, run_node, stamp_ns)
 
 class PolicyNode(ConfiguredNode):
@@ -114,7 +114,7 @@ class PolicyNode(ConfiguredNode):
 
     # ---- the decision clock ------------------------------------------------------------------------------------
     def _on_episode(self, msg: EpisodeEvent) -> None:
-        check_episode_event(msg, self.key)
+        check_signed(msg, self.key)
         if self.clock.on_episode(msg.episode, msg.state == EpisodeEvent.STATE_RUNNING, stamp_ns(msg.header.stamp)):
             self._cancel_pending()
             self._try_observe()
