@@ -237,7 +237,8 @@ def test_no_hostile_sequence_gets_a_target_past_any_limit(kin, seed):
         send(ex, k, 1, actions, t)
         for step in ex.schedule.active.steps if ex.schedule.active else []:
             target = step.target
-            assert np.all(target.pose.xyz >= lim.workspace_low - 1e-3) and np.all(target.pose.xyz <= lim.workspace_high + 1e-3)
+            assert np.all(target.pose.xyz >= lim.workspace_low - 1e-3)
+            assert np.all(target.pose.xyz <= lim.workspace_high + 1e-3)
             assert np.all(target.q >= lower + 0.02 - 1e-9) and np.all(target.q <= upper - 0.02 + 1e-9)
             np.testing.assert_allclose(kin.fk(target.q).xyz, target.pose.xyz, atol=1e-3)
             if prev is not None:

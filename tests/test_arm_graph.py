@@ -9,20 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from stack_harness import ROOT, Probe, Up, stored_episodes
+from stack_harness import ROOT, Up, stored_episodes
 
 pytestmark = pytest.mark.stack
 SIM_HW = str(ROOT / "robot_configs" / "sim_arm_hw.yaml")
 BACKENDS = {"forward_position": [], "joint_trajectory": [],
             "cartesian_pose": ["--set", "executor.gripper_mode=topic"],
             "cartesian_twist": ["--set", "executor.gripper_mode=topic"]}
-
-
-@pytest.fixture
-def probe():
-    p = Probe()
-    yield p
-    p.close()
 
 
 def stamp(t) -> int:

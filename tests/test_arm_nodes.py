@@ -244,7 +244,7 @@ def test_watchdog_holds_when_joint_states_stop_and_when_chunks_stop(tmp_path):
 
     from dsrl_interfaces.msg import EpisodeEvent
     from dsrl_ros.core.run_identity import load_or_create_run_key
-    from dsrl_ros.nodes.ros_io import EPISODE, ns_stamp, qos, sign_episode_event
+    from dsrl_ros.nodes.ros_io import EPISODE, ns_stamp, qos, sign
     from dsrl_ros.sim_hw.urdf import sim_arm_urdf
 
     config = write_config(tmp_path, executor={"joint_state_timeout_s": 0.2, "chunk_timeout_s": 1.0})
@@ -271,7 +271,7 @@ def test_watchdog_holds_when_joint_states_stop_and_when_chunks_stop(tmp_path):
         probe.executor_ready()
         event = EpisodeEvent(episode=1, state=EpisodeEvent.STATE_RUNNING)
         event.header.stamp = ns_stamp(time.time_ns())
-        sign_episode_event(event, key)
+        sign(event, key)
         event_pub.publish(event)
         probe.spin(0.5)
         # (1) Joint states stop mid-chunk: the chunk ends (watchdog) and the measured position is streamed.

@@ -30,7 +30,8 @@ def describe(config) -> list[str]:
     c, e, lines = config, config.executor, []
     lines.append(f"robot {c.robot.name} ({c.robot.kind}"
                  f"{', sim interface ' + c.robot.sim_interface if c.robot.kind == 'sim' else ''}); "
-                 f"{len(c.joints.names)} joints; actions {c.action.space} {c.action.names} at {c.control.rate_hz:g} Hz, "
+                 f"{len(c.joints.names)} joints; actions {c.action.space} {c.action.names} at "
+                 f"{c.control.rate_hz:g} Hz, "
                  f"{c.control.execute_steps} per chunk, episodes of at most {c.control.max_episode_steps} steps")
     lines.append(f"camera  {c.camera.topic} ({c.camera.width}x{c.camera.height} {c.camera.encoding}), "
                  f"info {c.camera.info_topic}"

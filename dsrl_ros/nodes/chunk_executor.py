@@ -2,9 +2,9 @@
 hardware mode). A thin shell over `dsrl_ros/arm/executor.py`.
 
 Subscribes to the URDF on executor.robot_description_topic (transient local) and, once it has built the
-kinematics from it, to /dsrl/action_chunk (from anyone on the domain: every chunk is held to the same limits) and
-the episode events (signed; only the running episode's chunks run; an ended episode stops its chunk); also the joint states
-and, if set, executor.success_topic (std_msgs/Bool).
+kinematics from it, to /dsrl/action_chunk (from anyone on the domain: every chunk is held to the same limits)
+and the episode events (signed; only the running episode's chunks run; an ended episode stops its chunk); also
+the joint states and, if set, executor.success_topic (std_msgs/Bool).
 Publishes the backend's controller commands (executor.command_topic; gripper on executor.gripper_topic in topic
 mode) and /dsrl/chunk_result with the actions actually executed and when.
 
@@ -14,8 +14,9 @@ request's own callback, not at the next tick), ends the running chunk, aborts th
 (/episode_manager/abort) and refuses chunks until the reset; the state is latched on /dsrl/estop_state.
 
 A control thread ticks the executor at executor.controller_rate_hz (streaming backends publish every tick;
-trajectory and pose backends are ticked at up to 200 Hz), sleeping to absolute deadlines. With executor.realtime_priority the whole
-process (control thread, e-stop service, DDS threads) runs SCHED_FIFO at that priority, when permitted.
+trajectory and pose backends are ticked at up to 200 Hz), sleeping to absolute deadlines. With
+executor.realtime_priority the whole process (control thread, e-stop service, DDS threads) runs SCHED_FIFO at
+that priority, when permitted.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dsrl_ros.config import uses_executor
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes import arm_io
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, check_episode_event, guarded, qos,
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, check_signed, guarded, qos,
                                    run_node, stamp_ns)
 
 COMMAND_TYPES = {"joint_trajectory": JointTrajectory, "forward_position": Float64MultiArray,
@@ -144,7 +145,7 @@ class ChunkExecutorNode(ConfiguredNode):
             self.drop(ACTION_CHUNK, err, "a refused chunk")
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
-        check_episode_event(msg, self.key)
+        check_signed(msg, self.key)
         if msg.state == EpisodeEvent.STATE_RESETTING:
             return
         with self.lock:
