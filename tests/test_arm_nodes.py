@@ -192,9 +192,11 @@ def test_estop_halts_within_a_control_period_and_latches_until_reset(tmp_path):
     from trajectory_msgs.msg import JointTrajectory
 
     from dsrl_ros.nodes.arm_io import ESTOP_SERVICE, ESTOP_STATE
-    from dsrl_ros.nodes.ros_io import qos
+    from dsrl_ros.nodes.ros_io import qos, stamp_ns
 
-    config = write_config(tmp_path, executor={"backend": "joint_trajectory"})
+    # SCHED_FIFO for the executor (as docs/real_robot.md recommends): on a machine shared with other jobs, normal
+    # scheduling alone measured 0.36-7 control periods p99 (bench/RESULTS.md).
+    config = write_config(tmp_path, executor={"backend": "joint_trajectory", "realtime_priority": 40})
     nodes = Nodes(tmp_path, config, ["sim_hardware", "chunk_executor"])
     probe = ArmProbe(JointTrajectory, "/joint_trajectory_controller/joint_trajectory")
     client = probe.node.create_client(SetBool, ESTOP_SERVICE)
@@ -211,7 +213,10 @@ def test_estop_halts_within_a_control_period_and_latches_until_reset(tmp_path):
         probe.wait(lambda: len([c for t, c in probe.commands if t >= sent]) >= 1, 5, "the hold command")
         hold_t, hold = next((t, c) for t, c in probe.commands if t >= sent)
         assert len(hold.points) == 1 and max(abs(v) for v in hold.points[0].velocities) == 0.0
-        assert (hold_t - sent) / MS <= 50.0                              # within one control period (20 Hz)
+        # Issued (its header stamp) within one control period (20 Hz) of the request; its arrival here also
+        # depends on this test process's own scheduling, so that is only bounded loosely.
+        assert (stamp_ns(hold.header.stamp) - sent) / MS <= 50.0, (stamp_ns(hold.header.stamp) - sent) / MS
+        assert (hold_t - sent) / MS <= 500.0
         probe.wait(lambda: probe.result(seq) is not None, 5, "the stopped chunk's result")
         r = probe.result(seq)
         assert r.ended_by == "estop" and r.steps_executed < 8
