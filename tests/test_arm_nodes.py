@@ -203,7 +203,7 @@ def test_estop_halts_within_a_control_period_and_latches_until_reset(tmp_path):
     try:
         probe.executor_ready()
         probe.wait(lambda: client.service_is_ready() and probe.estop_state == [False], 10, "e-stop service")
-        seq = probe.send(chunk([1, 0, -1, 0, 0]))                         # 8 steps: 400 ms of motion
+        seq = probe.send(chunk([0.6, 0, -0.6, 0, 0]))                     # 8 steps: 400 ms of motion
         probe.wait(lambda: len(probe.commands) >= 1, 5, "the chunk's trajectory")
         probe.spin(0.35)                                                 # mid-chunk, the arm moving
         assert np.abs(probe.velocities()[-1]).max() > 0.1
@@ -221,12 +221,12 @@ def test_estop_halts_within_a_control_period_and_latches_until_reset(tmp_path):
         r = probe.result(seq)
         assert r.ended_by == "estop" and r.steps_executed < 8
         probe.wait(lambda: probe.estop_state[-1:] == [True], 5, "the latched e-stop state")
-        probe.spin(0.5)                                                  # the arm comes to rest
+        probe.wait(lambda: np.abs(probe.velocities()[-1]).max() < 0.02, 5, "the arm at rest")
         rest = time.time_ns()
         refused = probe.send(chunk([1, 0, 0, 0, 0]))                     # latched: refused, the arm stays
         probe.spin(1.0)
         q = probe.positions(rest)
-        assert np.abs(q - q[0]).max() < 0.01 and probe.result(refused) is None      # settling only
+        assert np.abs(q - q[0]).max() < 0.03 and probe.result(refused) is None      # settling only (a chunk: > 0.1)
         assert "e-stop engaged" in nodes.log("chunk_executor")
         # A late subscriber still learns the e-stop is engaged (transient local).
         seen = []
