@@ -62,7 +62,8 @@ def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: f
         nodes.append(NodeSpec("realsense_camera", {"robot_config": path}))
     if config.recording.enabled:
         waits.append("recorder")
-    nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(waits)}))    nodes += [NodeSpec(name, {"robot_config": path}) for name in learners]
+    nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(waits)}))
+    nodes += [NodeSpec(name, {"robot_config": path}) for name in learners]
     if config.recording.enabled:
         nodes.append(NodeSpec("recorder", {"robot_config": path}))
     return nodes
