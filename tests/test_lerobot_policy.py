@@ -101,3 +101,15 @@ def test_bad_native_inputs_are_named(checkpoints):
         policy.sample_inputs(inputs, c["noise"])
     with pytest.raises(ValueError, match="noise: expected"):
         policy.sample_inputs(raw_inputs(c), c["noise"][:, :4])
+
+
+def test_bf16_unet_is_opt_in_and_close(checkpoints):
+    """The fast path with bf16 UNet weights: within a few 1e-2 of LeRobot's float32 output (not the 1e-4 of the
+    default path, which stays float32)."""
+    c = cases("image_ddim")
+    fast = LeRobotDiffusionPolicy(checkpoints["image_ddim"], precision="bf16")
+    chunk = fast.sample_inputs(normalized_inputs(c), c["noise"], normalized=True)
+    deviation = np.abs(chunk - c["expected_normalized"]).max()
+    assert 1e-4 < deviation < 0.1
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        LeRobotDiffusionPolicy(checkpoints["image_ddim"], precision="fp8")

@@ -231,7 +231,8 @@ class ConditionalUnet1d(nn.Module):
         per block (S, B, C or 2C). Linear(Mish([t_emb, g])) = W_t Mish(t_emb) + W_g Mish(g) + b: the timestep
         part is computed once per step, the observation part once per chunk."""
         enc = self.diffusion_step_encoder
-        t_emb = enc[3](F.mish(enc[1](sinusoidal_embedding(timesteps, self.step_embed_dim))))     # (S, E)
+        t_emb = sinusoidal_embedding(timesteps, self.step_embed_dim).to(enc[1].weight.dtype)
+        t_emb = enc[3](F.mish(enc[1](t_emb)))                                                  # (S, E)
         t_act, g_act = F.mish(t_emb), F.mish(global_cond)
         e = self.step_embed_dim
         tables = []
