@@ -12,8 +12,8 @@ Figures (the last stdout line is one JSON object):
   recovery_s_p50 / _max     kill -> the node restarted and the graph acting again (a chunk result, or for the
                             learner a status message, after the restart)
   whole_episodes_checked    stored episodes re-simulated from their seed, bit for bit (none merged or halved)
-  flood_result_rate_ratio   chunk results per second during 15 s of a wrong-seq noise flood (as fast as one
-                            process publishes) / the 15 s before it
+  flood_result_rate_ratio   chunk results per second during 15 s of a wrong-seq noise flood (FLOOD_HZ messages
+                            per second from one publisher) / the 15 s before it
   damaged_replay, disk_full outcome of those cases ("ok" or what went wrong)
 
   MUJOCO_GL=egl .venv/bin/python bench/soak.py --kills 24 --seed 0
@@ -42,6 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from stack_harness import Probe, Up, assert_stored_episodes_are_whole  # noqa: E402
 
 NODES = ("sim_robot", "episode_manager", "policy", "steering", "learner")
+FLOOD_HZ = 2000
 
 
 def main() -> int:
@@ -119,11 +120,10 @@ def _flood_ratio(probe: Probe, seconds: float = 15.0) -> float:
     def rate(flood: bool) -> float:
         n, start = len(probe.results), time.monotonic()
         junk = [Noise(seq=s, episode=1, noise=array.array("f", [0.0] * 40)) for s in range(1, 101)]
-        while time.monotonic() - start < seconds:
-            if flood:
-                probe.publish(Noise, NOISE, junk, "decision", seconds=0.05)
-            else:
-                probe.spin()
+        if flood:
+            probe.flood(Noise, NOISE, junk, "decision", seconds=seconds, rate_hz=FLOOD_HZ)
+        else:
+            probe.wait(lambda: time.monotonic() - start >= seconds, seconds + 5, "the baseline window")
         return (len(probe.results) - n) / (time.monotonic() - start)
     before = rate(False)
     return round(rate(True) / before, 2) if before else 0.0

@@ -21,10 +21,13 @@ from typing import Any, Sequence
 
 import yaml
 
+from dsrl_ros.core.agent_config import AgentConfig
+
 ROBOT_KINDS = ("sim", "real")
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
-ALGOS = ("na", "sac")
 DEVICES = ("auto", "cpu", "cuda")
+BAG_COMPRESSIONS = ("none", "lz4", "zstd")
+BAG_STAMPS = ("receive", "header")
 
 
 class ConfigError(ValueError):
@@ -102,21 +105,14 @@ class SteeringSection:
 
 
 @dataclass(frozen=True)
-class LearnerSection:
-    algo: str = "na"                        # na (DSRL-NA) | sac (DSRL-SAC)
+class LearnerSection(AgentConfig):
+    """The agent (every knob of `core/agent_config.py: AgentConfig`, with its defaults) plus where it runs."""
+
     run_dir: str = "runs/sim_arm"           # replay.zarr, checkpoint/, actor/ (relative to the working directory)
-    warmup_episodes: int = 10               # base-policy episodes before the first update
-    utd: float = 5.0                        # gradient updates per recorded transition (chunk)
-    publish_every_updates: int = 10         # a new actor version every N updates (a lagging actor hurts: docs/results.md)
     checkpoint_every_s: float = 30.0        # and after every committed episode
     device: str = "auto"
-    noise_magnitude: float = 1.5
-    hidden_dim: int = 128
-    batch_size: int = 128
-    init_temperature: float = 0.01
-    target_entropy: float = 0.0
-    reward: str = "time_penalty"
-    seed: int = 0
+    prior_replay: str = ""                  # offline-to-online: a replay store (dsrl-ros bag2zarr) mixed into batches
+    prior_fraction: float = 0.5             # share of each batch taken from prior_replay
 
 
 @dataclass(frozen=True)
@@ -141,6 +137,36 @@ class RosSection:
 
 
 @dataclass(frozen=True)
+class RecordingSection:
+    """The recorder node (`dsrl-ros up --record`): raw CDR of the graph's topics into a rosbag2 MCAP bag."""
+    enabled: bool = False                   # true: a recorder node joins the graph (--record sets it)
+    path: str = ""                          # bag directory; "": <learner.run_dir>/bags/rosbag2_<date-time>
+    topics: list[str] = field(default_factory=list)    # [] = every topic of the graph (discovered as it grows)
+    exclude: list[str] = field(default_factory=list)   # topics never recorded
+    max_split_mb: float = 1024.0            # a new file (split) after this many MB; 0: no size limit
+    max_split_s: float = 0.0                # ... or after this many seconds; 0: no time limit
+    flush_every_s: float = 1.0              # whole chunks reach the disk at least this often (a kill loses less)
+    compression: str = "none"               # MCAP chunk compression: none | lz4 | zstd
+    discovery_every_s: float = 1.0          # how often the graph is scanned for new topics
+
+
+@dataclass(frozen=True)
+class BagsSection:
+    """Converting rosbag2 bags into replay episodes (`dsrl-ros bag2zarr`, see dsrl_ros/bags/convert.py)."""
+    stamp: str = "receive"                  # time base: receive (the bag's log time) | header (header.stamp)
+    image_max_age_s: float = 0.1            # a stream is used "as of" a decision only if this fresh, never
+    proprio_max_age_s: float = 0.1          # from the future
+    command_topic: str = ""                 # actions from PoseStamped / JointTrajectory / JointState commands;
+                                            # "": from the measured ee pose (ee_delta) or joint states
+    action_scale: list[float] = field(default_factory=list)   # robot motion per action unit ([] = 1 each)
+    gripper_topic: str = ""                 # sensor_msgs/JointState carrying gripper_joints ("": joint states)
+    gripper_joints: list[str] = field(default_factory=list)   # their positions summed = the opening width
+    gripper_open_width: float = 0.08        # width read as action.low of the grip dimension (open)
+    gripper_closed_width: float = 0.0       # width read as action.high (closed)
+    split_gap_s: float = 0.0                # > 0: a gap this long in the action stream ends an episode
+
+
+@dataclass(frozen=True)
 class StackConfig:
     robot: RobotSection
     joints: JointsSection
@@ -154,6 +180,8 @@ class StackConfig:
     learner: LearnerSection = field(default_factory=LearnerSection)
     episode: EpisodeSection = field(default_factory=EpisodeSection)
     ros: RosSection = field(default_factory=RosSection)
+    recording: RecordingSection = field(default_factory=RecordingSection)
+    bags: BagsSection = field(default_factory=BagsSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,7 +245,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{path}: missing (required)")
             continue
         kwargs[name] = _coerce(hints[name], data[name], path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:          # a section's own checks (e.g. AgentConfig's) name the field first
+        raise ConfigError(_join(where, str(err))) from None
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
@@ -291,14 +322,7 @@ def _check_values(c: StackConfig) -> None:
             f">= learner.noise_magnitude ({c.learner.noise_magnitude}: the actor's own bound)", c.safety.max_noise_abs)
     require(c.policy.device in DEVICES, "policy.device", f"one of {list(DEVICES)}", c.policy.device)
     require(c.learner.device in DEVICES, "learner.device", f"one of {list(DEVICES)}", c.learner.device)
-    require(c.learner.algo in ALGOS, "learner.algo", f"one of {list(ALGOS)}", c.learner.algo)
     require(bool(c.learner.run_dir), "learner.run_dir", "a directory", c.learner.run_dir)
-    require(c.learner.warmup_episodes >= 0, "learner.warmup_episodes", "an integer >= 0",
-            c.learner.warmup_episodes)
-    require(c.learner.noise_magnitude > 0, "learner.noise_magnitude", "a bound > 0", c.learner.noise_magnitude)
-    require(c.learner.utd > 0, "learner.utd", "updates per transition > 0", c.learner.utd)
-    require(c.learner.publish_every_updates >= 1, "learner.publish_every_updates", "an integer >= 1",
-            c.learner.publish_every_updates)
     require(c.learner.checkpoint_every_s > 0, "learner.checkpoint_every_s", "seconds > 0",
             c.learner.checkpoint_every_s)
     require(c.episode.reset_pause_s >= 0, "episode.reset_pause_s", "seconds >= 0", c.episode.reset_pause_s)
@@ -310,8 +334,39 @@ def _check_values(c: StackConfig) -> None:
     require(0 <= c.ros.domain_id <= 232, "ros.domain_id", "0..232", c.ros.domain_id)
     require(c.ros.discovery_range in ("LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT"), "ros.discovery_range",
             "LOCALHOST | SUBNET | OFF | SYSTEM_DEFAULT", c.ros.discovery_range)
+    _check_bag_values(c, require)
     if c.robot.kind == "sim":
         require(c.robot.sim_task in ("lift", "place"), "robot.sim_task", "'lift' or 'place'", c.robot.sim_task)
+
+
+def _check_bag_values(c: StackConfig, require) -> None:
+    require(0.0 <= c.learner.prior_fraction <= 1.0, "learner.prior_fraction", "a share of each batch in 0..1",
+            c.learner.prior_fraction)
+    r, b = c.recording, c.bags
+    for key in ("topics", "exclude"):
+        for i, topic in enumerate(getattr(r, key)):
+            require(topic.startswith("/"), f"recording.{key}[{i}]", "an absolute topic name", topic)
+    require(r.max_split_mb >= 0, "recording.max_split_mb", "MB >= 0 (0: no size limit)", r.max_split_mb)
+    require(r.max_split_s >= 0, "recording.max_split_s", "seconds >= 0 (0: no time limit)", r.max_split_s)
+    require(r.flush_every_s > 0, "recording.flush_every_s", "seconds > 0", r.flush_every_s)
+    require(r.compression in BAG_COMPRESSIONS, "recording.compression", f"one of {list(BAG_COMPRESSIONS)}",
+            r.compression)
+    require(r.discovery_every_s > 0, "recording.discovery_every_s", "seconds > 0", r.discovery_every_s)
+    require(b.stamp in BAG_STAMPS, "bags.stamp", f"one of {list(BAG_STAMPS)}", b.stamp)
+    require(b.image_max_age_s > 0, "bags.image_max_age_s", "seconds > 0", b.image_max_age_s)
+    require(b.proprio_max_age_s > 0, "bags.proprio_max_age_s", "seconds > 0", b.proprio_max_age_s)
+    require(not b.command_topic or b.command_topic.startswith("/"), "bags.command_topic",
+            "an absolute topic name or ''", b.command_topic)
+    require(not b.gripper_topic or b.gripper_topic.startswith("/"), "bags.gripper_topic",
+            "an absolute topic name or ''", b.gripper_topic)
+    d = len(c.action.names)
+    require(len(b.action_scale) in (0, d), "bags.action_scale", f"[] or {d} values (one per action.names)",
+            b.action_scale)
+    for i, v in enumerate(b.action_scale):
+        require(v > 0, f"bags.action_scale[{i}]", "a scale > 0", v)
+    require(b.gripper_open_width != b.gripper_closed_width, "bags.gripper_open_width",
+            f"a width other than gripper_closed_width ({b.gripper_closed_width})", b.gripper_open_width)
+    require(b.split_gap_s >= 0, "bags.split_gap_s", "seconds >= 0 (0: no split)", b.split_gap_s)
 
 
 def check_policy_fits_config(pc, c: StackConfig) -> None:

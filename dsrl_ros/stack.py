@@ -5,6 +5,7 @@ and `launch/dsrl.launch.py` (`ros2 launch` on a robot PC). No rclpy import: the 
 
   sim robot:  sim_robot, episode_manager, policy, steering, learner
   real robot: episode_manager, policy, steering, learner  (+ the arm's and camera's own drivers)
+  either, with recording.enabled (`dsrl-ros up --record`): + recorder (the session into a rosbag2 MCAP bag)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from dsrl_ros.config import StackConfig
 
-NODE_EXECUTABLES = ("sim_robot", "episode_manager", "policy", "steering", "learner")
+NODE_EXECUTABLES = ("sim_robot", "episode_manager", "policy", "steering", "learner", "recorder")
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,15 @@ def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: f
     path = str(Path(config_path).resolve())
     sim = config.robot.kind == "sim"
     learners = ["policy", "steering", "learner"]
+    # The episode manager waits for every node that must see episode 1 from its start, the recorder included.
+    waited = learners + (["recorder"] if config.recording.enabled else [])
     nodes = []
     if sim:
         nodes.append(NodeSpec("sim_robot", {"robot_config": path, "realtime_factor": float(realtime_factor)}))
-    nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(learners)}))
+    nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(waited)}))
     nodes += [NodeSpec(name, {"robot_config": path}) for name in learners]
+    if config.recording.enabled:
+        nodes.append(NodeSpec("recorder", {"robot_config": path}))
     return nodes
 
 

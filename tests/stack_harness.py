@@ -155,6 +155,23 @@ class Probe:
             self.spin()
         self.node.destroy_publisher(pub)
 
+    def flood(self, msg_type, topic: str, messages: list, profile: str, seconds: float, rate_hz: float) -> int:
+        """Publishes `messages` round-robin at about `rate_hz` for `seconds` from one publisher, once a reader has
+        matched it; returns how many were sent."""
+        from dsrl_ros.nodes.ros_io import qos
+
+        pub = self.node.create_publisher(msg_type, topic, qos()[profile])
+        self.wait(lambda: pub.get_subscription_count() > 0, 30, f"a reader of {topic}")
+        sent, start = 0, time.monotonic()
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * rate_hz)
+            while sent < due:
+                pub.publish(messages[sent % len(messages)])
+                sent += 1
+            self.spin()
+        self.node.destroy_publisher(pub)
+        return sent
+
     def close(self) -> None:
         self.node.destroy_node()
         self.rclpy.try_shutdown()

@@ -3,6 +3,7 @@ the supervisor's restarts, give-ups and stop escalation (with small stand-in pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from dsrl_ros.core.episode_store import EpisodeStore
-from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.run_repair import repair_run
 from dsrl_ros.core.steering import PolicySteering
@@ -26,13 +27,13 @@ from dsrl_ros.supervisor import CRASH_LOOP_STARTS, Supervisor
 from stack_harness import alive, wait_for
 from test_learner_core import STEER, TINY, _episode_rows
 
-SETTINGS = LearnerSettings(warmup_episodes=1, utd=2.0, publish_every_updates=2, checkpoint_every_s=1e9)
+AGENT = dataclasses.replace(STEER, warmup_episodes=1, utd=2.0, publish_every_updates=2)
 
 
-def make_learner(run_dir: Path, logs: list | None = None) -> AsyncLearner:
+def make_learner(run_dir: Path, logs: list | None = None) -> Learner:
     torch.manual_seed(0)
-    return AsyncLearner(PolicySteering(DiffusionPolicy(TINY).eval(), STEER), run_dir, SETTINGS, lambda *a: None,
-                        log=(logs.append if logs is not None else lambda s: None))
+    return Learner(PolicySteering(DiffusionPolicy(TINY).eval(), AGENT), run_dir,
+                   log=(logs.append if logs is not None else lambda s: None), checkpoint_every_s=1e9)
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_a_garbage_version_file_is_named(run_dir):
 
 def test_two_learners_cannot_share_a_run_directory(run_dir):
     first = make_learner(run_dir)
-    with pytest.raises(ValueError, match=f"another learner is using this run directory \\(pid {os.getpid()}\\)"):
+    with pytest.raises(ValueError, match=f"in use by another learner \\(pid {os.getpid()}\\)"):
         make_learner(run_dir)
     first.stop()
     make_learner(run_dir).stop()                                    # released with the first one

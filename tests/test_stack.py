@@ -15,16 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from stack_harness import Probe, Up, alive, assert_stored_episodes_are_whole, stored_episodes, supervisor_state
+from stack_harness import Up, alive, assert_stored_episodes_are_whole, stored_episodes, supervisor_state
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def probe():
-    p = Probe()
-    yield p
-    p.close()
 
 
 # ---- a bounded run: episodes, JSON summary, pairing in zarr -------------------------------------------------------

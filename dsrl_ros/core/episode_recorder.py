@@ -32,6 +32,7 @@ class _Decision:
     action: np.ndarray | None = None
     source: int | None = None
     reward: float | None = None
+    cut_short: bool = False                 # fewer steps executed than the chunk's execute_steps, episode not over
 
 
 @dataclass
@@ -59,8 +60,12 @@ class Completed:
 
 
 class EpisodeRecorder:
-    def __init__(self, chunk_dim: int, reward_mode: str, grace_s: float = 3.0, max_open_episodes: int = 4):
+    def __init__(self, chunk_dim: int, reward_mode: str, grace_s: float = 3.0, max_open_episodes: int = 4,
+                 execute_steps: int | None = None):
+        """execute_steps: actions the robot executes per chunk (a result with fewer, the episode not over, means
+        the chunk was cut short: what was executed is not the stored chunk, and the episode is discarded)."""
         self.chunk_dim, self.reward_mode, self.grace_s = chunk_dim, reward_mode, grace_s
+        self.execute_steps = execute_steps
         self.max_open_episodes = max_open_episodes
         self._episodes: dict[int, _Episode] = {}
         self._forgotten: list[Completed] = []
@@ -88,8 +93,12 @@ class EpisodeRecorder:
         d = self._open(episode).decision(seq)
         d.noise, d.action, d.source = noise.astype(np.float32).ravel(), action.astype(np.float32).ravel(), source
 
-    def result(self, episode: int, seq: int, reward: float) -> None:
-        self._open(episode).decision(seq).reward = float(reward)
+    def result(self, episode: int, seq: int, reward: float, steps: int | None = None,
+               episode_over: bool = False) -> None:
+        d = self._open(episode).decision(seq)
+        d.reward = float(reward)
+        d.cut_short = (steps is not None and self.execute_steps is not None and steps < self.execute_steps
+                       and not episode_over)
 
     def end(self, episode: int, outcome: str, now: float, chunks: int = 0) -> None:
         """The episode ended; `chunks`: how many chunk results the episode manager counted for it."""
@@ -112,6 +121,11 @@ class EpisodeRecorder:
             if not ep.started:
                 done.append(Completed(number, None, ep.outcome, 0, "its start was not seen (the learner started "
                                                                    "during it): only part of it is here"))
+                continue
+            cut = sorted(seq for seq, d in ep.decisions.items() if d.cut_short)
+            if cut:
+                done.append(Completed(number, None, ep.outcome, 0, f"chunk {cut[0]} was cut short by a newer one: "
+                                                                   f"what was executed is not what was stored"))
                 continue
             missing = self._missing(ep)
             if not missing:

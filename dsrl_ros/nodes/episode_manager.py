@@ -24,15 +24,18 @@ import time
 
 from std_srvs.srv import SetBool, Trigger
 
-from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, Observation
+from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus, Observation
 from dsrl_ros.core.episode_cycle import ABORTED, FAILURE, STATE_NAMES, SUCCESS, CycleSettings, EpisodeCycle, Event
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, OBSERVATION, RATE_CAP_HZ, SIM_RESET_SERVICE,
-                                   guarded, outcome_name, qos, run_node, sign_episode_event)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, LEARNER_STATUS,
+                                   OBSERVATION, RATE_CAP_HZ, SIM_RESET_SERVICE, guarded, outcome_name, qos, run_node,
+                                   sign)
 from dsrl_ros.ros_env import SESSION_ENV
 
-DISCOVERY_SETTLE_S = 1.5
+# The learner's 1 Hz status is its heartbeat: a learner killed with SIGKILL stays in the DDS graph until its
+# participant's lease runs out (~20 s), but its status stops at once.
+LEARNER_HEARTBEAT_S = 2.5
 
 
 class EpisodeManagerNode(ConfiguredNode):
@@ -53,6 +56,9 @@ class EpisodeManagerNode(ConfiguredNode):
                                                                     RATE_CAP_HZ["decision"]), q["decision"])
         self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
                                                                    RATE_CAP_HZ["decision"]), q["decision"])
+        self.learner_seen = float("-inf")       # monotonic time of the learner's last status
+        self.create_subscription(LearnerStatus, LEARNER_STATUS, guarded(self.drop, LEARNER_STATUS, self._on_status,
+                                                                        RATE_CAP_HZ["decision"]), q["status"])
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(SetBool, "~/label", self._on_label)
         self.create_service(Trigger, "~/abort", self._on_abort)
@@ -83,12 +89,14 @@ class EpisodeManagerNode(ConfiguredNode):
             self._request_sim_reset()
 
     def _nodes_ready(self, now: float) -> bool:
-        """Every node in `wait_for_nodes` has subscribed to the decision topics, and discovery has had
-        DISCOVERY_SETTLE_S to match the other nodes' publishers to it (seeing a node's subscription here does not
-        mean every other participant has matched it yet, ~0.35 s each)."""
+        """Every node in `wait_for_nodes` has subscribed to the decision topics (the learner: and its status is
+        fresh), and discovery has had DISCOVERY_SETTLE_S to match the other nodes' publishers to it (seeing a
+        node's subscription here does not mean every other participant has matched it yet, ~0.35 s each)."""
         subscribed = {info.node_name for topic in (EPISODE, OBSERVATION, ACTION_CHUNK)
                       for info in self.get_subscriptions_info_by_topic(topic)}
         missing = self.waiting_for - subscribed
+        if "learner" in self.waiting_for and now - self.learner_seen > LEARNER_HEARTBEAT_S:
+            missing.add("learner")
         if missing:
             self.get_logger().info(f"waiting for nodes: {sorted(missing)}", throttle_duration_sec=5.0)
             self.settle_until = None
@@ -120,6 +128,9 @@ class EpisodeManagerNode(ConfiguredNode):
         self._publish(self.cycle.on_result(msg.episode, msg.steps_executed, msg.success, msg.truncated,
                                            time.monotonic()))
 
+    def _on_status(self, msg: LearnerStatus) -> None:
+        self.learner_seen = time.monotonic()
+
     def _on_observation(self, msg: Observation) -> None:
         if msg.final:
             self.cycle.on_final_observation(msg.episode, time.monotonic())
@@ -150,7 +161,7 @@ class EpisodeManagerNode(ConfiguredNode):
             msg = EpisodeEvent(episode=e.episode, state=e.state, outcome=e.outcome, chunks=e.chunks, steps=e.steps,
                                detail=e.detail)
             msg.header.stamp = self.get_clock().now().to_msg()
-            sign_episode_event(msg, self.key)
+            sign(msg, self.key)
             self.event_pub.publish(msg)
             self.get_logger().info(f"episode {e.episode}: {STATE_NAMES[e.state]} {outcome_name(e.outcome)} "
                                    f"{e.detail}")
