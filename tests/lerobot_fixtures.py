@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "lerobot"
-NAMES = ("state_ddim", "state_ddpm", "image_ddim", "image2_ddpm_bn")
+NAMES = ("state_ddim", "state_ddpm", "image_ddim", "image2_ddpm_bn", "sim_arm_untrained")
 
 
 def _weights_module():

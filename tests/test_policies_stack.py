@@ -90,3 +90,19 @@ def test_remote_policy_as_the_base_serves_the_graph(tmp_path, probe):
     assert len(stored_episodes(run)) == 3
     # Served and local are the same policy: the stored chunks are what it makes of the stored (obs, w).
     assert _redecode_every_decision(run, load_base_policy("shipped:base_policy_lift")) >= 3
+
+
+def test_lerobot_checkpoint_as_the_base_runs_the_graph(tmp_path, probe):
+    """A LeRobot DiffusionPolicy directory (LeRobot's own files, sized for the sim arm, untrained weights: this is
+    the plumbing, not a working policy) as policy.checkpoint."""
+    from lerobot_fixtures import checkpoint_dir
+    from dsrl_ros.policies import load_base_policy
+
+    checkpoint = checkpoint_dir("sim_arm_untrained", tmp_path)
+    up = Up(tmp_path / "run", "--episodes", "2", "--json", "--set", f"policy.checkpoint={checkpoint}")
+    assert up.wait(600, spin=probe.spin) == 0, up.output()
+    assert json.loads(up.output().strip().splitlines()[-1])["stored_episodes"] == 2
+    assert "lerobot_diffusion: LeRobot DiffusionPolicy, resnet18" in up.log("policy")
+    run = tmp_path / "run"
+    assert _redecode_every_decision(run, load_base_policy(checkpoint)) >= 2
+    assert assert_stored_episodes_are_whole(run) == 2

@@ -74,6 +74,15 @@ CONFIGS = {
         diffusion_step_embed_dim=16, spatial_softmax_num_keypoints=8, use_film_scale_modulation=False,
         noise_scheduler_type="DDPM", num_train_timesteps=20, num_inference_steps=10, beta_schedule="linear",
         prediction_type="sample"),
+    # Sized for the sim arm (robot_configs/sim_arm.yaml): one 84 px camera, 11 proprio, 5 actions, chunk 8. Its
+    # random weights make it a plumbing check for `dsrl-ros up` with a LeRobot checkpoint, not a working policy.
+    "sim_arm_untrained": dict(
+        input_features={"observation.state": PolicyFeature(S, (11,)),
+                        "observation.image": PolicyFeature(V, (3, 84, 84))},
+        output_features={"action": PolicyFeature(A, (5,))}, n_obs_steps=1, horizon=8, n_action_steps=8,
+        crop_shape=(76, 76), down_dims=(32, 64), kernel_size=5, n_groups=8, diffusion_step_embed_dim=32,
+        spatial_softmax_num_keypoints=16, noise_scheduler_type="DDIM", num_train_timesteps=100,
+        num_inference_steps=8),
 }
 
 
@@ -170,11 +179,17 @@ def make(name: str, kwargs: dict, seed: int) -> None:
 
 
 def main() -> None:
+    import argparse
+
     import lerobot
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", default=None, help="make only these fixtures")
+    args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for i, (name, kwargs) in enumerate(CONFIGS.items()):
-        make(name, kwargs, seed=1000 + i)
+        if args.only is None or name in args.only:
+            make(name, kwargs, seed=1000 + i)
     (OUT / "README.md").write_text(
         "# LeRobot DiffusionPolicy reference outputs\n\nMade by `tools/make_lerobot_fixtures.py` with "
         f"lerobot {lerobot.__version__}, torch {torch.__version__} (CPU). Each directory is what LeRobot's "
