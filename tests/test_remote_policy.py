@@ -153,8 +153,9 @@ def test_timeout_falls_back_within_the_deadline(local):
         remote = RemotePolicy(f"ws://127.0.0.1:{port}", timeout_s=0.3, fallback=policy)
         obs, w = robot_obs(1), noise(1)
         start = time.monotonic()
-        chunk, used, fell_back = remote.decide(remote.encode_obs(obs), w, np.random.default_rng(1))
+        chunk, used, fell_back = remote.decide(remote.encode_obs(obs), w, np.random.default_rng(11))
         assert fell_back and time.monotonic() - start < 2.0
+        assert used.shape == w.shape and not torch.equal(used, w)    # its own w ~ N(0, I), not the actor's
         torch.testing.assert_close(chunk, policy.sample(obs, used), atol=0, rtol=0)
     finally:
         server.kill()
