@@ -24,6 +24,17 @@ import yaml
 from dsrl_ros.core.agent_config import AgentConfig
 
 ROBOT_KINDS = ("sim", "real")
+SIM_INTERFACES = ("direct", "hardware")
+EXECUTOR_BACKENDS = ("joint_trajectory", "forward_position", "cartesian_pose", "cartesian_twist")
+GRIPPER_MODES = ("none", "joint", "topic")
+REALSENSE_BACKENDS = ("device", "bag", "synthetic")
+# Where each backend's ros2_control controller listens by default (executor.command_topic overrides).
+DEFAULT_COMMAND_TOPICS = {
+    "joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
+    "forward_position": "/forward_position_controller/commands",
+    "cartesian_pose": "/cartesian_pose_controller/target_pose",
+    "cartesian_twist": "/servo_node/delta_twist_cmds",
+}
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
 DEVICES = ("auto", "cpu", "cuda")
 BAG_COMPRESSIONS = ("none", "lz4", "zstd")
@@ -40,6 +51,9 @@ class RobotSection:
     kind: str                               # "sim": the embedded MuJoCo arm; "real": a physical arm's drivers
     sim_task: str = "lift"                  # sim only: "lift" | "place"
     sim_seed: int = 0                       # sim only: episode i resets with seed sim_seed + i
+    # sim only: "direct" = sim_robot executes chunks itself; "hardware" = the sim behind ros2_control-style
+    # controller topics (nodes/sim_hardware.py) driven by the chunk executor, as a real arm is
+    sim_interface: str = "direct"
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,21 @@ class CameraSection:
     width: int                              # the camera's image size: other sizes are dropped; the policy node
     height: int                             # resizes this size to the policy's input (logged at start)
     encoding: str = "rgb8"
+
+    @property
+    def info_topic(self) -> str:
+        """sensor_msgs/CameraInfo beside the image (realsense-ros naming: .../image_raw -> .../camera_info)."""
+        return self.topic.rsplit("/", 1)[0] + "/camera_info"
+
+
+@dataclass(frozen=True)
+class RealsenseSection:
+    enabled: bool = False                   # run nodes/realsense_camera.py in the graph (else: realsense-ros)
+    backend: str = "device"                 # device | bag (a RealSense .bag played back) | synthetic
+    serial: str = ""                        # device: this camera ("" = the first one found)
+    bag_file: str = ""                      # bag: the recording
+    fps: int = 30
+    depth: bool = False                     # also aligned depth (16UC1, mm) on .../aligned_depth_to_color/
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,47 @@ class ActionSection:
     names: list[str]
     low: list[float]                        # safety clip, per dimension, robot units: the policy node clips to it
     high: list[float]
+
+
+@dataclass(frozen=True)
+class ExecutorSection:
+    """The chunk executor (nodes/chunk_executor.py): a real arm's, or the sim's in hardware mode."""
+    backend: str = "joint_trajectory"       # joint_trajectory | forward_position | cartesian_pose | cartesian_twist
+    command_topic: str = ""                 # "" = the backend's usual controller topic (config.DEFAULT_COMMAND_TOPICS)
+    controller_rate_hz: float = 100.0       # streaming backends command at this rate; the sim simulates at it
+    latency_margin_s: float = 0.1           # action i is due at obs stamp + this (on the grid) + i / control.rate_hz
+    action_scale: list[float] = field(default_factory=list)   # robot units per action unit ([] = 1 each)
+    tip_frame: str = "tool0"                # URDF frame whose pose ee_delta actions move
+    base_frame: str = "base"                # frame_id of Cartesian commands (the URDF's root)
+    robot_description_topic: str = "/robot_description"   # std_msgs/String, transient local
+    gripper_mode: str = "none"              # none | joint (in the joint command) | topic (Float64MultiArray)
+    gripper_joint: str = ""                 # its JointState name (opening, m) and command joint name
+    gripper_topic: str = ""
+    grip_open_action: float = 0.0           # action value meaning open / closed
+    grip_closed_action: float = 1.0
+    gripper_open_width: float = 0.08        # m
+    gripper_closed_width: float = 0.0
+    velocity_scale: float = 0.5             # fraction of joints.velocity_limit the executor may command
+    joint_margin_rad: float = 0.02          # joint targets stay this far inside joints.position_lower/upper
+    max_ee_step_m: float = 0.02             # per action step
+    max_ee_step_rad: float = 0.1
+    joint_state_timeout_s: float = 0.1      # older joint states -> hold, chunks refused
+    chunk_timeout_s: float = 2.0            # an episode running without a chunk this long -> hold
+    success_topic: str = ""                 # std_msgs/Bool from a success detector ("" = the operator labels)
+    # 1..99: the control thread runs SCHED_FIFO at this priority (needs CAP_SYS_NICE or an rtprio limit; without
+    # it a warning and normal scheduling); 0: normal scheduling. Streaming at 500 Hz on a busy PC needs it.
+    realtime_priority: int = 0
+
+    @property
+    def topic(self) -> str:
+        return self.command_topic or DEFAULT_COMMAND_TOPICS.get(self.backend, "")
+
+
+@dataclass(frozen=True)
+class WorkspaceSection:
+    """The box the end effector (executor.tip_frame) must stay in, m, in the URDF's root frame."""
+    low: list[float] = field(default_factory=list)    # [x, y, z]; [] = no box (only allowed in the sim)
+    high: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -175,6 +245,9 @@ class StackConfig:
     control: ControlSection
     action: ActionSection
     safety: SafetySection = field(default_factory=SafetySection)
+    executor: ExecutorSection = field(default_factory=ExecutorSection)
+    workspace: WorkspaceSection = field(default_factory=WorkspaceSection)
+    realsense: RealsenseSection = field(default_factory=RealsenseSection)
     policy: PolicySection = field(default_factory=PolicySection)
     steering: SteeringSection = field(default_factory=SteeringSection)
     learner: LearnerSection = field(default_factory=LearnerSection)
@@ -337,6 +410,81 @@ def _check_values(c: StackConfig) -> None:
     _check_bag_values(c, require)
     if c.robot.kind == "sim":
         require(c.robot.sim_task in ("lift", "place"), "robot.sim_task", "'lift' or 'place'", c.robot.sim_task)
+    require(c.robot.sim_interface in SIM_INTERFACES, "robot.sim_interface", f"one of {list(SIM_INTERFACES)}",
+            c.robot.sim_interface)
+    if uses_executor(c):
+        _check_executor(c, require)
+    _check_realsense(c, require)
+
+
+def uses_executor(c: StackConfig) -> bool:
+    """Real arms and the sim in hardware mode run the chunk executor."""
+    return c.robot.kind == "real" or c.robot.sim_interface == "hardware"
+
+
+def _check_executor(c: StackConfig, require) -> None:
+    e, d = c.executor, len(c.action.names)
+    require(e.backend in EXECUTOR_BACKENDS, "executor.backend", f"one of {list(EXECUTOR_BACKENDS)}", e.backend)
+    require(e.topic.startswith("/"), "executor.command_topic", "an absolute topic name", e.command_topic)
+    require(e.controller_rate_hz >= c.control.rate_hz, "executor.controller_rate_hz",
+            f"a rate >= control.rate_hz ({c.control.rate_hz:g})", e.controller_rate_hz)
+    require(e.latency_margin_s >= 0, "executor.latency_margin_s", "seconds >= 0", e.latency_margin_s)
+    require(len(e.action_scale) in (0, d), "executor.action_scale", f"{d} values (one per action.names) or []",
+            e.action_scale)
+    require(all(v > 0 for v in e.action_scale), "executor.action_scale", "values > 0", e.action_scale)
+    require(bool(e.tip_frame), "executor.tip_frame", "a URDF frame name", e.tip_frame)
+    require(e.robot_description_topic.startswith("/"), "executor.robot_description_topic", "an absolute topic name",
+            e.robot_description_topic)
+    require(e.gripper_mode in GRIPPER_MODES, "executor.gripper_mode", f"one of {list(GRIPPER_MODES)}",
+            e.gripper_mode)
+    if e.gripper_mode == "joint":
+        require(e.backend in ("joint_trajectory", "forward_position"), "executor.gripper_mode",
+                "'topic' or 'none' for a Cartesian backend", e.gripper_mode)
+        require(bool(e.gripper_joint), "executor.gripper_joint", "the gripper's joint name (gripper_mode joint)",
+                e.gripper_joint)
+    if e.gripper_mode == "topic":
+        require(e.gripper_topic.startswith("/"), "executor.gripper_topic", "an absolute topic name",
+                e.gripper_topic)
+    if e.gripper_mode != "none":
+        require("grip" in c.action.names, "action.names", "a 'grip' dimension (executor.gripper_mode is not none)",
+                c.action.names)
+        require(e.grip_open_action != e.grip_closed_action, "executor.grip_closed_action",
+                f"a value other than grip_open_action ({e.grip_open_action:g})", e.grip_closed_action)
+    require(0 < e.velocity_scale <= 1, "executor.velocity_scale", "0 < scale <= 1", e.velocity_scale)
+    require(e.joint_margin_rad >= 0, "executor.joint_margin_rad", "radians >= 0", e.joint_margin_rad)
+    require(e.max_ee_step_m > 0, "executor.max_ee_step_m", "metres > 0", e.max_ee_step_m)
+    require(e.max_ee_step_rad > 0, "executor.max_ee_step_rad", "radians > 0", e.max_ee_step_rad)
+    require(e.joint_state_timeout_s > 0, "executor.joint_state_timeout_s", "seconds > 0", e.joint_state_timeout_s)
+    require(e.chunk_timeout_s > 0, "executor.chunk_timeout_s", "seconds > 0", e.chunk_timeout_s)
+    require(0 <= e.realtime_priority <= 99, "executor.realtime_priority", "0 (off) or a SCHED_FIFO priority 1..99",
+            e.realtime_priority)
+    require(not e.success_topic or e.success_topic.startswith("/"), "executor.success_topic",
+            "an absolute topic name or ''", e.success_topic)
+    arm = [n for n in c.action.names if n != "grip"]
+    if c.action.space == "ee_delta":
+        require({"dx", "dy", "dz"} <= set(arm) and set(arm) <= {"dx", "dy", "dz", "dyaw"}, "action.names",
+                "dx, dy, dz, optionally dyaw and grip (ee_delta)", c.action.names)
+    else:
+        require(len(arm) == len(c.joints.names), "action.names",
+                f"one per joint ({len(c.joints.names)}) plus an optional grip ({c.action.space})", c.action.names)
+    w = c.workspace
+    if w.low or w.high or c.robot.kind == "real":
+        require(len(w.low) == 3, "workspace.low", "[x, y, z] in m (a real arm needs a workspace box)", w.low)
+        require(len(w.high) == 3, "workspace.high", "[x, y, z] in m", w.high)
+        for i, axis in enumerate("xyz"):
+            require(w.low[i] < w.high[i], f"workspace.high[{i}]", f"> workspace.low[{i}] ({w.low[i]}, {axis})",
+                    w.high[i])
+    for i, (lo, hi) in enumerate(zip(c.joints.position_lower, c.joints.position_upper)):
+        require(hi - lo > 2 * e.joint_margin_rad, "executor.joint_margin_rad",
+                f"< half the range of joint {i} ({(hi - lo) / 2:g})", e.joint_margin_rad)
+
+
+def _check_realsense(c: StackConfig, require) -> None:
+    r = c.realsense
+    require(r.backend in REALSENSE_BACKENDS, "realsense.backend", f"one of {list(REALSENSE_BACKENDS)}", r.backend)
+    require(r.fps in (6, 15, 30, 60, 90), "realsense.fps", "6, 15, 30, 60 or 90 (RealSense colour rates)", r.fps)
+    require(r.backend != "bag" or bool(r.bag_file), "realsense.bag_file", "a .bag path (realsense.backend bag)",
+            r.bag_file)
 
 
 def _check_bag_values(c: StackConfig, require) -> None:

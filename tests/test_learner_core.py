@@ -1,18 +1,18 @@
 """The learner's core without ROS: exact pairing of a decision stream, and the asynchronous trainer."""
 
+import dataclasses
 import json
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNAL
-from dsrl_ros.core.episode_recorder import EpisodeRecorder
-import dataclasses
-
+from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.episode_recorder import CUT_SHORT, EpisodeRecorder
 from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
-from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 
 TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
@@ -108,15 +108,20 @@ def test_a_replayed_older_start_cannot_reopen_an_episode():
     assert dropped.episode == 5 and dropped.rows is None and "start was not seen" in dropped.reason
 
 
-def test_an_episode_with_a_chunk_cut_short_by_a_newer_one_is_dropped():
-    recorder = EpisodeRecorder(CHUNK, "time_penalty", execute_steps=4)
+@pytest.mark.parametrize("ended_by, stored", [("replaced", False), ("watchdog", False), ("estop", False),
+                                              ("complete", True), ("success", True), ("episode_ended", True),
+                                              ("", True)])
+def test_an_episode_with_a_chunk_cut_short_is_dropped(ended_by, stored):
+    from dsrl_ros.arm import schedule
+
+    assert set(CUT_SHORT) <= {schedule.END_REPLACED, schedule.END_ESTOP, schedule.END_WATCHDOG}  # one vocabulary
+    recorder = EpisodeRecorder(CHUNK, "time_penalty")
     feed_episode(recorder, 8, n_chunks=3)
-    recorder.result(8, 8000, 0.0, steps=2, episode_over=False)           # decision 0 ran 2 of its 4 steps
-    (dropped,) = recorder.poll(now=0.0)
-    assert dropped.rows is None and "chunk 8000 was cut short" in dropped.reason
-    feed_episode(recorder, 9, n_chunks=3)
-    recorder.result(9, 9002, 0.0, steps=1, episode_over=True)            # the last one ended by success: fine
-    assert recorder.poll(now=0.0)[0].rows is not None
+    recorder.result(8, 8000, 0.0, ended_by=ended_by)                      # how the robot stopped decision 0
+    (done,) = recorder.poll(now=0.0)
+    assert (done.rows is not None) == stored
+    if not stored:
+        assert "chunk 8000 was cut short" in done.reason
 
 
 def test_a_trailing_observation_cut_off_by_the_end_is_not_a_decision():

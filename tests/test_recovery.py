@@ -298,3 +298,17 @@ def test_a_kill_during_a_checkpoint_leaves_the_previous_one_to_resume_from(run_d
     assert resumed.resumed_from == updates and resumed._resumed_dir == target
     assert resumed.n_episodes == 5                                # the episode committed before the checkpoint
     resumed.stop()
+
+
+def test_the_episode_log_is_reconciled_with_the_store_after_a_kill(run_dir):
+    log = run_dir / "episodes.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])   # killed mid-line, one line lost
+    logs = []
+    make_learner(run_dir, logs).stop()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["episode"] for r in records] == [0, 1, 2, 3]
+    assert records[:2] == [json.loads(line) for line in lines[:2]]
+    assert records[2]["recovered"] and records[3]["recovered"]
+    assert records[3]["transitions"] == EpisodeStore.open(run_dir / "replay.zarr").n_steps - 4
+    assert any("1 torn line(s) cut, 2 committed episode(s) without a line marked recovered" in m for m in logs)

@@ -113,8 +113,7 @@ class BagConverter:
             if progress is not None:
                 progress(1)
         messages.sort(key=lambda m: m[:2])      # receive order (files are read one after another)
-        recorder = EpisodeRecorder(self.shapes.chunk_dim, self.config.learner.reward,
-                                   execute_steps=self.config.control.execute_steps)   # as the learner node
+        recorder = EpisodeRecorder(self.shapes.chunk_dim, self.config.learner.reward)   # as the learner node
         event_type = store.types[SESSION_TOPICS[EPISODE_TOPIC]]
         for log_ns, _, topic, msgtype, raw in messages:
             msg = store.deserialize_cdr(raw, msgtype)
@@ -125,8 +124,7 @@ class BagConverter:
                 recorder.chunk(msg.episode, msg.seq, noise, self._floats(msg.actions, topic, "actions"),
                                int(msg.noise_source))
             elif topic == "/dsrl/chunk_result":
-                recorder.result(msg.episode, msg.seq, float(msg.reward), int(msg.steps_executed),
-                                bool(msg.success or msg.truncated))
+                recorder.result(msg.episode, msg.seq, float(msg.reward), str(getattr(msg, "ended_by", "")))
             elif msg.state == event_type.STATE_RUNNING:
                 recorder.start(msg.episode)
             elif msg.state == event_type.STATE_ENDED and msg.outcome in EVENT_OUTCOMES:

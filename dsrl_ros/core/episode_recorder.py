@@ -22,6 +22,9 @@ from dsrl_ros.core.chunk_replay import ChunkEpisode
 from dsrl_ros.core.steering import chunk_reward
 
 OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_TIMEOUT, OUTCOME_ABORTED = "success", "failure", "timeout", "aborted"
+# ChunkResult.ended_by values (arm/schedule.py END_*) that mean the chunk stopped before its steps were done and
+# the episode was not over: what was executed is not the stored chunk.
+CUT_SHORT = ("replaced", "estop", "watchdog")
 OUTCOMES = (OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_TIMEOUT, OUTCOME_ABORTED)
 
 
@@ -32,7 +35,7 @@ class _Decision:
     action: np.ndarray | None = None
     source: int | None = None
     reward: float | None = None
-    cut_short: bool = False                 # fewer steps executed than the chunk's execute_steps, episode not over
+    cut_short: bool = False                 # stopped before its steps were done, the episode not over
 
 
 @dataclass
@@ -60,12 +63,8 @@ class Completed:
 
 
 class EpisodeRecorder:
-    def __init__(self, chunk_dim: int, reward_mode: str, grace_s: float = 3.0, max_open_episodes: int = 4,
-                 execute_steps: int | None = None):
-        """execute_steps: actions the robot executes per chunk (a result with fewer, the episode not over, means
-        the chunk was cut short: what was executed is not the stored chunk, and the episode is discarded)."""
+    def __init__(self, chunk_dim: int, reward_mode: str, grace_s: float = 3.0, max_open_episodes: int = 4):
         self.chunk_dim, self.reward_mode, self.grace_s = chunk_dim, reward_mode, grace_s
-        self.execute_steps = execute_steps
         self.max_open_episodes = max_open_episodes
         self._episodes: dict[int, _Episode] = {}
         self._forgotten: list[Completed] = []
@@ -93,12 +92,12 @@ class EpisodeRecorder:
         d = self._open(episode).decision(seq)
         d.noise, d.action, d.source = noise.astype(np.float32).ravel(), action.astype(np.float32).ravel(), source
 
-    def result(self, episode: int, seq: int, reward: float, steps: int | None = None,
-               episode_over: bool = False) -> None:
+    def result(self, episode: int, seq: int, reward: float, ended_by: str = "") -> None:
+        """ended_by: why the robot stopped the chunk (ChunkResult.ended_by); one of CUT_SHORT discards the
+        episode (late steps dropped at a chunk's start or steps the safety layer limited do not: the stored
+        chunk is what was commanded, and what the robot made of it is part of the environment)."""
         d = self._open(episode).decision(seq)
-        d.reward = float(reward)
-        d.cut_short = (steps is not None and self.execute_steps is not None and steps < self.execute_steps
-                       and not episode_over)
+        d.reward, d.cut_short = float(reward), ended_by in CUT_SHORT
 
     def end(self, episode: int, outcome: str, now: float, chunks: int = 0) -> None:
         """The episode ended; `chunks`: how many chunk results the episode manager counted for it."""

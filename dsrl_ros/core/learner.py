@@ -41,6 +41,7 @@ from dsrl_ros.core.steering import PolicySteering, rng_from_json, rng_state_json
 
 VERSION_FILE = "actor_version.json"   # the last published version, written before each publication
 LOCK_FILE = ".learner.lock"
+LOG_FILE = "episodes.jsonl"           # one line per committed episode, written right after the commit
 CHECKPOINTS_KEPT = 2                  # the newest and the one before it (the fallback if the newest is damaged)
 # on_actor(version, num_updates, safetensors bytes, config JSON)
 ActorCallback = Callable[[int, int, bytes, str], None]
@@ -60,6 +61,7 @@ class Learner:
         c = steering.policy.config
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
         self.replay = open_replay(self.run_dir, schema, steering)
+        self._reconcile_episode_log()
         self.sampler = self.replay             # what batches come from (mix_prior: online + a prior replay)
         self.rng = np.random.default_rng(self.config.seed)
         self.trainer_extra: dict = {}
@@ -143,10 +145,31 @@ class Learner:
             index = self.n_episodes - 1
             record = {"episode": index, **info, "updates": self.num_updates, "actor_version": self.actor_version,
                       "transitions": self.n_transitions, "time": time.time(), **self.last_metrics}
-            with open(self.run_dir / "episodes.jsonl", "a") as f:
+            with open(self.run_dir / LOG_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self._checkpoint_locked()
         return index
+
+    def _reconcile_episode_log(self) -> None:
+        """episodes.jsonl indexes the store (one line per committed episode); the store is the truth. A kill
+        between a commit and its log line, or in the middle of the line, is repaired here: a torn last line is cut,
+        and each committed episode without a line gets one marked "recovered" (what it was is not known)."""
+        path = self.run_dir / LOG_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        whole = []
+        for line in lines:
+            try:
+                whole.append(json.loads(line))
+            except json.JSONDecodeError:
+                break                              # a torn line can only be the last one written
+        missing = range(len(whole), self.n_episodes)
+        if len(whole) == len(lines) and not missing:
+            return
+        ends = self.replay.episodes.episode_ends
+        whole += [{"episode": i, "recovered": True, "transitions": int(ends[i]) - i - 1} for i in missing]
+        write_atomic(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in whole)))
+        self.log(f"{LOG_FILE}: {len(lines) - min(len(lines), len(whole) - len(missing))} torn line(s) cut, "
+                 f"{len(missing)} committed episode(s) without a line marked recovered")
 
     # ---- the training thread ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -47,8 +47,7 @@ class LearnerNode(ConfiguredNode):
         self.learner = Learner(PolicySteering(self.policy, AgentConfig.of(lc)), lc.run_dir, self._publish_actor,
                                log=self.get_logger().info, checkpoint_every_s=lc.checkpoint_every_s)
         pc = self.policy.config
-        self.recorder = EpisodeRecorder(pc.chunk_len * pc.action_dim, lc.reward,
-                                        execute_steps=c.control.execute_steps)
+        self.recorder = EpisodeRecorder(pc.chunk_len * pc.action_dim, lc.reward)
 
         def sub(msg_type, topic, handler, role):
             self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role]),
@@ -79,7 +78,7 @@ class LearnerNode(ConfiguredNode):
                             float32_array(msg.actions, "action_chunk.actions", n).copy(), int(msg.noise_source))
 
     def _on_result(self, msg: ChunkResult) -> None:
-        self.recorder.result(msg.episode, msg.seq, msg.reward, msg.steps_executed, msg.success or msg.truncated)
+        self.recorder.result(msg.episode, msg.seq, msg.reward, msg.ended_by)
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         check_signed(msg, self.key)

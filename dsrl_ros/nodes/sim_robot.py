@@ -104,7 +104,7 @@ class SimRobotNode(ConfiguredNode):
         if self.queue:                  # a newer chunk cuts this one short: say what of it was executed
             self.get_logger().warning(f"chunk {msg.seq} replaces chunk {self.chunk.seq} with {len(self.queue)} "
                                       f"actions left")
-            self._publish_result(self.get_clock().now().to_msg(), success=False, truncated=False)
+            self._publish_result(self.get_clock().now().to_msg(), success=False, truncated=False, ended_by="replaced")
         self.queue = deque(actions)
         self.chunk, self.chunk_steps, self.chunk_reward = msg, 0, 0.0
 
@@ -121,14 +121,16 @@ class SimRobotNode(ConfiguredNode):
             self.queue.clear()
             self.episode_over = True
         if not self.queue:
-            self._publish_result(stamp, bool(terminated), bool(truncated))
+            self._publish_result(stamp, bool(terminated), bool(truncated),
+                                 "success" if terminated else "episode_ended" if truncated else "complete")
 
-    def _publish_result(self, stamp, success: bool, truncated: bool) -> None:
-        """Every chunk that began executing gets a result, also one cut short by a newer chunk (fewer steps than
-        its execute_steps, neither success nor truncated): the episode manager counts every executed step, and
-        the learner discards an episode whose stored chunk is not what was executed."""
+    def _publish_result(self, stamp, success: bool, truncated: bool, ended_by: str) -> None:
+        """Every chunk that began executing gets a result, also one cut short by a newer chunk (ended_by
+        "replaced", as the chunk executor says it): the episode manager counts every executed step, and the
+        learner discards an episode whose stored chunk is not what was executed."""
         result = ChunkResult(seq=self.chunk.seq, episode=self.chunk.episode, steps_executed=self.chunk_steps,
-                             reward=float(self.chunk_reward), success=success, truncated=truncated)
+                             reward=float(self.chunk_reward), success=success, truncated=truncated,
+                             ended_by=ended_by)
         result.header.stamp = stamp
         self.result_pub.publish(result)
 
