@@ -240,8 +240,9 @@ def test_children_die_with_the_supervisor_and_a_run_dir_has_one_supervisor(tmp_p
     finally:
         up.stop()
 
+    seen = len(probe.running())                                    # episodes of the first graph
     hup = Up(tmp_path / "run2")                                    # the terminal closing: a clean stop
-    probe.wait(lambda: probe.running(), 120, "an episode (every node up)")
+    probe.wait(lambda: len(probe.running()) > seen, 120, "an episode of the second graph (every node up)")
     pids = [s["pid"] for s in hup.state().values()]
     hup.proc.send_signal(signal.SIGHUP)
     assert hup.wait(90) == 0, hup.output()
