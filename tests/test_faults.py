@@ -240,8 +240,13 @@ def test_children_die_with_the_supervisor_and_a_run_dir_has_one_supervisor(tmp_p
     finally:
         up.stop()
 
-    seen = len(probe.running())                                    # episodes of the first graph
     hup = Up(tmp_path / "run2")                                    # the terminal closing: a clean stop
+    wait_for(lambda: len(hup.state()) == 5 and all(s["state"] == "running" for s in hup.state().values()), 120,
+             "all five nodes of the second graph")
+    drained = time.monotonic() + 2.0
+    while time.monotonic() < drained:                               # what the first graph sent is all in
+        probe.spin()
+    seen = len(probe.running())
     probe.wait(lambda: len(probe.running()) > seen, 120, "an episode of the second graph (every node up)")
     pids = [s["pid"] for s in hup.state().values()]
     hup.proc.send_signal(signal.SIGHUP)
