@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from dsrl_ros.core.bc import BCConfig, ChunkSampler, train_bc
 from dsrl_ros.core.episode_store import EpisodeStore
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.ram_episodes import RamEpisodes
+from dsrl_ros.core.stats import wilson_interval
 
 CLI = [sys.executable, "-m", "dsrl_ros.cli"]
 
@@ -98,3 +100,75 @@ def test_demo_runs_the_whole_headless_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "[4/4]" in result.stdout and "steered success" in result.stdout
     assert (tmp_path / "demo" / "rollout_base.png").exists() and (tmp_path / "demo" / "rollout_steered.png").exists()
+
+
+def eval_json(capsys, *args: str) -> dict:
+    from dsrl_ros.cli import main as cli_main
+
+    assert cli_main(["eval", "--episodes", "4", "--threads", "1", "--json", *args]) == 0  # a later --episodes wins
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_steer_reports_both_base_levels_and_both_actor_modes_on_the_same_seeds(capsys):
+    """On lift, w = 0 and w ~ N(0, I) give different episodes: each key must come from its own noise rule."""
+    from dsrl_ros.core.checkpoint import LIFT_BASE_POLICY, LIFT_STEER_ACTOR
+
+    lift = ["--policy", str(LIFT_BASE_POLICY)]
+    steered = eval_json(capsys, *lift, "--steer", str(LIFT_STEER_ACTOR))
+    gaussian = eval_json(capsys, *lift, "--noise", "gaussian")
+    zero = eval_json(capsys, *lift, "--noise", "zero")
+    assert steered["task"] == "lift" and steered["agent"] == "steered_policy" and gaussian["noise"] == "gaussian"
+    for prefix, alone in (("base_", gaussian), ("base_zero_", zero)):
+        for key in ("success_rate", "successes", "ci_low", "ci_high", "mean_episode_steps"):
+            assert steered[prefix + key] == alone[key], (prefix, key)
+    assert gaussian["mean_episode_steps"] != zero["mean_episode_steps"]        # the rules really differ here
+    for prefix in ("", "stochastic_"):
+        low, high = wilson_interval(steered[prefix + "successes"], 4)
+        assert (steered[prefix + "ci_low"], steered[prefix + "ci_high"]) == (low, high)
+    assert eval_json(capsys, *lift, "--steer", str(LIFT_STEER_ACTOR)) == {**steered, "seconds": ANY}  # seeded
+
+
+def test_eval_noise_scale_zero_is_w_zero_and_a_scale_changes_the_episodes(capsys):
+    from dsrl_ros.core.checkpoint import LIFT_BASE_POLICY
+
+    lift = ["--policy", str(LIFT_BASE_POLICY)]
+    zero, scale0 = eval_json(capsys, *lift, "--noise", "zero"), eval_json(capsys, *lift, "--noise", "scale:0")
+    wide = eval_json(capsys, *lift, "--noise", "scale:1.5")
+    assert (zero["successes"], zero["mean_episode_steps"]) == (scale0["successes"], scale0["mean_episode_steps"])
+    assert wide["mean_episode_steps"] > zero["mean_episode_steps"]          # 1.5 N(0, I) fails where w = 0 lifts
+
+
+@pytest.mark.parametrize("args,error", [(["--noise", "uniform"], "--noise: expected gaussian | zero | scale:S"),
+                                        (["--noise", "zero", "--steer", "x"], "--noise: not with --steer")])
+def test_eval_bad_noise_options_are_one_clear_error(capsys, args, error):
+    from dsrl_ros.cli import main as cli_main
+
+    assert cli_main(["eval", "--episodes", "1", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and error in err[0], err
+
+
+def test_baselines_command_reports_every_level_on_the_held_out_seeds(capsys, tmp_path):
+    from dsrl_ros.cli import main as cli_main
+    from dsrl_ros.core.checkpoint import LIFT_BASE_POLICY, read_config
+
+    lift = ["--policy", str(LIFT_BASE_POLICY)]
+    assert cli_main(["baselines", *lift, "--only", "zero,scale:1.5,ceiling,constant", "--episodes", "3",
+                     "--ceiling-k", "2", "--cem-iterations", "1", "--cem-population", "2", "--cem-elite", "1",
+                     "--cem-episodes", "1", "--cem-validate", "1", "--threads", "1", "--out", str(tmp_path),
+                     "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert summary == json.loads((tmp_path / "baselines.json").read_text())
+    levels = summary["baselines"]
+    assert list(levels) == ["zero", "scale:1.5", "ceiling", "constant"] and "| ceiling (K = 2) |" in "\n".join(out)
+    zero = eval_json(capsys, *lift, "--noise", "zero", "--episodes", "3")
+    wide = eval_json(capsys, *lift, "--noise", "scale:1.5", "--episodes", "3")
+    for name, alone in (("zero", zero), ("scale:1.5", wide)):      # the same seeds and draws as eval --noise
+        assert (levels[name]["successes"], levels[name]["mean_episode_steps"]) == \
+            (alone["successes"], alone["mean_episode_steps"])
+    assert levels["ceiling"]["successes"] >= levels["zero"]["successes"] and levels["ceiling"]["k"] == 2
+    noise = json.loads((tmp_path / "best_constant_noise.json").read_text())
+    shape = PolicyConfig.from_json(read_config(LIFT_BASE_POLICY)["policy"]).noise_shape
+    assert np.array(noise["noise"]).shape == tuple(noise["shape"]) == shape and noise["task"] == "lift"
+    assert levels["constant"]["cem_training_seeds"] == [200_000, 200_001]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, read_config
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, policy_task
 from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, ChunkEpisode, ChunkReplay, chunk_schema
 from dsrl_ros.core.steering import PolicySteering, SteerConfig, chunk_reward, rng_from_json, rng_state_json
 from dsrl_ros.plotting import plot_learning_curve
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         rng, history = rng_from_json(trainer["rng"]), trainer["history"]
         print(f"resumed at episode {len(history)} ({steering.agent.num_updates} updates, "
               f"{replay.episodes.n_episodes} episodes in the replay)")
-    task = read_config(args.policy).get("metadata", {}).get("store_attrs", {}).get("task", "lift")
+    task = policy_task(args.policy)
     env = make_env(task, image_size=c.image_shape[0])
     writer = _tensorboard(out / "tb")
     window = deque((h["success"] for h in history[-WINDOW:]), maxlen=WINDOW)

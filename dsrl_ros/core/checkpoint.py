@@ -22,7 +22,11 @@ POLICY_FORMAT = "dsrl_ros.diffusion_policy/1"
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
-DEFAULT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"   # DSRL-NA actor for the base policy above
+DEFAULT_STEER_ACTOR: Path | None = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"   # for the base policy above
+# The easy task: the cube-lift policy and a DSRL-NA actor trained for it.
+LIFT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
+LIFT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"
+FALLBACK_TASK = "lift"                      # for checkpoints that name no task
 
 
 def write_atomic(path: Path, write) -> None:
@@ -67,6 +71,13 @@ def read_config(directory: str | Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {path}: expected a JSON object, got {type(config).__name__}")
     return config
+
+
+def policy_task(directory: str | Path) -> str:
+    """The sim task a policy checkpoint is made for: `metadata.task` (train-bc --task), else the task its
+    demonstrations were recorded on, else FALLBACK_TASK."""
+    metadata = read_config(directory).get("metadata", {})
+    return metadata.get("task") or metadata.get("store_attrs", {}).get("task") or FALLBACK_TASK
 
 
 def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

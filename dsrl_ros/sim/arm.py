@@ -11,6 +11,8 @@ scratch MjData turns it into joint targets for position servos; SUBSTEPS physics
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dsrl_ros.sim.gl import choose_gl_backend, render_context_error
 
 choose_gl_backend()  # before mujoco is imported anywhere
@@ -33,6 +35,16 @@ LIFT_HEIGHT = 0.05                                           # m above resting h
 PLACE_TOLERANCE = 0.025                                      # m, cube centre to target centre (xy)
 CUBE_X, CUBE_Y, CUBE_YAW = (0.36, 0.54), (-0.15, 0.15), (-np.pi / 4, np.pi / 4)
 TARGET_X, TARGET_Y, TARGET_MIN_DIST = (0.36, 0.56), (-0.2, 0.2), 0.12
+
+
+@dataclass(frozen=True)
+class ArmSnapshot:
+    data: "mujoco.MjData"
+    steps: int
+    ee_target: np.ndarray
+    yaw_target: float
+    q_target: np.ndarray
+    target_pos: np.ndarray | None
 
 
 def _yaw_down_quat(yaw: float) -> np.ndarray:
@@ -129,6 +141,26 @@ class ArmEnv:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+    # ---- save / restore (the steerable-ceiling search tries several chunks from one state) ----------------------
+    def snapshot(self) -> "ArmSnapshot":
+        """Everything the future depends on besides the actions: all of MjData (derived quantities too, so a run
+        restored from here repeats the original bit for bit), the controller's targets, the step count."""
+        data = mujoco.MjData(self.model)
+        mujoco.mj_copyData(data, self.model, self.data)
+        target = None if self._target_geom is None else self.model.geom_pos[self._target_geom].copy()
+        return ArmSnapshot(data, self._steps, self._ee_target.copy(), self._yaw_target, self._q_target.copy(), target)
+
+    def restore(self, snap: "ArmSnapshot") -> None:
+        mujoco.mj_copyData(self.data, self.model, snap.data)
+        self._steps, self._yaw_target = snap.steps, snap.yaw_target
+        self._ee_target, self._q_target = snap.ee_target.copy(), snap.q_target.copy()
+        if snap.target_pos is not None:
+            self.model.geom_pos[self._target_geom] = snap.target_pos
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The observation of the current state (what the last reset/step returned, recomputed)."""
+        return self._observation()
 
     # ---- privileged state (scripted expert, tests) -------------------------------------------------------------
     def cube_pose(self) -> tuple[np.ndarray, float]:
