@@ -24,6 +24,7 @@ import yaml
 ROBOT_KINDS = ("sim", "real")
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
 ALGOS = ("na", "sac")
+SIM_TASKS = ("lift_block", "lift", "place")   # the embedded sim's tasks (dsrl_ros/sim/arm.py TASKS)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 class RobotSection:
     name: str
     kind: str                               # "sim": the embedded MuJoCo arm; "real": a physical arm's drivers
-    sim_task: str = "lift"                  # sim only: "lift" | "place"
+    sim_task: str = "lift"                  # sim only: one of SIM_TASKS (docs/base_policy.md)
     sim_seed: int = 0                       # sim only: episode i resets with seed sim_seed + i
 
 
@@ -311,7 +312,7 @@ def _check_values(c: StackConfig) -> None:
     require(c.ros.discovery_range in ("LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT"), "ros.discovery_range",
             "LOCALHOST | SUBNET | OFF | SYSTEM_DEFAULT", c.ros.discovery_range)
     if c.robot.kind == "sim":
-        require(c.robot.sim_task in ("lift", "place"), "robot.sim_task", "'lift' or 'place'", c.robot.sim_task)
+        require(c.robot.sim_task in SIM_TASKS, "robot.sim_task", f"one of {list(SIM_TASKS)}", c.robot.sim_task)
 
 
 def check_policy_fits_config(pc, c: StackConfig) -> None:
