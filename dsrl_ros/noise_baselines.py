@@ -2,7 +2,8 @@
 steerable ceiling. Headless, no ROS; any env with reset/step (+ snapshot/restore for the ceiling) and any policy
 with `config.noise_shape`, `config.n_obs_steps` and `act(stacked_obs, noise)` will do.
 
-- Noise rules (`parse_noise_rule`): w ~ N(0, I) ("gaussian"), w = 0 ("zero"), w ~ S·N(0, I) ("scale:S").
+- Noise rules (`parse_noise_rule`): w ~ N(0, I) ("gaussian"), w = 0 ("zero"),
+  w ~ S·N(0, I) ("scale:S").
 - Best constant noise (`cem_constant_noise`): one w for every state and every decision, found by the
   cross-entropy method on training seeds. What a state-blind choice of noise can reach.
 - Steerable ceiling (`ceiling_episode`): at every decision, save the sim state, try K noises (w = 0 first, then
@@ -142,6 +143,7 @@ class CemResult:
     best_w: np.ndarray              # the candidate with the best validation score
     best_score: float               # its validation score (training seeds: optimistic, report held-out instead)
     history: list[dict] = field(default_factory=list)   # per iteration: mean/best/elite scores, std
+    finalists: list[dict] = field(default_factory=list)  # each finalist's name and score (validation if given)
 
 
 def cem_constant_noise(score: Callable[[np.ndarray, int], float], shape: tuple[int, ...], rng: np.random.Generator,
@@ -149,8 +151,8 @@ def cem_constant_noise(score: Callable[[np.ndarray, int], float], shape: tuple[i
                        min_std: float = 0.05, validate: Callable[[np.ndarray], float] | None = None) -> CemResult:
     """Cross-entropy method over one constant w: maximise `score(w, iteration)` (e.g. success on that iteration's
     training seeds; all candidates of an iteration see the same seeds). The first population contains w = 0.
-    Candidates kept for the final pick: each iteration's best and the final mean; `validate(w)` (fresh training
-    seeds) picks among them, else their iteration score does."""
+    Candidates kept for the final pick: w = 0 (a constant noise too), each iteration's best and the final mean;
+    `validate(w)` (fresh training seeds) picks among them, else their iteration score does."""
     if not 1 <= elite <= population or iterations < 1:
         raise ValueError(f"cem: expected 1 <= elite ({elite}) <= population ({population}) and iterations >= 1")
     mean, std = np.zeros(shape), np.full(shape, float(init_std))
@@ -161,14 +163,17 @@ def cem_constant_noise(score: Callable[[np.ndarray, int], float], shape: tuple[i
         if it == 0:
             samples[0] = 0.0
         scores = np.array([score(w.astype(np.float32), it) for w in samples])
+        if it == 0:
+            finalists.append(("w = 0", float(scores[0]), samples[0].astype(np.float32)))
         order = np.argsort(-scores, kind="stable")
         elites = samples[order[:elite]]
-        finalists.append((float(scores[order[0]]), samples[order[0]].astype(np.float32)))
+        finalists.append((f"iteration {it} best", float(scores[order[0]]), samples[order[0]].astype(np.float32)))
         mean, std = elites.mean(axis=0), np.maximum(elites.std(axis=0), min_std)
         history.append({"iteration": it, "mean_score": float(scores.mean()), "best_score": float(scores[order[0]]),
                         "elite_score": float(scores[order[:elite]].mean()), "std": float(std.mean())})
-    finalists.append((float("-inf"), mean.astype(np.float32)))
+    finalists.append(("final mean", float("-inf"), mean.astype(np.float32)))
     if validate is not None:
-        finalists = [(validate(w), w) for _, w in finalists]
-    best_score, best_w = max(finalists, key=lambda f: f[0])
-    return CemResult(best_w=best_w, best_score=best_score, history=history)
+        finalists = [(name, validate(w), w) for name, _, w in finalists]
+    _, best_score, best_w = max(finalists, key=lambda f: f[1])
+    return CemResult(best_w=best_w, best_score=best_score, history=history,
+                     finalists=[{"name": name, "score": score} for name, score, _ in finalists])

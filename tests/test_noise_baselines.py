@@ -131,8 +131,12 @@ def test_cem_validation_picks_among_the_finalists():
     calls = []
     result = cem_constant_noise(lambda w, it: float(w.sum()), (2, 1), np.random.default_rng(0), iterations=3,
                                 population=6, elite=2, validate=lambda w: calls.append(w) or -float(w.sum()))
-    assert len(calls) == 4                               # each iteration's best + the final mean
+    assert len(calls) == 5                       # w = 0, each iteration's best, the final mean
+    assert not calls[0].any()
     assert result.best_score == max(-float(w.sum()) for w in calls)
+    assert [f["name"] for f in result.finalists] == ["w = 0", "iteration 0 best", "iteration 1 best",
+                                                     "iteration 2 best", "final mean"]
+    assert [f["score"] for f in result.finalists] == [-float(w.sum()) for w in calls]
 
 
 @pytest.mark.parametrize("spec,scale", [("gaussian", 1.0), ("zero", 0.0), ("scale:0.3", 0.3), ("scale:0", 0.0)])

@@ -37,12 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes per baseline")
     p.add_argument("--seed", type=int, default=100_000, help="first held-out env seed; episode i uses seed + i")
     p.add_argument("--ceiling-k", type=int, default=16, help="noises tried per decision by the ceiling search")
-    p.add_argument("--cem-iterations", type=int, default=6)
-    p.add_argument("--cem-population", type=int, default=12)
-    p.add_argument("--cem-elite", type=int, default=3)
-    p.add_argument("--cem-episodes", type=int, default=10, help="training seeds per CEM iteration (all "
+    p.add_argument("--cem-iterations", type=int, default=8)
+    p.add_argument("--cem-population", type=int, default=16)
+    p.add_argument("--cem-elite", type=int, default=4)
+    p.add_argument("--cem-episodes", type=int, default=20, help="training seeds per CEM iteration (all "
                                                                 "candidates of an iteration share them)")
-    p.add_argument("--cem-validate", type=int, default=30, help="training seeds that pick among CEM's finalists")
+    p.add_argument("--cem-validate", type=int, default=60, help="training seeds that pick among CEM's finalists")
     p.add_argument("--cem-seed", type=int, default=CEM_SEED, help="first training seed of the CEM search")
     p.add_argument("--out", default=None, help="directory for baselines.json and best_constant_noise.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -143,6 +143,7 @@ def _best_constant_noise(env, policy, args: argparse.Namespace) -> tuple[np.ndar
                                 validate=(lambda w: success_rate(w, validation)) if args.cem_validate else None)
     bar.close()
     return result.best_w, {"cem_history": result.history, "cem_validation_success": result.best_score,
+                           "cem_finalists": result.finalists,
                            "cem_training_seeds": [args.cem_seed, validation.stop - 1]}
 
 
