@@ -22,17 +22,18 @@ from machine import machine_description  # noqa: E402
 
 from dsrl_ros.core.checkpoint import load_policy  # noqa: E402
 from dsrl_ros.core.dsrl import DSRL  # noqa: E402
-from dsrl_ros.core.steering import PolicySteering, SteerConfig  # noqa: E402
+from dsrl_ros.core.agent_config import AgentConfig  # noqa: E402
+from dsrl_ros.core.steering import PolicySteering, dsrl_config  # noqa: E402
 
 OBS_DIM, NOISE_DIM, BATCH = 256, 40, 256
 
 
 def ours_updates_per_s(hidden: int, device: str, algo: str, seconds: float) -> float:
-    config = SteerConfig(algo=algo, hidden_dim=hidden, num_layers=3, batch_size=BATCH)
+    config = AgentConfig(algo=algo, hidden_dim=hidden, num_layers=3, batch_size=BATCH)
     if algo == "na":
         agent = PolicySteering(load_policy(device=device), config).agent
     else:
-        agent = DSRL(config.dsrl_config(OBS_DIM, NOISE_DIM))
+        agent = DSRL(dsrl_config(config, OBS_DIM, NOISE_DIM))
     agent.to(device)
     n = 10_000  # replay of random transitions; sampling is part of the timed loop, as in SB3's train()
     data = {"obs": torch.randn(n, OBS_DIM), "next_obs": torch.randn(n, OBS_DIM), "noise": torch.randn(n, NOISE_DIM),

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_policy.py", "bench_sim.py", "bench_store.py", "bench_dds.py"]
+BENCHES = ["bench_policy.py", "bench_sim.py", "bench_store.py", "bench_dds.py", "bench_bag2zarr.py"]
 
 if __name__ == "__main__":
     for name in BENCHES:

@@ -21,11 +21,25 @@ from typing import Any, Sequence
 
 import yaml
 
+from dsrl_ros.core.agent_config import AgentConfig
+
 ROBOT_KINDS = ("sim", "real")
+SIM_INTERFACES = ("direct", "hardware")
+EXECUTOR_BACKENDS = ("joint_trajectory", "forward_position", "cartesian_pose", "cartesian_twist")
+GRIPPER_MODES = ("none", "joint", "topic")
+REALSENSE_BACKENDS = ("device", "bag", "synthetic")
+# Where each backend's ros2_control controller listens by default (executor.command_topic overrides).
+DEFAULT_COMMAND_TOPICS = {
+    "joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
+    "forward_position": "/forward_position_controller/commands",
+    "cartesian_pose": "/cartesian_pose_controller/target_pose",
+    "cartesian_twist": "/servo_node/delta_twist_cmds",
+}
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
-ALGOS = ("na", "sac")
 SIM_TASKS = ("lift_block", "lift", "place")   # the embedded sim's tasks (dsrl_ros/sim/arm.py TASKS)
 DEVICES = ("auto", "cpu", "cuda")
+BAG_COMPRESSIONS = ("none", "lz4", "zstd")
+BAG_STAMPS = ("receive", "header")
 
 
 class ConfigError(ValueError):
@@ -38,6 +52,9 @@ class RobotSection:
     kind: str                               # "sim": the embedded MuJoCo arm; "real": a physical arm's drivers
     sim_task: str = "lift"                  # sim only: one of SIM_TASKS (docs/base_policy.md)
     sim_seed: int = 0                       # sim only: episode i resets with seed sim_seed + i
+    # sim only: "direct" = sim_robot executes chunks itself; "hardware" = the sim behind ros2_control-style
+    # controller topics (nodes/sim_hardware.py) driven by the chunk executor, as a real arm is
+    sim_interface: str = "direct"
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,21 @@ class CameraSection:
     width: int                              # the camera's image size: other sizes are dropped; the policy node
     height: int                             # resizes this size to the policy's input (logged at start)
     encoding: str = "rgb8"
+
+    @property
+    def info_topic(self) -> str:
+        """sensor_msgs/CameraInfo beside the image (realsense-ros naming: .../image_raw -> .../camera_info)."""
+        return self.topic.rsplit("/", 1)[0] + "/camera_info"
+
+
+@dataclass(frozen=True)
+class RealsenseSection:
+    enabled: bool = False                   # run nodes/realsense_camera.py in the graph (else: realsense-ros)
+    backend: str = "device"                 # device | bag (a RealSense .bag played back) | synthetic
+    serial: str = ""                        # device: this camera ("" = the first one found)
+    bag_file: str = ""                      # bag: the recording
+    fps: int = 30
+    depth: bool = False                     # also aligned depth (16UC1, mm) on .../aligned_depth_to_color/
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,47 @@ class ActionSection:
 
 
 @dataclass(frozen=True)
+class ExecutorSection:
+    """The chunk executor (nodes/chunk_executor.py): a real arm's, or the sim's in hardware mode."""
+    backend: str = "joint_trajectory"       # joint_trajectory | forward_position | cartesian_pose | cartesian_twist
+    command_topic: str = ""                 # "" = the backend's usual controller topic (config.DEFAULT_COMMAND_TOPICS)
+    controller_rate_hz: float = 100.0       # streaming backends command at this rate; the sim simulates at it
+    latency_margin_s: float = 0.1           # action i is due at obs stamp + this (on the grid) + i / control.rate_hz
+    action_scale: list[float] = field(default_factory=list)   # robot units per action unit ([] = 1 each)
+    tip_frame: str = "tool0"                # URDF frame whose pose ee_delta actions move
+    base_frame: str = "base"                # frame_id of Cartesian commands (the URDF's root)
+    robot_description_topic: str = "/robot_description"   # std_msgs/String, transient local
+    gripper_mode: str = "none"              # none | joint (in the joint command) | topic (Float64MultiArray)
+    gripper_joint: str = ""                 # its JointState name (opening, m) and command joint name
+    gripper_topic: str = ""
+    grip_open_action: float = 0.0           # action value meaning open / closed
+    grip_closed_action: float = 1.0
+    gripper_open_width: float = 0.08        # m
+    gripper_closed_width: float = 0.0
+    velocity_scale: float = 0.5             # fraction of joints.velocity_limit the executor may command
+    joint_margin_rad: float = 0.02          # joint targets stay this far inside joints.position_lower/upper
+    max_ee_step_m: float = 0.02             # per action step
+    max_ee_step_rad: float = 0.1
+    joint_state_timeout_s: float = 0.1      # older joint states -> hold, chunks refused
+    chunk_timeout_s: float = 2.0            # an episode running without a chunk this long -> hold
+    success_topic: str = ""                 # std_msgs/Bool from a success detector ("" = the operator labels)
+    # 1..99: the control thread runs SCHED_FIFO at this priority (needs CAP_SYS_NICE or an rtprio limit; without
+    # it a warning and normal scheduling); 0: normal scheduling. Streaming at 500 Hz on a busy PC needs it.
+    realtime_priority: int = 0
+
+    @property
+    def topic(self) -> str:
+        return self.command_topic or DEFAULT_COMMAND_TOPICS.get(self.backend, "")
+
+
+@dataclass(frozen=True)
+class WorkspaceSection:
+    """The box the end effector (executor.tip_frame) must stay in, m, in the URDF's root frame."""
+    low: list[float] = field(default_factory=list)    # [x, y, z]; [] = no box (only allowed in the sim)
+    high: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class SafetySection:
     max_obs_age_s: float = 0.5              # a decision waiting longer for fresh sensor data logs which is late
     noise_deadline_s: float = 0.05          # no steering noise by then: w ~ N(0, I), chunk marked base-policy
@@ -103,21 +176,14 @@ class SteeringSection:
 
 
 @dataclass(frozen=True)
-class LearnerSection:
-    algo: str = "na"                        # na (DSRL-NA) | sac (DSRL-SAC)
+class LearnerSection(AgentConfig):
+    """The agent (every knob of `core/agent_config.py: AgentConfig`, with its defaults) plus where it runs."""
+
     run_dir: str = "runs/sim_arm"           # replay.zarr, checkpoint/, actor/ (relative to the working directory)
-    warmup_episodes: int = 10               # base-policy episodes before the first update
-    utd: float = 5.0                        # gradient updates per recorded transition (chunk)
-    publish_every_updates: int = 10         # a new actor version every N updates (a lagging actor hurts: docs/results.md)
     checkpoint_every_s: float = 30.0        # and after every committed episode
     device: str = "auto"
-    noise_magnitude: float = 1.5
-    hidden_dim: int = 128
-    batch_size: int = 128
-    init_temperature: float = 0.01
-    target_entropy: float = 0.0
-    reward: str = "time_penalty"
-    seed: int = 0
+    prior_replay: str = ""                  # offline-to-online: a replay store (dsrl-ros bag2zarr) mixed into batches
+    prior_fraction: float = 0.5             # share of each batch taken from prior_replay
 
 
 @dataclass(frozen=True)
@@ -142,6 +208,36 @@ class RosSection:
 
 
 @dataclass(frozen=True)
+class RecordingSection:
+    """The recorder node (`dsrl-ros up --record`): raw CDR of the graph's topics into a rosbag2 MCAP bag."""
+    enabled: bool = False                   # true: a recorder node joins the graph (--record sets it)
+    path: str = ""                          # bag directory; "": <learner.run_dir>/bags/rosbag2_<date-time>
+    topics: list[str] = field(default_factory=list)    # [] = every topic of the graph (discovered as it grows)
+    exclude: list[str] = field(default_factory=list)   # topics never recorded
+    max_split_mb: float = 1024.0            # a new file (split) after this many MB; 0: no size limit
+    max_split_s: float = 0.0                # ... or after this many seconds; 0: no time limit
+    flush_every_s: float = 1.0              # whole chunks reach the disk at least this often (a kill loses less)
+    compression: str = "none"               # MCAP chunk compression: none | lz4 | zstd
+    discovery_every_s: float = 1.0          # how often the graph is scanned for new topics
+
+
+@dataclass(frozen=True)
+class BagsSection:
+    """Converting rosbag2 bags into replay episodes (`dsrl-ros bag2zarr`, see dsrl_ros/bags/convert.py)."""
+    stamp: str = "receive"                  # time base: receive (the bag's log time) | header (header.stamp)
+    image_max_age_s: float = 0.1            # a stream is used "as of" a decision only if this fresh, never
+    proprio_max_age_s: float = 0.1          # from the future
+    command_topic: str = ""                 # actions from PoseStamped / JointTrajectory / JointState commands;
+                                            # "": from the measured ee pose (ee_delta) or joint states
+    action_scale: list[float] = field(default_factory=list)   # robot motion per action unit ([] = 1 each)
+    gripper_topic: str = ""                 # sensor_msgs/JointState carrying gripper_joints ("": joint states)
+    gripper_joints: list[str] = field(default_factory=list)   # their positions summed = the opening width
+    gripper_open_width: float = 0.08        # width read as action.low of the grip dimension (open)
+    gripper_closed_width: float = 0.0       # width read as action.high (closed)
+    split_gap_s: float = 0.0                # > 0: a gap this long in the action stream ends an episode
+
+
+@dataclass(frozen=True)
 class StackConfig:
     robot: RobotSection
     joints: JointsSection
@@ -150,11 +246,16 @@ class StackConfig:
     control: ControlSection
     action: ActionSection
     safety: SafetySection = field(default_factory=SafetySection)
+    executor: ExecutorSection = field(default_factory=ExecutorSection)
+    workspace: WorkspaceSection = field(default_factory=WorkspaceSection)
+    realsense: RealsenseSection = field(default_factory=RealsenseSection)
     policy: PolicySection = field(default_factory=PolicySection)
     steering: SteeringSection = field(default_factory=SteeringSection)
     learner: LearnerSection = field(default_factory=LearnerSection)
     episode: EpisodeSection = field(default_factory=EpisodeSection)
     ros: RosSection = field(default_factory=RosSection)
+    recording: RecordingSection = field(default_factory=RecordingSection)
+    bags: BagsSection = field(default_factory=BagsSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,7 +319,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{path}: missing (required)")
             continue
         kwargs[name] = _coerce(hints[name], data[name], path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:          # a section's own checks (e.g. AgentConfig's) name the field first
+        raise ConfigError(_join(where, str(err))) from None
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
@@ -292,14 +396,7 @@ def _check_values(c: StackConfig) -> None:
             f">= learner.noise_magnitude ({c.learner.noise_magnitude}: the actor's own bound)", c.safety.max_noise_abs)
     require(c.policy.device in DEVICES, "policy.device", f"one of {list(DEVICES)}", c.policy.device)
     require(c.learner.device in DEVICES, "learner.device", f"one of {list(DEVICES)}", c.learner.device)
-    require(c.learner.algo in ALGOS, "learner.algo", f"one of {list(ALGOS)}", c.learner.algo)
     require(bool(c.learner.run_dir), "learner.run_dir", "a directory", c.learner.run_dir)
-    require(c.learner.warmup_episodes >= 0, "learner.warmup_episodes", "an integer >= 0",
-            c.learner.warmup_episodes)
-    require(c.learner.noise_magnitude > 0, "learner.noise_magnitude", "a bound > 0", c.learner.noise_magnitude)
-    require(c.learner.utd > 0, "learner.utd", "updates per transition > 0", c.learner.utd)
-    require(c.learner.publish_every_updates >= 1, "learner.publish_every_updates", "an integer >= 1",
-            c.learner.publish_every_updates)
     require(c.learner.checkpoint_every_s > 0, "learner.checkpoint_every_s", "seconds > 0",
             c.learner.checkpoint_every_s)
     require(c.episode.reset_pause_s >= 0, "episode.reset_pause_s", "seconds >= 0", c.episode.reset_pause_s)
@@ -311,8 +408,114 @@ def _check_values(c: StackConfig) -> None:
     require(0 <= c.ros.domain_id <= 232, "ros.domain_id", "0..232", c.ros.domain_id)
     require(c.ros.discovery_range in ("LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT"), "ros.discovery_range",
             "LOCALHOST | SUBNET | OFF | SYSTEM_DEFAULT", c.ros.discovery_range)
+    _check_bag_values(c, require)
     if c.robot.kind == "sim":
         require(c.robot.sim_task in SIM_TASKS, "robot.sim_task", f"one of {list(SIM_TASKS)}", c.robot.sim_task)
+    require(c.robot.sim_interface in SIM_INTERFACES, "robot.sim_interface", f"one of {list(SIM_INTERFACES)}",
+            c.robot.sim_interface)
+    if uses_executor(c):
+        _check_executor(c, require)
+    _check_realsense(c, require)
+
+
+def uses_executor(c: StackConfig) -> bool:
+    """Real arms and the sim in hardware mode run the chunk executor."""
+    return c.robot.kind == "real" or c.robot.sim_interface == "hardware"
+
+
+def _check_executor(c: StackConfig, require) -> None:
+    e, d = c.executor, len(c.action.names)
+    require(e.backend in EXECUTOR_BACKENDS, "executor.backend", f"one of {list(EXECUTOR_BACKENDS)}", e.backend)
+    require(e.topic.startswith("/"), "executor.command_topic", "an absolute topic name", e.command_topic)
+    require(e.controller_rate_hz >= c.control.rate_hz, "executor.controller_rate_hz",
+            f"a rate >= control.rate_hz ({c.control.rate_hz:g})", e.controller_rate_hz)
+    require(e.latency_margin_s >= 0, "executor.latency_margin_s", "seconds >= 0", e.latency_margin_s)
+    require(len(e.action_scale) in (0, d), "executor.action_scale", f"{d} values (one per action.names) or []",
+            e.action_scale)
+    require(all(v > 0 for v in e.action_scale), "executor.action_scale", "values > 0", e.action_scale)
+    require(bool(e.tip_frame), "executor.tip_frame", "a URDF frame name", e.tip_frame)
+    require(e.robot_description_topic.startswith("/"), "executor.robot_description_topic", "an absolute topic name",
+            e.robot_description_topic)
+    require(e.gripper_mode in GRIPPER_MODES, "executor.gripper_mode", f"one of {list(GRIPPER_MODES)}",
+            e.gripper_mode)
+    if e.gripper_mode == "joint":
+        require(e.backend in ("joint_trajectory", "forward_position"), "executor.gripper_mode",
+                "'topic' or 'none' for a Cartesian backend", e.gripper_mode)
+        require(bool(e.gripper_joint), "executor.gripper_joint", "the gripper's joint name (gripper_mode joint)",
+                e.gripper_joint)
+    if e.gripper_mode == "topic":
+        require(e.gripper_topic.startswith("/"), "executor.gripper_topic", "an absolute topic name",
+                e.gripper_topic)
+    if e.gripper_mode != "none":
+        require("grip" in c.action.names, "action.names", "a 'grip' dimension (executor.gripper_mode is not none)",
+                c.action.names)
+        require(e.grip_open_action != e.grip_closed_action, "executor.grip_closed_action",
+                f"a value other than grip_open_action ({e.grip_open_action:g})", e.grip_closed_action)
+    require(0 < e.velocity_scale <= 1, "executor.velocity_scale", "0 < scale <= 1", e.velocity_scale)
+    require(e.joint_margin_rad >= 0, "executor.joint_margin_rad", "radians >= 0", e.joint_margin_rad)
+    require(e.max_ee_step_m > 0, "executor.max_ee_step_m", "metres > 0", e.max_ee_step_m)
+    require(e.max_ee_step_rad > 0, "executor.max_ee_step_rad", "radians > 0", e.max_ee_step_rad)
+    require(e.joint_state_timeout_s > 0, "executor.joint_state_timeout_s", "seconds > 0", e.joint_state_timeout_s)
+    require(e.chunk_timeout_s > 0, "executor.chunk_timeout_s", "seconds > 0", e.chunk_timeout_s)
+    require(0 <= e.realtime_priority <= 99, "executor.realtime_priority", "0 (off) or a SCHED_FIFO priority 1..99",
+            e.realtime_priority)
+    require(not e.success_topic or e.success_topic.startswith("/"), "executor.success_topic",
+            "an absolute topic name or ''", e.success_topic)
+    arm = [n for n in c.action.names if n != "grip"]
+    if c.action.space == "ee_delta":
+        require({"dx", "dy", "dz"} <= set(arm) and set(arm) <= {"dx", "dy", "dz", "dyaw"}, "action.names",
+                "dx, dy, dz, optionally dyaw and grip (ee_delta)", c.action.names)
+    else:
+        require(len(arm) == len(c.joints.names), "action.names",
+                f"one per joint ({len(c.joints.names)}) plus an optional grip ({c.action.space})", c.action.names)
+    w = c.workspace
+    if w.low or w.high or c.robot.kind == "real":
+        require(len(w.low) == 3, "workspace.low", "[x, y, z] in m (a real arm needs a workspace box)", w.low)
+        require(len(w.high) == 3, "workspace.high", "[x, y, z] in m", w.high)
+        for i, axis in enumerate("xyz"):
+            require(w.low[i] < w.high[i], f"workspace.high[{i}]", f"> workspace.low[{i}] ({w.low[i]}, {axis})",
+                    w.high[i])
+    for i, (lo, hi) in enumerate(zip(c.joints.position_lower, c.joints.position_upper)):
+        require(hi - lo > 2 * e.joint_margin_rad, "executor.joint_margin_rad",
+                f"< half the range of joint {i} ({(hi - lo) / 2:g})", e.joint_margin_rad)
+
+
+def _check_realsense(c: StackConfig, require) -> None:
+    r = c.realsense
+    require(r.backend in REALSENSE_BACKENDS, "realsense.backend", f"one of {list(REALSENSE_BACKENDS)}", r.backend)
+    require(r.fps in (6, 15, 30, 60, 90), "realsense.fps", "6, 15, 30, 60 or 90 (RealSense colour rates)", r.fps)
+    require(r.backend != "bag" or bool(r.bag_file), "realsense.bag_file", "a .bag path (realsense.backend bag)",
+            r.bag_file)
+
+
+def _check_bag_values(c: StackConfig, require) -> None:
+    require(0.0 <= c.learner.prior_fraction <= 1.0, "learner.prior_fraction", "a share of each batch in 0..1",
+            c.learner.prior_fraction)
+    r, b = c.recording, c.bags
+    for key in ("topics", "exclude"):
+        for i, topic in enumerate(getattr(r, key)):
+            require(topic.startswith("/"), f"recording.{key}[{i}]", "an absolute topic name", topic)
+    require(r.max_split_mb >= 0, "recording.max_split_mb", "MB >= 0 (0: no size limit)", r.max_split_mb)
+    require(r.max_split_s >= 0, "recording.max_split_s", "seconds >= 0 (0: no time limit)", r.max_split_s)
+    require(r.flush_every_s > 0, "recording.flush_every_s", "seconds > 0", r.flush_every_s)
+    require(r.compression in BAG_COMPRESSIONS, "recording.compression", f"one of {list(BAG_COMPRESSIONS)}",
+            r.compression)
+    require(r.discovery_every_s > 0, "recording.discovery_every_s", "seconds > 0", r.discovery_every_s)
+    require(b.stamp in BAG_STAMPS, "bags.stamp", f"one of {list(BAG_STAMPS)}", b.stamp)
+    require(b.image_max_age_s > 0, "bags.image_max_age_s", "seconds > 0", b.image_max_age_s)
+    require(b.proprio_max_age_s > 0, "bags.proprio_max_age_s", "seconds > 0", b.proprio_max_age_s)
+    require(not b.command_topic or b.command_topic.startswith("/"), "bags.command_topic",
+            "an absolute topic name or ''", b.command_topic)
+    require(not b.gripper_topic or b.gripper_topic.startswith("/"), "bags.gripper_topic",
+            "an absolute topic name or ''", b.gripper_topic)
+    d = len(c.action.names)
+    require(len(b.action_scale) in (0, d), "bags.action_scale", f"[] or {d} values (one per action.names)",
+            b.action_scale)
+    for i, v in enumerate(b.action_scale):
+        require(v > 0, f"bags.action_scale[{i}]", "a scale > 0", v)
+    require(b.gripper_open_width != b.gripper_closed_width, "bags.gripper_open_width",
+            f"a width other than gripper_closed_width ({b.gripper_closed_width})", b.gripper_open_width)
+    require(b.split_gap_s >= 0, "bags.split_gap_s", "seconds >= 0 (0: no split)", b.split_gap_s)
 
 
 def check_policy_fits_config(pc, c: StackConfig) -> None:

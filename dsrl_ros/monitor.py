@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dsrl_interfaces.msg import EpisodeEvent, LearnerStatus
 from dsrl_ros.core.run_identity import RunKey
-from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, check_episode_event, outcome_name, qos, stamp_ns
+from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, check_signed, outcome_name, qos, stamp_ns
 
 
 @dataclass
@@ -44,7 +44,7 @@ class StackMonitor:
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         try:
-            check_episode_event(msg, self.key)
+            check_signed(msg, self.key)
         except ValueError:
             return
         if msg.state == EpisodeEvent.STATE_RUNNING:

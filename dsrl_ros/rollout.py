@@ -42,8 +42,11 @@ def gaussian_noise(policy: DiffusionPolicy, rng: np.random.Generator) -> NoiseCh
 
 
 def run_episode(env: Env, policy: DiffusionPolicy, choose_noise: NoiseChooser, seed: int,
-                record_frames: bool = False, on_chunk: ChunkCallback | None = None) -> EpisodeResult:
-    """One episode, chunk by chunk; `on_chunk` sees every decision (how the DSRL loop records transitions)."""
+                record_frames: bool = False, on_chunk: ChunkCallback | None = None,
+                execute_steps: int | None = None) -> EpisodeResult:
+    """One episode, chunk by chunk; `on_chunk` sees every decision (how the DSRL loop records transitions).
+    execute_steps: actions of each chunk executed before the next decision (None: all, as control.execute_steps
+    does on a robot)."""
     obs, _ = env.reset(seed=seed)
     history = ObsHistory(policy.config.n_obs_steps)
     stacked = history.reset(obs)
@@ -56,7 +59,7 @@ def run_episode(env: Env, policy: DiffusionPolicy, choose_noise: NoiseChooser, s
         chunk = policy.act(stacked, noise)
         result.chunks += 1
         chunk_reward = 0.0
-        for action in chunk:
+        for action in chunk[:execute_steps]:
             obs, reward, terminated, truncated, info = env.step(action)
             stacked = history.push(obs)
             result.steps += 1

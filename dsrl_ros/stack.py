@@ -3,8 +3,11 @@
 Both launchers build from here: `dsrl-ros up` (our supervisor, one process per node, no ROS install needed)
 and `launch/dsrl.launch.py` (`ros2 launch` on a robot PC). No rclpy import: the graph is plain data.
 
-  sim robot:  sim_robot, episode_manager, policy, steering, learner
-  real robot: episode_manager, policy, steering, learner  (+ the arm's and camera's own drivers)
+  sim robot:           sim_robot, episode_manager, policy, steering, learner
+  sim in hardware mode: sim_hardware, chunk_executor, episode_manager, policy, steering, learner
+  real robot:          chunk_executor, [realsense_camera,] episode_manager, policy, steering, learner
+                       (+ the arm's ros2_control driver and robot_state_publisher)
+  any, with recording.enabled (`dsrl-ros up --record`): + recorder (the session into a rosbag2 MCAP bag)
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsrl_ros.config import StackConfig
+from dsrl_ros.config import StackConfig, uses_executor
 
-NODE_EXECUTABLES = ("sim_robot", "episode_manager", "policy", "steering", "learner")
+NODE_EXECUTABLES = ("sim_robot", "sim_hardware", "chunk_executor", "realsense_camera", "episode_manager", "policy",
+                    "steering", "learner", "recorder")
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,23 @@ def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: f
     sim = config.robot.kind == "sim"
     learners = ["policy", "steering", "learner"]
     nodes = []
-    if sim:
+    if sim and config.robot.sim_interface == "hardware":
+        nodes.append(NodeSpec("sim_hardware", {"robot_config": path}))       # real time, like an arm
+    elif sim:
         nodes.append(NodeSpec("sim_robot", {"robot_config": path, "realtime_factor": float(realtime_factor)}))
-    nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(learners)}))
+    # The episode manager starts an episode only while every node that must see it whole is up.
+    waits = list(learners)
+    if uses_executor(config):
+        nodes.append(NodeSpec("chunk_executor", {"robot_config": path}))
+        waits.insert(0, "chunk_executor")
+    if config.realsense.enabled:
+        nodes.append(NodeSpec("realsense_camera", {"robot_config": path}))
+    if config.recording.enabled:
+        waits.append("recorder")
+    nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(waits)}))
     nodes += [NodeSpec(name, {"robot_config": path}) for name in learners]
+    if config.recording.enabled:
+        nodes.append(NodeSpec("recorder", {"robot_config": path}))
     return nodes
 
 

@@ -152,12 +152,16 @@ class Supervisor:
             self._state_unwritable = True
 
     def _last_error(self, child: Child, code: int) -> str:
-        """The node's last log line (its error: a one-line error, or a traceback's last line)."""
+        """What this run of the node left as its last log line (a one-line error, or a traceback's last line);
+        a node killed by a signal before it said anything: the signal's name."""
         try:
-            lines = (self.log_dir / f"{child.spec.name}.log").read_text(errors="replace").strip().splitlines()
+            text = (self.log_dir / f"{child.spec.name}.log").read_text(errors="replace")
         except OSError:
-            lines = []
-        lines = [line for line in lines if line.strip() and not line.startswith("--- start")]
+            text = ""
+        lines = [line for line in text.split("--- start")[-1].splitlines()[1:] if line.strip()]
+        if code < 0:
+            died = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit code {code}"
+            return f"{died}" + (f" after: {lines[-1].strip()}" if lines else " before it logged anything")
         return lines[-1].strip() if lines else f"exit code {code}"
 
 

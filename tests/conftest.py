@@ -5,6 +5,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 # Set before anything imports rclpy or mujoco.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -32,3 +34,13 @@ def _claim_domain() -> tuple[int, object | None]:
 
 _DOMAIN, _DOMAIN_LOCK = _claim_domain()
 os.environ["ROS_DOMAIN_ID"] = str(_DOMAIN)
+
+
+@pytest.fixture
+def probe():
+    """An rclpy node recording what a running graph publishes (tests/stack_harness.py: Probe)."""
+    from stack_harness import Probe
+
+    p = Probe()
+    yield p
+    p.close()

@@ -28,10 +28,12 @@ FAST = ["--set", "learner.warmup_episodes=1", "--set", "learner.utd=2", "--set",
 class Up:
     """`dsrl-ros up` in the background, its output in <run_dir>.out."""
 
-    def __init__(self, run_dir: Path, *args: str, config: str = SIM, fast: bool = True):
+    def __init__(self, run_dir: Path, *args: str, config: str = SIM, fast: bool = True, out_dir: Path | None = None):
+        """out_dir: where the output file goes (default: beside the run directory)."""
         self.run_dir = Path(run_dir)
-        n = len(list(self.run_dir.parent.glob(f"{self.run_dir.name}.*.out")))
-        self.out_path = self.run_dir.with_name(f"{self.run_dir.name}.{n}.out")   # one per start, none overwritten
+        out_dir = Path(out_dir) if out_dir is not None else self.run_dir.parent
+        n = len(list(out_dir.glob(f"{self.run_dir.name}.*.out")))
+        self.out_path = out_dir / f"{self.run_dir.name}.{n}.out"            # one per start, none overwritten
         self._out = open(self.out_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.cli", "up", config, *(FAST if fast else []),
                                       "--run-dir", str(self.run_dir), *args], cwd=self.run_dir.parent,
@@ -140,15 +142,6 @@ class Probe:
 
         return [e for e in self.events if e.state == EpisodeEvent.STATE_ENDED]
 
-    def seeds(self) -> dict[int, int]:
-        """robot episode -> the sim seed it was reset with (the RUNNING event's detail: "reset with seed N")."""
-        out = {}
-        for e in self.running():
-            m = re.search(r"reset with seed (\d+)", e.detail)
-            if m:
-                out[e.episode] = int(m.group(1))
-        return out
-
     def publish(self, msg_type, topic: str, messages: list, profile: str, until=None, seconds: float = 1.5):
         """Publishes the messages repeatedly until `until()` holds (or for `seconds`): a new publisher needs
         ~0.35 s to be discovered, so a single publish may reach nobody."""
@@ -162,6 +155,23 @@ class Probe:
             self.spin()
         self.node.destroy_publisher(pub)
 
+    def flood(self, msg_type, topic: str, messages: list, profile: str, seconds: float, rate_hz: float) -> int:
+        """Publishes `messages` round-robin at about `rate_hz` for `seconds` from one publisher, once a reader has
+        matched it; returns how many were sent."""
+        from dsrl_ros.nodes.ros_io import qos
+
+        pub = self.node.create_publisher(msg_type, topic, qos()[profile])
+        self.wait(lambda: pub.get_subscription_count() > 0, 30, f"a reader of {topic}")
+        sent, start = 0, time.monotonic()
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * rate_hz)
+            while sent < due:
+                pub.publish(messages[sent % len(messages)])
+                sent += 1
+            self.spin()
+        self.node.destroy_publisher(pub)
+        return sent
+
     def close(self) -> None:
         self.node.destroy_node()
         self.rclpy.try_shutdown()
@@ -173,22 +183,36 @@ def stored_episodes(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def assert_stored_episodes_are_whole(run_dir: Path, seeds: dict[int, int], task: str = "lift") -> int:
+def seeds_from_log(run_dir: Path) -> dict[int, int]:
+    """robot episode -> sim seed, from the episode manager's log ("episode N: running  reset with seed S"): it
+    survives the manager's restarts, and no message can be missed."""
+    text = (Path(run_dir) / "logs" / "episode_manager.log").read_text()
+    return {int(e): int(s) for e, s in re.findall(r"episode (\d+): running\s+reset with seed (\d+)", text)}
+
+
+def assert_stored_episodes_are_whole(run_dir: Path, seeds: dict[int, int] | None = None, task: str = "lift") -> int:
     """Every stored episode is exactly one whole robot episode: a fresh sim reset with that episode's seed and fed
     its stored chunks reproduces every stored observation bit for bit, from the reset state to the final one,
-    and the stored success is the sim's. A merged, halved or reordered episode cannot pass. Returns the count."""
+    and the stored success is the sim's. A merged, halved or reordered episode cannot pass. Returns the count
+    checked; an episode whose log line was lost to a kill (marked "recovered": which robot episode it was is not
+    known) cannot be checked and is not counted. seeds: robot episode -> seed (default: from the manager's log)."""
     from dsrl_ros.core.episode_store import EpisodeStore
     from dsrl_ros.sim import make_env
 
     import yaml
 
+    seeds = seeds_from_log(run_dir) if seeds is None else seeds
     store = EpisodeStore.open(Path(run_dir) / "replay.zarr")
     records = stored_episodes(run_dir)
     assert len(records) == len(store), (len(records), len(store))
     execute = yaml.safe_load((Path(run_dir) / "stack_config.yaml").read_text())["control"]["execute_steps"]
     env = make_env(task, image_size=store.schema["image"][0][0])
     try:
+        checked = 0
         for index, record in enumerate(records):
+            if record.get("recovered"):
+                continue
+            checked += 1
             rows = store.get_episode(index)
             obs, _ = env.reset(seed=seeds[record["robot_episode"]])
             terminated = False
@@ -204,4 +228,4 @@ def assert_stored_episodes_are_whole(run_dir: Path, seeds: dict[int, int], task:
             assert bool(rows["terminal"].any()) == terminated, f"episode {index}: stored success != the sim's"
     finally:
         env.close()
-    return len(records)
+    return checked

@@ -12,6 +12,7 @@ import pytest
 
 from dsrl_ros.core.bc import BCConfig, ChunkSampler, train_bc
 from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.stats import wilson_interval
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.ram_episodes import RamEpisodes
 from dsrl_ros.core.stats import wilson_interval
@@ -42,7 +43,8 @@ def test_collect_demos_writes_a_store_and_reports_expert_success(pipeline):
     assert len(store) == 3 == summary["store_episodes"]
     assert set(store.schema) == {"image", "proprio", "action", "reward"}
     assert store.meta_attrs["task"] == "lift" and store.meta_attrs["noise_std"] == 0.1
-    assert 0 <= summary["ci_low"] <= summary["expert_success_rate"] <= summary["ci_high"] <= 1
+    successes = round(summary["expert_success_rate"] * 3)
+    assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(wilson_interval(successes, 3))
 
 
 def test_train_bc_writes_safetensors_json_and_a_loss_curve(pipeline):
@@ -59,7 +61,8 @@ def test_eval_json_is_the_last_line(pipeline):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["episodes"] == 2 and summary["task"] == "lift" and summary["agent"] == "base_policy"
-    assert summary["ci_low"] <= summary["success_rate"] <= summary["ci_high"]
+    assert summary["success_rate"] == summary["successes"] / 2
+    assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(wilson_interval(summary["successes"], 2))
 
 
 def test_bad_input_gives_one_clear_error_line(tmp_path):

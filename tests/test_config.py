@@ -12,7 +12,7 @@ CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("robot_configs/*.ya
 
 
 def test_the_shipped_configs_are_the_expected_robots():
-    assert {p.stem for p in CONFIGS} == {"sim_arm", "franka_fr3", "franka_panda", "ur5e"}
+    assert {p.stem for p in CONFIGS} == {"sim_arm", "sim_arm_hw", "franka_fr3", "franka_panda", "ur5e"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -76,5 +76,42 @@ def test_the_graph_for_sim_and_real_robots(tmp_path):
     cmd = sim[0].command("python")
     assert cmd[:5] == ["python", "-m", "dsrl_ros.nodes.sim_robot", "--ros-args", "-r"]
     assert "realtime_factor:=2.0" in cmd
-    real = build_graph(load_config("robot_configs/franka_fr3.yaml"), "robot_configs/franka_fr3.yaml")
-    assert [n.name for n in real] == ["episode_manager", "policy", "steering", "learner"]
+    hw = build_graph(load_config("robot_configs/sim_arm_hw.yaml"), "robot_configs/sim_arm_hw.yaml")
+    assert [n.name for n in hw] == ["sim_hardware", "chunk_executor", "episode_manager", "policy", "steering", "learner"]
+    assert hw[2].parameters["wait_for_nodes"] == "chunk_executor,policy,steering,learner"
+    real = build_graph(load_config("robot_configs/franka_fr3.yaml", ["realsense.enabled=false"]),
+                       "robot_configs/franka_fr3.yaml")
+    assert [n.name for n in real] == ["chunk_executor", "episode_manager", "policy", "steering", "learner"]
+
+
+@pytest.mark.parametrize("config, override, message", [
+    ("sim_arm_hw", "executor.backend=velocity", "executor.backend: expected one of ['joint_trajectory', "),
+    ("sim_arm_hw", "executor.backend=cartesian_pose", "executor.gripper_mode: expected 'topic' or 'none' for a "
+                                                      "Cartesian backend"),
+    ("sim_arm_hw", "workspace.low=[0.2, 0.0]", "workspace.low: expected [x, y, z] in m"),
+    ("sim_arm_hw", "workspace.high=[0.7, 0.3, 0.0]", "workspace.high[2]: expected > workspace.low[2] (0.012, z)"),
+    ("sim_arm_hw", "executor.velocity_scale=2", "executor.velocity_scale: expected 0 < scale <= 1, got 2.0"),
+    ("sim_arm_hw", "executor.action_scale=[1, 1]", "executor.action_scale: expected 5 values"),
+    ("sim_arm_hw", "executor.controller_rate_hz=10", "executor.controller_rate_hz: expected a rate >= "
+                                                     "control.rate_hz (20)"),
+    ("sim_arm_hw", "executor.command_topic=commands", "executor.command_topic: expected an absolute topic name"),
+    ("sim_arm_hw", "robot.sim_interface=usb", "robot.sim_interface: expected one of ['direct', 'hardware']"),
+    ("sim_arm_hw", "executor.joint_margin_rad=2", "executor.joint_margin_rad: expected < half the range of joint 1"),
+    ("ur5e", "workspace.low=[]", "workspace.low: expected [x, y, z] in m (a real arm needs a workspace box)"),
+    ("ur5e", "realsense.backend=usb", "realsense.backend: expected one of ['device', 'bag', 'synthetic']"),
+    ("ur5e", "realsense.backend=bag", "realsense.bag_file: expected a .bag path"),
+    ("ur5e", "action.names=[dx, dy, da, dyaw, grip]", "action.names: expected dx, dy, dz, optionally dyaw and grip"),
+])
+def test_a_bad_executor_or_workspace_value_gets_one_error_naming_the_field(config, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(f"robot_configs/{config}.yaml", [override])
+    assert message in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_real_arms_name_their_backend_controller_topic_and_workspace():
+    for name in ("ur5e", "franka_fr3", "franka_panda"):
+        c = load_config(f"robot_configs/{name}.yaml")
+        assert c.executor.backend == "joint_trajectory" and c.executor.topic.endswith("/joint_trajectory")
+        assert len(c.workspace.low) == 3 and c.executor.velocity_scale < 1
+    assert load_config("robot_configs/sim_arm.yaml").workspace.low == []   # the direct sim needs no executor

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.stack          # the node as a real process over DDS
 
 
 def fr3_config(tmp: Path) -> Path:
@@ -102,9 +103,15 @@ def test_the_step_limit_ends_an_episode_as_a_timeout(manager):
     assert call(manager, "start").success
     wait(manager, lambda: manager.events[-1].state == E.STATE_RUNNING, "RUNNING")
     episode = manager.events[-1].episode
-    for seq in range(25):                                           # 25 chunks x 8 steps = 200 = the FR3 limit
-        manager.result_pub.publish(ChunkResult(seq=seq, episode=episode, steps_executed=8))
+    from dsrl_ros.config import load_config
+
+    control = load_config(ROOT / "robot_configs" / "franka_fr3.yaml").control
+    chunks = -(-control.max_episode_steps // control.execute_steps)    # the step limit, in whole chunks
+    for seq in range(chunks):
+        assert manager.events[-1].state == E.STATE_RUNNING              # not ended before the limit
+        manager.result_pub.publish(ChunkResult(seq=seq, episode=episode, steps_executed=control.execute_steps))
         wait(manager, lambda: True, "a moment")                     # one chunk at a time, as a robot reports
     wait(manager, lambda: manager.events[-1].state != E.STATE_RUNNING, "the end of the episode")
     ended = next(e for e in manager.events if e.state == E.STATE_ENDED and e.episode == episode)
-    assert ended.outcome == E.OUTCOME_TIMEOUT and ended.steps == 200 and ended.chunks == 25
+    assert ended.outcome == E.OUTCOME_TIMEOUT and ended.chunks == chunks
+    assert ended.steps == chunks * control.execute_steps >= control.max_episode_steps

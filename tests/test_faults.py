@@ -13,23 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stack_harness import (FAST, SIM, Probe, Up, alive, assert_stored_episodes_are_whole, stored_episodes,
+from stack_harness import (FAST, SIM, Up, alive, assert_stored_episodes_are_whole, stored_episodes,
                            supervisor_state, wait_for)
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def probe():
-    p = Probe()
-    yield p
-    p.close()
 
 
 def _steered(probe, timeout_s=240):
@@ -56,10 +48,11 @@ def _actor_payload(config_overrides: list[str], **steer_changes):
 
     from dsrl_ros.config import load_config
     from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy
-    from dsrl_ros.core.steering import PolicySteering, SteerConfig
+    from dsrl_ros.core.agent_config import AgentConfig
+    from dsrl_ros.core.steering import PolicySteering
 
     overrides = [v for k, v in zip(config_overrides, config_overrides[1:]) if k == "--set"]
-    steer = SteerConfig.from_learner_section(load_config(SIM, overrides).learner)
+    steer = AgentConfig.of(load_config(SIM, overrides).learner)
     return PolicySteering(load_policy(DEFAULT_BASE_POLICY), dataclasses.replace(steer, **steer_changes))
 
 
@@ -71,9 +64,11 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
     from dsrl_interfaces.msg import ActionChunk, ActorWeights, EpisodeEvent, Noise, Observation
     from dsrl_ros.core.run_identity import load_or_create_run_key
     from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, EPISODE, NOISE, OBSERVATION, qos,
-                                       sign_actor_weights)
+                                       sign)
 
-    up = Up(tmp_path / "run")
+    # A narrower limit than the sim's own +-1 on dx, as a real arm's config would set: both the policy node and
+    # the robot side must hold chunks to it.
+    up = Up(tmp_path / "run", "--set", "action.high=[0.5, 1, 1, 1, 1]")
     try:
         _steered(probe)
         key = load_or_create_run_key(tmp_path / "run")
@@ -97,14 +92,17 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         tensors = st_load(payload)
         name = next(iter(tensors))
         forged = []
-        for label, t, cfg, sign in (("unsigned", tensors, config_json, False),
+        for label, t, cfg, signed in (("unsigned", tensors, config_json, False),
                                     ("nan", {**tensors, name: tensors[name] * float("nan")}, config_json, True),
                                     ("huge", {**tensors, name: tensors[name] * 0 + 1e30}, config_json, True)):
             msg = ActorWeights(version=10**6 + len(forged), num_updates=1, config_json=cfg,
                                safetensors=array.array("B", st_save(t)))
-            if sign:
-                sign_actor_weights(msg, key)
+            if signed:
+                sign(msg, key)
             forged.append((label, msg))
+        old = ActorWeights(version=1, num_updates=1, config_json=config_json, safetensors=array.array("B", payload))
+        sign(old, key)                            # a real, signed actor, but not newer than the one
+        forged.append(("old version", old))                     # in use: a replay
         wrong_key = ActorWeights(version=10**6 + 8, num_updates=1, config_json=config_json,
                                  safetensors=array.array("B", payload), run_id=key.run_id,
                                  signature=array.array("B", bytes(32)))
@@ -112,14 +110,14 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         other = _actor_payload(FAST, hidden_dim=64).actor_payload()
         msg = ActorWeights(version=10**6 + 9, num_updates=1, config_json=other[1],
                            safetensors=array.array("B", other[0]))
-        sign_actor_weights(msg, key)
+        sign(msg, key)
         forged.append(("architecture", msg))
         for label, msg in forged:
             probe.publish(ActorWeights, ACTOR_WEIGHTS, [msg], "latched", seconds=1.0)
         refusals = [f"actor_weights.run_id: expected {key.run_id!r} (this run), got ''",
                     "actor_weights.signature: does not match this run's key",
                     "expected finite values, got NaN or inf", "expected |values| <= 10000",
-                    "steer.hidden_dim: expected 32"]
+                    "agent.hidden_dim: expected 32", "actor_weights.version: expected > "]
         log = probe.wait(lambda: all(r in (text := up.log("steering")) for r in refusals) and text, 60,
                          f"the steering node to refuse every forged actor: {refusals}")
         assert " version 100000" not in log.replace("stays version", "")   # no forged version ever in use
@@ -134,7 +132,7 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
                           noise=array.array("f", [0.0] * 40), actions=array.array("f", [1e6, 0, 0, 0, 0] * 8))
         nan = ActionChunk(seq=2, episode=0, chunk_len=8, action_dim=5, execute_steps=8,
                           noise=array.array("f", [0.0] * 40), actions=array.array("f", [float("nan")] * 40))
-        expected = ["clipped to action limits: dx 1e+06 > 1", "actions: expected finite values, got NaN or inf"]
+        expected = ["clipped to action limits: dx 1e+06 > 0.5", "actions: expected finite values, got NaN or inf"]
         probe.publish(ActionChunk, ACTION_CHUNK, [big, nan], "decision", seconds=20,
                       until=lambda: all(e in up.log("sim_robot") for e in expected))
         assert all(e in up.log("sim_robot") for e in expected), up.log("sim_robot")
@@ -149,31 +147,30 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         ended_before = len(probe.ended())
         flood = [EpisodeEvent(episode=int(rng.integers(0, 10**6)), state=int(rng.integers(0, 3)),
                               outcome=int(rng.integers(0, 5))) for _ in range(200)]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:                      # ~20 k events in 10 s
-            probe.publish(EpisodeEvent, EPISODE, flood, "events", seconds=0.1)
+        assert probe.flood(EpisodeEvent, EPISODE, flood, "events", seconds=10, rate_hz=2000) > 15_000   # ~20 k in 10 s
         probe.wait(lambda: len(probe.ended()) >= ended_before + 2, 120, "episodes going on after the flood")
         for node in ("policy", "learner"):
             assert "episode_event.signature" in up.log(node) or "episode_event.run_id" in up.log(node)
 
-        # 5. A flood of noise for decisions nobody asked about: control goes on.
+        # 5. A flood of noise for decisions nobody asked about (~1000 messages/s, a hundred times the graph's own
+        #    rate; the flooding process itself shares the test machine's cores): control goes on.
         results_before = len(probe.results)
         junk = [Noise(seq=int(s), episode=1, noise=array.array("f", [0.0] * 40)) for s in rng.integers(1, 10**9, 100)]
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            probe.publish(Noise, NOISE, junk, "decision", seconds=0.1)
+        probe.flood(Noise, NOISE, junk, "decision", seconds=10, rate_hz=1000)
         assert len(probe.results) > results_before + 5, "chunk results stopped during a noise flood"
 
         # Nothing unsafe was ever published, and every node is still the one that started.
         for c in probe.chunks:
             actions = np.frombuffer(c.actions, np.float32)
             if c.seq > 2:                                        # ours (seq 1, 2) are the hostile ones
+                actions = actions.reshape(-1, 5)
                 assert np.isfinite(actions).all() and np.abs(actions).max() <= 1.0
+                assert actions[:, 0].max() <= 0.5                       # the config's limit, not the sim's
         assert all(s["restarts"] == 0 for s in up.state().values()), up.state()
     finally:
         up.stop()
     assert up.proc.returncode == 0, up.output()
-    assert assert_stored_episodes_are_whole(tmp_path / "run", probe.seeds()) >= 2
+    assert assert_stored_episodes_are_whole(tmp_path / "run") >= 2
 
 
 # ---- crashes --------------------------------------------------------------------------------------------------
@@ -201,6 +198,7 @@ def test_kill_9_of_any_node_costs_at_most_the_episode_it_interrupted(tmp_path, p
         stalled = probe.wait(lambda: [e for e in probe.ended() if e.episode == episode], 120,
                              "the stalled episode to end")
         assert stalled[0].outcome == EpisodeEvent.OUTCOME_ABORTED and "stalled" in stalled[0].detail
+        assert "no result for chunk within" in up.log("policy")    # the policy's watchdog decided again meanwhile
         probe.wait(lambda: [e for e in probe.ended() if e.episode > episode], 120,
                    "an episode after the sim's restart")
 
@@ -220,7 +218,7 @@ def test_kill_9_of_any_node_costs_at_most_the_episode_it_interrupted(tmp_path, p
     robot_episodes = [r["robot_episode"] for r in records]
     assert robot_episodes == sorted(set(robot_episodes))                  # unique, in order
     assert episode not in robot_episodes
-    assert assert_stored_episodes_are_whole(tmp_path / "run", probe.seeds()) >= 2
+    assert assert_stored_episodes_are_whole(tmp_path / "run") >= 2
     state = supervisor_state(tmp_path / "run")
     assert state["episode_manager"]["restarts"] == 1 and -9 in state["sim_robot"]["exit_codes"]
 
@@ -236,8 +234,7 @@ def test_children_die_with_the_supervisor_and_a_run_dir_has_one_supervisor(tmp_p
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 2
         assert second.stderr.strip().splitlines()[-1] == (
-            f"dsrl-ros up: error: run dir {tmp_path / 'run'} is in use by another dsrl-ros up (pid {up.proc.pid}); "
-            f"stop it first or pass --run-dir")
+            f"dsrl-ros up: error: {tmp_path / 'run'}: in use by another dsrl-ros up (pid {up.proc.pid}); stop it first")
         os.kill(up.proc.pid, signal.SIGKILL)                       # no chance to stop anything itself
         wait_for(lambda: not any(alive(p) for p in pids), 60, "every node to die with its supervisor")
     finally:
@@ -301,10 +298,10 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_disk_full_ends_the_run_with_one_line_and_loses_nothing_committed(small_disk):
+def test_disk_full_ends_the_run_with_one_line_and_loses_nothing_committed(small_disk, tmp_path):
     from dsrl_ros.core.episode_store import EpisodeStore
 
-    up = Up(small_disk / "run", "--set", "learner.checkpoint_every_s=0.5")
+    up = Up(small_disk / "run", "--set", "learner.checkpoint_every_s=0.5", out_dir=tmp_path)
     assert up.wait(600) == 3, up.output()
     errors = [line for line in up.output().splitlines() if line.startswith("dsrl-ros up: error:")]
     assert len(errors) == 1 and "disk full" in errors[0], up.output()

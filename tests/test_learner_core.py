@@ -1,21 +1,24 @@
 """The learner's core without ROS: exact pairing of a decision stream, and the asynchronous trainer."""
 
+import dataclasses
 import json
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNAL
-from dsrl_ros.core.episode_recorder import EpisodeRecorder
-from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.episode_recorder import CUT_SHORT, EpisodeRecorder
+from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
-from dsrl_ros.core.steering import PolicySteering, SteerConfig, actor_from_bytes
+from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 
 TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
                     num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
                     time_embed_dim=16)
-STEER = SteerConfig(hidden_dim=32, num_layers=2, batch_size=16)
+STEER = AgentConfig(hidden_dim=32, num_layers=2, batch_size=16)
 CHUNK = TINY.chunk_len * TINY.action_dim
 
 
@@ -105,6 +108,22 @@ def test_a_replayed_older_start_cannot_reopen_an_episode():
     assert dropped.episode == 5 and dropped.rows is None and "start was not seen" in dropped.reason
 
 
+@pytest.mark.parametrize("ended_by, stored", [("replaced", False), ("watchdog", False), ("estop", False),
+                                              ("complete", True), ("success", True), ("episode_ended", True),
+                                              ("", True)])
+def test_an_episode_with_a_chunk_cut_short_is_dropped(ended_by, stored):
+    from dsrl_ros.arm import schedule
+
+    assert set(CUT_SHORT) <= {schedule.END_REPLACED, schedule.END_ESTOP, schedule.END_WATCHDOG}  # one vocabulary
+    recorder = EpisodeRecorder(CHUNK, "time_penalty")
+    feed_episode(recorder, 8, n_chunks=3)
+    recorder.result(8, 8000, 0.0, ended_by=ended_by)                      # how the robot stopped decision 0
+    (done,) = recorder.poll(now=0.0)
+    assert (done.rows is not None) == stored
+    if not stored:
+        assert "chunk 8000 was cut short" in done.reason
+
+
 def test_a_trailing_observation_cut_off_by_the_end_is_not_a_decision():
     recorder = EpisodeRecorder(CHUNK, "time_penalty")
     recorder.observation(5, 5099, obs(1), final=False)                   # decision asked, episode ended first
@@ -131,9 +150,10 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
     torch.manual_seed(0)
     policy = DiffusionPolicy(TINY).eval()
     published = []
-    settings = LearnerSettings(warmup_episodes=2, utd=3.0, publish_every_updates=5, checkpoint_every_s=0.5)
-    learner = AsyncLearner(PolicySteering(policy, STEER), tmp_path, settings,
-                           lambda v, n, payload, cfg: published.append((v, n, payload, cfg)), log=lambda s: None)
+    agent = dataclasses.replace(STEER, warmup_episodes=2, utd=3.0, publish_every_updates=5)
+    learner = Learner(PolicySteering(policy, agent), tmp_path,
+                      lambda v, n, payload, cfg: published.append((v, n, payload, cfg)), log=lambda s: None,
+                      checkpoint_every_s=0.5)
     learner.start()
     learner.add_episode(_episode_rows(3, seed=1), {"outcome": "success"})
     assert not learner.training and learner._due_updates() == 0         # warm-up: nothing owed, whatever the
@@ -158,8 +178,7 @@ def test_async_learner_trains_at_its_utd_publishes_versions_and_resumes(tmp_path
     lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
     assert [json.loads(x)["episode"] for x in lines] == [0, 1, 2]
 
-    resumed = AsyncLearner(PolicySteering(policy, STEER), tmp_path, settings, lambda *a: published.append(a),
-                           log=lambda s: None)
+    resumed = Learner(PolicySteering(policy, agent), tmp_path, lambda *a: published.append(a), log=lambda s: None)
     assert json.loads((tmp_path / "actor_version.json").read_text()) == {"actor_version": 4}
     assert resumed.resumed_from == 21 and resumed.actor_version == 4 and resumed.n_episodes == 3
     assert resumed.n_transitions == 14 and resumed._due_updates() == 0   # nothing owed after the restart
@@ -180,8 +199,8 @@ def test_actor_bytes_that_are_not_safetensors_are_refused():
 
 def test_a_failing_update_is_reported_not_swallowed(tmp_path):
     policy = DiffusionPolicy(TINY).eval()
-    learner = AsyncLearner(PolicySteering(policy, STEER), tmp_path, LearnerSettings(warmup_episodes=1), lambda *a: None,
-                           log=lambda s: None)
+    learner = Learner(PolicySteering(policy, dataclasses.replace(STEER, warmup_episodes=1)), tmp_path,
+                      log=lambda s: None)
 
     def broken(batch):
         raise FloatingPointError("loss is NaN")

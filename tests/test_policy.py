@@ -62,6 +62,27 @@ def test_ddim_with_oracle_eps_recovers_target_exactly():
         assert torch.allclose(ddim_sample(oracle, noise, ab, 7), target, atol=1e-5)
 
 
+def test_ddim_starts_from_exactly_the_given_noise_however_large(policy):
+    """x_T = w, never clipped or rescaled: DSRL's actor relies on every w (also |w| > 1) reaching the denoiser."""
+    seen = []
+
+    def recording_eps(x, t):
+        seen.append((t, x.clone()))
+        return torch.zeros_like(x)
+    noise = torch.tensor([[[4.0, -3.5], [0.25, 9.0]]])
+    ddim_sample(recording_eps, noise, cosine_alpha_bars(50).float(), 5)
+    assert seen[0][0] == 49 and torch.equal(seen[0][1], noise)
+    first = []                                              # and the policy's own denoiser sees it unchanged too
+    original = policy.denoise
+    policy.denoise = lambda x, films: (first.append(x.clone()) if not first else None) or original(x, films)
+    try:
+        big = torch.randn(1, SMALL.chunk_len, SMALL.action_dim) * 5
+        policy.sample(make_obs(SMALL, 1), big)
+    finally:
+        del policy.denoise
+    assert torch.equal(first[0].view_as(big), big)
+
+
 def test_add_noise_matches_closed_form():
     ab = cosine_alpha_bars(10).float()
     x0, eps, t = torch.ones(2, 3, 1), torch.full((2, 3, 1), 2.0), torch.tensor([0, 9])

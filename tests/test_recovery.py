@@ -3,6 +3,7 @@ the supervisor's restarts, give-ups and stop escalation (with small stand-in pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from dsrl_ros.core.episode_store import EpisodeStore
-from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.run_repair import repair_run
 from dsrl_ros.core.steering import PolicySteering
@@ -26,13 +27,13 @@ from dsrl_ros.supervisor import CRASH_LOOP_STARTS, Supervisor
 from stack_harness import alive, wait_for
 from test_learner_core import STEER, TINY, _episode_rows
 
-SETTINGS = LearnerSettings(warmup_episodes=1, utd=2.0, publish_every_updates=2, checkpoint_every_s=1e9)
+AGENT = dataclasses.replace(STEER, warmup_episodes=1, utd=2.0, publish_every_updates=2)
 
 
-def make_learner(run_dir: Path, logs: list | None = None) -> AsyncLearner:
+def make_learner(run_dir: Path, logs: list | None = None) -> Learner:
     torch.manual_seed(0)
-    return AsyncLearner(PolicySteering(DiffusionPolicy(TINY).eval(), STEER), run_dir, SETTINGS, lambda *a: None,
-                        log=(logs.append if logs is not None else lambda s: None))
+    return Learner(PolicySteering(DiffusionPolicy(TINY).eval(), AGENT), run_dir,
+                   log=(logs.append if logs is not None else lambda s: None), checkpoint_every_s=1e9)
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_a_garbage_version_file_is_named(run_dir):
 
 def test_two_learners_cannot_share_a_run_directory(run_dir):
     first = make_learner(run_dir)
-    with pytest.raises(ValueError, match=f"another learner is using this run directory \\(pid {os.getpid()}\\)"):
+    with pytest.raises(ValueError, match=f"in use by another learner \\(pid {os.getpid()}\\)"):
         make_learner(run_dir)
     first.stop()
     make_learner(run_dir).stop()                                    # released with the first one
@@ -262,3 +263,52 @@ def test_nodes_die_with_a_supervisor_killed_by_sigkill(tmp_path):
     parent.kill()
     parent.wait()
     wait_for(lambda: not any(alive(p) for p in pids), 15, "the children to die with their supervisor")
+
+
+@pytest.mark.parametrize("crash_at", ["before_the_link_swap", "while_writing_the_checkpoint"])
+def test_a_kill_during_a_checkpoint_leaves_the_previous_one_to_resume_from(run_dir, monkeypatch, crash_at):
+    import dsrl_ros.core.learner as learner_module
+    import dsrl_ros.core.steering as steering_module
+
+    learner = make_learner(run_dir)
+    updates, target = learner.num_updates, (run_dir / "checkpoint").resolve()
+    learner.steering.agent.update(_batch(learner))               # state the crashed checkpoint would have held
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed()
+    real_replace = os.replace
+
+    def die_at_the_swap(src, dst, *args, **kwargs):
+        if Path(dst).name == "checkpoint":
+            raise Killed()
+        return real_replace(src, dst, *args, **kwargs)
+    if crash_at == "before_the_link_swap":                      # the new ckpt_* is complete, the link not swapped
+        monkeypatch.setattr(learner_module.os, "replace", die_at_the_swap)
+    else:
+        monkeypatch.setattr(steering_module, "save_tensors_and_config", die)   # trainer state written, weights not
+    with pytest.raises(Killed):
+        learner.add_episode(_episode_rows(3, seed=9), {"outcome": "success"})
+    monkeypatch.undo()
+    learner._lock_file.close()                                   # the process is gone: its lock with it
+    assert (run_dir / "checkpoint").resolve() == target
+    resumed = make_learner(run_dir)
+    assert resumed.resumed_from == updates and resumed._resumed_dir == target
+    assert resumed.n_episodes == 5                                # the episode committed before the checkpoint
+    resumed.stop()
+
+
+def test_the_episode_log_is_reconciled_with_the_store_after_a_kill(run_dir):
+    log = run_dir / "episodes.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])   # killed mid-line, one line lost
+    logs = []
+    make_learner(run_dir, logs).stop()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["episode"] for r in records] == [0, 1, 2, 3]
+    assert records[:2] == [json.loads(line) for line in lines[:2]]
+    assert records[2]["recovered"] and records[3]["recovered"]
+    assert records[3]["transitions"] == EpisodeStore.open(run_dir / "replay.zarr").n_steps - 4
+    assert any("1 torn line(s) cut, 2 committed episode(s) without a line marked recovered" in m for m in logs)

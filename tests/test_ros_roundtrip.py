@@ -6,6 +6,9 @@ import sys
 import textwrap
 import time
 
+import pytest
+
+pytestmark = pytest.mark.stack          # real processes over DDS
 
 ECHO_NODE = textwrap.dedent("""
     import rclpy

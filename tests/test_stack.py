@@ -15,16 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from stack_harness import Probe, Up, alive, assert_stored_episodes_are_whole, stored_episodes, supervisor_state
+from stack_harness import Up, alive, assert_stored_episodes_are_whole, stored_episodes, supervisor_state
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def probe():
-    p = Probe()
-    yield p
-    p.close()
 
 
 # ---- a bounded run: episodes, JSON summary, pairing in zarr -------------------------------------------------------
@@ -44,6 +37,8 @@ def test_a_bounded_run_learns_through_dds_and_stores_exactly_paired_transitions(
     assert (run / "learning_curve.png").stat().st_size > 0
     assert json.loads((run / "summary.json").read_text()) == {k: v for k, v in summary.items() if k != "learning_curve"}
     assert "actor version 1 in use" in up.log("steering")                 # the steering node hot-swapped
+    manager = up.log("episode_manager")                                   # episode 1 waited for every node
+    assert manager.index("waiting for nodes: ['learner', 'policy', 'steering']") < manager.index("episode 1: running")
 
     from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy
     from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNAL
@@ -53,6 +48,9 @@ def test_a_bounded_run_learns_through_dds_and_stores_exactly_paired_transitions(
     data, ends = store.load_all()
     assert [r["outcome"] for r in stored_episodes(run)] == outcomes        # stored in the order they ran
     assert int(data["terminal"].sum()) == outcomes.count("success")       # success, and only success, is terminal
+    from dsrl_ros.config import load_config
+
+    limits = load_config(run / "stack_config.yaml").action
     policy = load_policy(DEFAULT_BASE_POLICY)
     decisions = np.flatnonzero(data["source"] != SOURCE_EXTERNAL)
     assert set(data["source"][decisions]) == {SOURCE_ACTOR, SOURCE_BASE}   # warm-up and steered chunks both
@@ -62,12 +60,12 @@ def test_a_bounded_run_learns_through_dds_and_stores_exactly_paired_transitions(
         for i in decisions:                                              # the frozen policy is deterministic in w:
             chunk = policy.act({"image": data["image"][i][None], "proprio": data["proprio"][i][None]},
                                data["noise"][i].reshape(policy.config.noise_shape))
-            np.testing.assert_array_equal(np.clip(chunk, -1, 1).ravel(), data["action"][i])
+            np.testing.assert_array_equal(np.clip(chunk, limits.low, limits.high).ravel(), data["action"][i])
     finally:
         torch.set_num_threads(threads)
     assert (data["source"][ends - 1] == SOURCE_EXTERNAL).all()          # each episode ends with its final obs
     # obs -> action -> next obs are exact: each stored episode re-simulated from its seed reproduces its rows.
-    assert assert_stored_episodes_are_whole(run, probe.seeds()) == 8
+    assert assert_stored_episodes_are_whole(run) == 8
 
 
 # ---- malformed input ------------------------------------------------------------------------------------------
@@ -128,19 +126,39 @@ def test_kill_9_of_steering_falls_back_to_base_noise_and_the_restarted_node_gets
     from dsrl_interfaces.msg import ActionChunk, ActorWeights
     from dsrl_ros.nodes.ros_io import ACTOR_WEIGHTS, qos
 
+    from dsrl_interfaces.msg import Noise, Observation
+    from dsrl_ros.nodes.ros_io import NOISE, OBSERVATION
+
     published = []                                      # (receive time, version) of every actor the learner sends
     probe.node.create_subscription(ActorWeights, ACTOR_WEIGHTS, lambda m: published.append((time.time(), m.version)),
                                    qos()["decision"])
+    # While steering is down, a late answer (0.3 s, past the 0.1 s deadline) to every decision: it must be ignored.
+    late, late_pub = [], probe.node.create_publisher(Noise, NOISE, qos()["decision"])
+    answer_late = [False]
+    probe.node.create_subscription(Observation, OBSERVATION, lambda o: answer_late[0] and not o.final and late.append(
+        (time.monotonic() + 0.3, Noise(seq=o.seq, episode=o.episode, actor_version=77, source=0,
+                                       noise=array.array("f", [0.5] * 40)))), qos()["decision"])
+
+    def send_due():
+        while late and late[0][0] <= time.monotonic():
+            late_pub.publish(late.pop(0)[1])
+    probe.node.create_timer(0.02, send_due)
     up = Up(tmp_path / "run", "--set", "learner.publish_every_updates=20")
     try:
         probe.wait(lambda: any(c.noise_source == ActionChunk.SOURCE_ACTOR for c in probe.chunks), 240,
                    "chunks steered by a learned actor")
         pid = up.pid("steering")
         os.kill(pid, signal.SIGKILL)
+        answer_late[0] = True
         killed_at = len(probe.chunks)
-        base = probe.wait(lambda: [c for c in probe.chunks[killed_at:] if c.noise_source == ActionChunk.SOURCE_BASE],
+        base = probe.wait(lambda: len(b := [c for c in probe.chunks[killed_at:]
+                                            if c.noise_source == ActionChunk.SOURCE_BASE]) >= 3 and b,
                           60, "base-policy chunks while steering is down")
+        answer_late[0] = False
         assert all(c.actor_version == 0 for c in base)             # the policy's own w, not an actor's
+        assert all(np.frombuffer(c.noise, np.float32)[0] != 0.5 for c in base)   # the late answers were ignored
+        seqs = [c.seq for c in probe.chunks[killed_at:]]
+        assert len(seqs) == len(set(seqs))                         # one chunk per decision, never a second
         assert "no steering noise within 100 ms for decision" in up.log("policy")   # safety.noise_deadline_s 0.1
         state = probe.wait(lambda: (s := up.state())["steering"]["restarts"] >= 1 and
                            s["steering"]["state"] == "running" and s, 60, "the supervisor to restart steering")
@@ -151,9 +169,9 @@ def test_kill_9_of_steering_falls_back_to_base_noise_and_the_restarted_node_gets
                          "the restarted steering node to adopt an actor")
         subscribed_at, adopted_at, version = float(log.group(1)), float(log.group(2)), int(log.group(3))
         # Latched: the first version it adopted was published before its subscription existed, so it can only
-        # have come from the writer's history; and it came at once.
+        # have come from the writer's history (a generous bound on the delay: discovery on a loaded 2-core box).
         assert version in [v for t, v in published if t < subscribed_at], (version, subscribed_at, published[-5:])
-        assert adopted_at - subscribed_at < 5
+        assert adopted_at - subscribed_at < 30
         steered = probe.wait(lambda: [c for c in probe.chunks[killed_at:] if c.noise_source ==
                                       ActionChunk.SOURCE_ACTOR], 60, "steered chunks again")
         assert steered[0].actor_version >= version

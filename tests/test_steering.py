@@ -14,12 +14,13 @@ from dsrl_ros.core.chunk_replay import (SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERN
                                         chunk_schema)
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.ram_episodes import RamEpisodes
-from dsrl_ros.core.steering import PolicySteering, SteerConfig, load_actor
+from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.steering import PolicySteering, load_actor
 
 TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
                     num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
                     time_embed_dim=16)
-STEER = SteerConfig(hidden_dim=32, num_layers=2, batch_size=16, utd=2)
+STEER = AgentConfig(hidden_dim=32, num_layers=2, batch_size=16, utd=2)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_chunk_transitions_sum_rewards_and_mark_only_success_terminal():
     steering = PolicySteering(policy, STEER)
     rng = np.random.default_rng(0)
     success = _run_episode(ScriptedEnv(success_at=6), policy, steering, rng, seed=0, warmup=True,
-                           reward_mode="success")
+                           reward_mode="success", execute_steps=None)
     rows = success["rows"]
     # Chunks of 4: steps 1-4, then 5-6 (success at 6 ends the second chunk early); plus the final obs row.
     assert success["chunks"] == 2 and success["steps"] == 6 and success["success"]
@@ -62,7 +63,7 @@ def test_chunk_transitions_sum_rewards_and_mark_only_success_terminal():
     assert rows["proprio"][:, 0].tolist() == [0, 4, 6]      # obs at each chunk start, then the final obs
     assert rows["source"].tolist() == [SOURCE_BASE, SOURCE_BASE, SOURCE_EXTERNAL]
     timeout = _run_episode(ScriptedEnv(success_at=None, max_steps=10), policy, steering, rng, seed=0, warmup=False,
-                           reward_mode="time_penalty")
+                           reward_mode="time_penalty", execute_steps=None)
     rows = timeout["rows"]
     assert not timeout["success"] and rows["terminal"].sum() == 0  # time limit: bootstrap, not terminal
     assert rows["reward"].tolist() == [-1.0, -1.0, -1.0, 0.0]    # time penalty per chunk; final row carries none
@@ -114,7 +115,7 @@ def test_refuses_to_overwrite_a_run_without_resume(tiny_policy_dir, tmp_path):
 def test_train_steer_with_no_episode_past_the_warm_up_writes_nothing(tiny_policy_dir, tmp_path, capsys):
     assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--out", str(tmp_path / "r"),
                      "--episodes", "0"]) == 2
-    assert "--episodes: expected more than --warmup-episodes" in capsys.readouterr().err
+    assert "--episodes: expected more than learner.warmup_episodes (10)" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -157,7 +158,7 @@ def test_own_cnn_encoder_trains_through_the_td_critic_and_ships_with_the_actor(t
     assert any(k.startswith("encoder.image.") for k in tensors)
     checkpoint = load_file(str(out / "checkpoint" / "model.safetensors"))
     torch.manual_seed(0)
-    fresh = PolicySteering(DiffusionPolicy(TINY).eval(), SteerConfig(encoder="cnn", hidden_dim=32))
+    fresh = PolicySteering(DiffusionPolicy(TINY).eval(), AgentConfig(encoder="cnn", hidden_dim=32))
     key = "encoder.mlp.0.weight"
     assert not torch.equal(checkpoint[key], fresh.agent.state_dict()[key])  # the encoder did learn
     capsys.readouterr()
@@ -168,7 +169,7 @@ def test_own_cnn_encoder_trains_through_the_td_critic_and_ships_with_the_actor(t
 
 def test_actor_update_leaves_the_encoder_alone():
     torch.manual_seed(0)
-    steering = PolicySteering(DiffusionPolicy(TINY).eval(), SteerConfig(algo="sac", encoder="cnn", hidden_dim=32))
+    steering = PolicySteering(DiffusionPolicy(TINY).eval(), AgentConfig(algo="sac", encoder="cnn", hidden_dim=32))
     agent = steering.agent
     obs = {"image": torch.randint(0, 256, (4, 84, 84, 3), dtype=torch.uint8), "proprio": torch.randn(4, 11)}
     features = agent.encode(obs).detach()

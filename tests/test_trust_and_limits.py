@@ -20,14 +20,14 @@ from dsrl_ros.cli import main as cli_main
 from dsrl_ros.core.action_limits import clip_actions
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.run_identity import KEY_FILE, load_or_create_run_key
-from dsrl_ros.core.steering import PolicySteering, SteerConfig, actor_from_bytes
-from dsrl_ros.nodes.ros_io import RateCap, check_actor_weights, check_episode_event, sign_actor_weights, \
-    sign_episode_event
+from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
+from dsrl_ros.nodes.ros_io import RateCap, check_signed, sign
 
 TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
                     num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
                     time_embed_dim=16)
-STEER = SteerConfig(hidden_dim=32, num_layers=2, batch_size=16)
+STEER = AgentConfig(hidden_dim=32, num_layers=2, batch_size=16)
 
 
 # ---- the run key ----------------------------------------------------------------------------------------------
@@ -53,22 +53,22 @@ def test_signed_messages_verify_only_unchanged_and_only_in_their_own_run(tmp_pat
 
     key, other = load_or_create_run_key(tmp_path / "a"), load_or_create_run_key(tmp_path / "b")
     event = EpisodeEvent(episode=3, state=2, outcome=1, chunks=4, steps=30, detail="task success")
-    sign_episode_event(event, key)
-    check_episode_event(event, key)                                    # passes
+    sign(event, key)
+    check_signed(event, key)                                    # passes
     with pytest.raises(ValueError, match="episode_event.run_id"):
-        check_episode_event(event, other)
+        check_signed(event, other)
     for field, value in (("outcome", 2), ("episode", 4), ("chunks", 1), ("detail", "x")):
         tampered = EpisodeEvent(**{f: getattr(event, f) for f in ("episode", "state", "outcome", "chunks", "steps",
                                                                   "detail", "run_id", "signature")})
         setattr(tampered, field, value)
         with pytest.raises(ValueError, match="episode_event.signature"):
-            check_episode_event(tampered, key)
+            check_signed(tampered, key)
     weights = ActorWeights(version=7, num_updates=70, config_json="{}", safetensors=array.array("B", b"abc"))
-    sign_actor_weights(weights, key)
-    check_actor_weights(weights, key)
+    sign(weights, key)
+    check_signed(weights, key)
     weights.version = 8                                                # a replay with a higher version
     with pytest.raises(ValueError, match="actor_weights.signature"):
-        check_actor_weights(weights, key)
+        check_signed(weights, key)
 
 
 # ---- actor checks ----------------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_a_real_actor_loads_and_forged_ones_are_refused_with_the_reason(actor):
         with pytest.raises(ValueError, match=reason.replace("|", r"\|")):
             actor_from_bytes(st_save(bad), config_json, policy, expected=STEER)
     other = PolicySteering(policy, dataclasses.replace(STEER, noise_magnitude=3.0)).actor_payload()
-    with pytest.raises(ValueError, match="steer.noise_magnitude: expected 1.5"):
+    with pytest.raises(ValueError, match="agent.noise_magnitude: expected 1.5"):
         actor_from_bytes(*other, policy, expected=STEER)
     with pytest.raises(ValueError, match="tensors do not match its config"):
         actor_from_bytes(st_save({k: v for k, v in tensors.items() if k != name}), config_json, policy)
@@ -101,8 +101,8 @@ def test_an_actor_whose_output_leaves_its_bound_is_refused(actor):
     policy, steering = actor
     payload, config_json = steering.actor_payload()
     config = json.loads(config_json)
-    config["steer"]["noise_magnitude"] = 1e9                           # w = b tanh(u) could be anything
-    with pytest.raises(ValueError, match="steer.noise_magnitude"):
+    config["agent"]["noise_magnitude"] = 1e9                           # w = b tanh(u) could be anything
+    with pytest.raises(ValueError, match="agent.noise_magnitude"):
         actor_from_bytes(payload, json.dumps(config), policy, expected=STEER)
 
 

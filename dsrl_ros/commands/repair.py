@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from dsrl_ros.core.run_lock import is_locked
 from dsrl_ros.core.run_repair import repair_run
 
 
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     for lock in (".up.lock", ".learner.lock"):
-        if _locked(run_dir / lock):
+        if is_locked(run_dir / lock):
             raise ValueError(f"{run_dir}: in use ({lock} is held): stop the run first")
     report = repair_run(run_dir)
     for note in report.notes:
@@ -37,17 +38,3 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(report)))
     return 0
-
-
-def _locked(path: Path) -> bool:
-    import fcntl
-
-    if not path.exists():
-        return False
-    with open(path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -23,6 +22,7 @@ import yaml
 
 from dsrl_ros.config import load_config
 from dsrl_ros.core.run_identity import load_or_create_run_key
+from dsrl_ros.core.run_lock import lock_run_dir
 from dsrl_ros.ros_env import RESOURCE_ERROR_EXIT, SESSION_ENV, ros_environment
 from dsrl_ros.stack import build_graph
 from dsrl_ros.supervisor import Supervisor
@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime-factor", type=float, default=1.0, help="sim only: control ticks x wall time")
     p.add_argument("--window", type=int, default=20, help="episodes per success-rate window")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--record", action="store_true", help="record the session into a rosbag2 MCAP bag "
+                   "(<run dir>/bags/; the config's recording: section)")
     p.set_defaults(func=run)
 
 
@@ -56,13 +58,15 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"learner.run_dir={args.run_dir}")
     if args.episodes:
         overrides.append(f"episode.max_episodes={args.episodes}")
+    if args.record:
+        overrides.append("recording.enabled=true")
     config = load_config(args.config, overrides)
     run_dir = Path(config.learner.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"learner.run_dir: expected a directory, got the file {run_dir}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with _lock(run_dir):
+        with lock_run_dir(run_dir / LOCK_FILE, "dsrl-ros up"):   # a second one would run a second graph
             return _run_locked(args, config, overrides, run_dir)
     except OSError as err:
         if err.errno != errno.ENOSPC:
@@ -70,24 +74,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsrl-ros up: error: disk full ({err}); committed episodes and checkpoints on disk are intact",
               file=sys.stderr)
         return RESOURCE_ERROR_EXIT
-
-
-def _lock(run_dir: Path):
-    """One `up` per run directory: a second one would run a second graph on the same replay."""
-    f = open(run_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise ValueError(f"run dir {run_dir} is in use by another dsrl-ros up (pid {holder}); stop it first or "
-                         f"pass --run-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir: Path) -> int:

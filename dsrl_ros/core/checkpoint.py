@@ -73,11 +73,11 @@ def read_config(directory: str | Path) -> dict:
     return config
 
 
-def policy_task(directory: str | Path) -> str:
+def policy_task(directory: str | Path, fallback: str = FALLBACK_TASK) -> str:
     """The sim task a policy checkpoint is made for: `metadata.task` (train-bc --task), else the task its
-    demonstrations were recorded on, else FALLBACK_TASK."""
+    demonstrations were recorded on, else `fallback`."""
     metadata = read_config(directory).get("metadata", {})
-    return metadata.get("task") or metadata.get("store_attrs", {}).get("task") or FALLBACK_TASK
+    return metadata.get("task") or metadata.get("store_attrs", {}).get("task") or fallback
 
 
 def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

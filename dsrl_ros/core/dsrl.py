@@ -7,12 +7,15 @@ are terminal, time-limit ends bootstrap.
   DSRL-SAC: critic Q(s, w).
      Q(s, w)   <- r + gamma (1 - d) [min_i Qtarg_i(s', w') - alpha log pi(w'|s')],   w' ~ pi(s')
   DSRL-NA (noise-aliased): critic on executed actions, distilled into a noise critic.
-     Q^A(s, a) <- r + gamma (1 - d) min_i Q^A_targ_i(s', pi_dp(s', w')),               w' ~ pi(s')
+     Q^A(s, a) <- r + gamma (1 - d) [min_i Q^A_targ_i(s', pi_dp(s', w')) - alpha log pi(w'|s')],  w' ~ pi(s')
      Q^W_i(s, w) <- Q^A_i(s, pi_dp(s, w)) for w ~ N(0, I) clipped to +-b, and w ~ pi(s)   (per critic index)
      Transitions whose chunk was not chosen by the actor (warm-up with w ~ N(0, I), human interventions) are
      valid for Q^A: it only needs the executed a.
   Actor (both): minimise alpha log pi(w|s) - min_i Q(s, w),   w = b tanh(u),  u ~ N(mu(s), sigma(s)).
-  Temperature: minimise -log_alpha * (log pi(w|s) + target_entropy).
+     The actor starts at mu = 0, log sigma = init_log_std for every state: with sigma = 1 and b ~ 1.5, w has
+     about the base policy's N(0, I) spread, so the untrained actor behaves like the base policy.
+  Temperature: minimise -log_alpha * (log pi_tanh(w|s) + target_entropy), with the entropy measured on tanh(u)
+     in [-1, 1] (log pi_tanh = log pi + D log b), so a target entropy means the same for every bound b.
 
 Observations enter as feature vectors s (B, obs_dim): by default the frozen base policy's `encode_obs` output,
 so the noise actor sees what the base policy sees, and an update is pure MLP work. Optionally an encoder of the
@@ -53,7 +56,8 @@ class DSRLConfig:
     actor_lr: float | None = None        # None: same as lr
     batch_size: int = 256
     init_temperature: float = 1.0
-    target_entropy: float = 0.0
+    target_entropy: float = 0.0          # per chunk, on tanh(u) (see above)
+    init_log_std: float = 0.0            # the untrained actor's log sigma of u
     distill_noise_fraction: float = 0.5  # NA: share of Q^W samples from N(0, I) (rest from the actor)
     distill_steps: int = 1               # NA: Q^W regression steps (fresh noise each) per update
 
@@ -125,11 +129,26 @@ class NoiseActor(nn.Module):
         super().__init__()
         self.magnitude = config.noise_magnitude
         self.trunk = mlp(config.obs_dim, config.hidden_dim, config.num_layers, 2 * config.noise_dim)
+        if not self.LOG_STD_MIN < config.init_log_std < self.LOG_STD_MAX:
+            raise ValueError(f"init_log_std: expected {self.LOG_STD_MIN}..{self.LOG_STD_MAX}, got "
+                             f"{config.init_log_std}")
+        # Start every state at mu = 0, log sigma = init_log_std: the output layer's weights near zero, its bias
+        # the pre-squash value of init_log_std.
+        last = self.trunk[-1]
+        with torch.no_grad():
+            last.weight.mul_(1e-3)
+            last.bias.zero_()
+            unit = (config.init_log_std - self.LOG_STD_MIN) / (0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN)) - 1
+            last.bias[config.noise_dim:] = math.atanh(unit)
+
+    def gaussian(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma) of the pre-squash Gaussian over u, log sigma squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
+        mu, log_std = self.trunk(s).chunk(2, dim=-1)
+        return mu, self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
 
     def forward(self, s: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (w (B, noise_dim), log pi(w|s) (B,)), reparameterised."""
-        mu, log_std = self.trunk(s).chunk(2, dim=-1)
-        log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        mu, log_std = self.gaussian(s)
         u = mu if deterministic else mu + log_std.exp() * torch.randn_like(mu)
         # log N(u; mu, std) - log |dw/du|, with dw/du = b (1 - tanh(u)^2) computed stably.
         log_prob = (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -206,6 +225,10 @@ class DSRL(nn.Module):
     def _td_target(self, reward: torch.Tensor, terminal: torch.Tensor, next_value: torch.Tensor) -> torch.Tensor:
         return reward + self.config.gamma * (1.0 - terminal) * next_value
 
+    def _tanh_space(self, logp: torch.Tensor) -> torch.Tensor:
+        """log pi(w|s) -> the log density of tanh(u) = w / b (the space the target entropy is measured in)."""
+        return logp + self.config.noise_dim * math.log(self.config.noise_magnitude)
+
     def _update_sac_critic(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         with torch.no_grad():
             w_next, logp_next = self.actor(b["next_obs"])
@@ -219,9 +242,10 @@ class DSRL(nn.Module):
     def _update_na_critics(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         c = self.config
         with torch.no_grad():
-            w_next, _ = self.actor(b["next_obs"])
+            w_next, logp_next = self.actor(b["next_obs"])
             a_next = self.decode(b["base_next_obs"], w_next)
-            target = self._td_target(b["reward"], b["terminal"], self.q_target(b["next_obs"], a_next).min(0).values)
+            q_next = self.q_target(b["next_obs"], a_next).min(0).values - self.alpha * logp_next
+            target = self._td_target(b["reward"], b["terminal"], q_next)
         q_a = self.q_action(b["obs"], b["action"])
         loss_a = F.mse_loss(q_a, target.expand_as(q_a))
         self._step(self.critic_opts[0], loss_a)
@@ -247,10 +271,12 @@ class DSRL(nn.Module):
         q = self.q_noise(obs, w).min(0).values
         actor_loss = (self.alpha * logp - q).mean()
         self._step(self.actor_opt, actor_loss)
-        alpha_loss = -(self.log_alpha * (logp.detach() + self.config.target_entropy)).mean()
+        logp_tanh = self._tanh_space(logp.detach())
+        alpha_loss = -(self.log_alpha * (logp_tanh + self.config.target_entropy)).mean()
         self._step(self.alpha_opt, alpha_loss)
+        w_abs = (w.detach().abs() / self.config.noise_magnitude)
         return {"actor_loss": float(actor_loss.detach()), "alpha": float(self.alpha),
-                "entropy": float(-logp.detach().mean())}
+                "entropy": float(-logp_tanh.mean()), "saturated": float((w_abs > 0.9).float().mean())}
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

@@ -22,6 +22,9 @@ from dsrl_ros.core.chunk_replay import ChunkEpisode
 from dsrl_ros.core.steering import chunk_reward
 
 OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_TIMEOUT, OUTCOME_ABORTED = "success", "failure", "timeout", "aborted"
+# ChunkResult.ended_by values (arm/schedule.py END_*) that mean the chunk stopped before its steps were done and
+# the episode was not over: what was executed is not the stored chunk.
+CUT_SHORT = ("replaced", "estop", "watchdog")
 OUTCOMES = (OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_TIMEOUT, OUTCOME_ABORTED)
 
 
@@ -32,6 +35,7 @@ class _Decision:
     action: np.ndarray | None = None
     source: int | None = None
     reward: float | None = None
+    cut_short: bool = False                 # stopped before its steps were done, the episode not over
 
 
 @dataclass
@@ -88,8 +92,12 @@ class EpisodeRecorder:
         d = self._open(episode).decision(seq)
         d.noise, d.action, d.source = noise.astype(np.float32).ravel(), action.astype(np.float32).ravel(), source
 
-    def result(self, episode: int, seq: int, reward: float) -> None:
-        self._open(episode).decision(seq).reward = float(reward)
+    def result(self, episode: int, seq: int, reward: float, ended_by: str = "") -> None:
+        """ended_by: why the robot stopped the chunk (ChunkResult.ended_by); one of CUT_SHORT discards the
+        episode (late steps dropped at a chunk's start or steps the safety layer limited do not: the stored
+        chunk is what was commanded, and what the robot made of it is part of the environment)."""
+        d = self._open(episode).decision(seq)
+        d.reward, d.cut_short = float(reward), ended_by in CUT_SHORT
 
     def end(self, episode: int, outcome: str, now: float, chunks: int = 0) -> None:
         """The episode ended; `chunks`: how many chunk results the episode manager counted for it."""
@@ -112,6 +120,11 @@ class EpisodeRecorder:
             if not ep.started:
                 done.append(Completed(number, None, ep.outcome, 0, "its start was not seen (the learner started "
                                                                    "during it): only part of it is here"))
+                continue
+            cut = sorted(seq for seq, d in ep.decisions.items() if d.cut_short)
+            if cut:
+                done.append(Completed(number, None, ep.outcome, 0, f"chunk {cut[0]} was cut short by a newer one: "
+                                                                   f"what was executed is not what was stored"))
                 continue
             missing = self._missing(ep)
             if not missing:

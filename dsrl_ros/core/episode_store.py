@@ -37,6 +37,16 @@ def _normalize_schema(schema: Mapping) -> Schema:
     return out
 
 
+def _whole_blosc(path: Path, chunk_bytes: int) -> bool:
+    """A blosc frame's 16-byte header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes (LE)."""
+    with open(path, "rb") as f:
+        header = f.read(16)
+    if len(header) < 16 or header[0] not in (1, 2):
+        return False
+    nbytes, cbytes = int.from_bytes(header[4:8], "little"), int.from_bytes(header[12:16], "little")
+    return nbytes == chunk_bytes and cbytes == path.stat().st_size
+
+
 def _describe(shape: tuple[int, ...], dtype: str) -> str:
     return f"{tuple(shape)} {dtype}"
 
@@ -189,10 +199,37 @@ class EpisodeStore:
     def _before_commit(self) -> None:
         """Test hook: runs after the data rows are written and before the commit."""
 
+    def damaged_chunks(self) -> dict[str, list[int]]:
+        """array path -> chunk indices (along the step axis) whose stored frame is not whole.
+
+        Decompressing a torn blosc frame can crash the process (a segfault in the codec) instead of raising, so
+        frames are checked before anything decodes them: every chunk file must hold a blosc header whose
+        compressed size is the file's size and whose decompressed size is one chunk. Stores written without
+        compression have no frame to check."""
+        damaged = {}
+        for path in [f"data/{k}" for k in self.schema] + ["meta/episode_ends"]:
+            try:
+                array = self._group[path]
+            except Exception:                     # a missing array: verify() reports it
+                continue
+            if not any("blosc" in type(c).__name__.lower() for c in array.compressors):
+                continue
+            chunk_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize
+            bad = [int(f.relative_to(self.path / path / "c").parts[0])
+                   for f in (self.path / path / "c").rglob("*") if f.is_file() and not _whole_blosc(f, chunk_bytes)]
+            if bad:
+                damaged[path] = sorted(bad)
+        return damaged
+
     def verify(self) -> None:
-        """Checks what a reader relies on: the committed counter agrees with meta/episode_ends (increasing, the
-        last end = the committed step count), every data array holds the committed rows, and the last committed
-        episode decodes. Raises ValueError naming what is wrong; `dsrl-ros repair` fixes what can be fixed."""
+        """Checks what a reader relies on: every chunk frame is whole (`damaged_chunks`), the committed counter
+        agrees with meta/episode_ends (increasing, the last end = the committed step count), every data array
+        holds the committed rows, and the last committed episode decodes. Raises ValueError naming what is
+        wrong; `dsrl-ros repair` fixes what can be fixed."""
+        damaged = self.damaged_chunks()
+        if damaged:
+            path, chunks = next(iter(damaged.items()))
+            raise ValueError(f"{self.path}: {path} chunk {chunks[0]} is torn (its frame is not whole)")
         try:
             n_episodes, n_steps = self._committed()
             ends = np.asarray(self._group["meta/episode_ends"][:], dtype=np.int64)

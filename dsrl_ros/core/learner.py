@@ -1,9 +1,12 @@
-"""Asynchronous DSRL learner: episodes come in from the robot, gradient updates run in a background thread.
+"""The DSRL training engine: episodes come in, gradient updates go out at a fixed update-to-data ratio.
 
-The robot never waits for learning. Each committed episode adds transitions (one per executed chunk); once
-`warmup_episodes` are stored the training thread keeps `num_updates <= utd * (transitions since the warm-up)`,
-so the update-to-data ratio holds when the learner keeps up and the learner simply lags when it cannot. Every
-`publish_every_updates` updates a new actor version is handed to `on_actor` (the ROS node publishes it).
+One engine for every entry point. The learner node runs it asynchronously (`start()`: updates in a background
+thread, the robot never waits for learning); `dsrl-ros train-steer` runs it synchronously (`train_due()` after
+each episode, bit-for-bit reproducible). Either way the same rules hold: each committed episode adds
+transitions (one per executed chunk); once `warmup_episodes` are stored, `num_updates <= utd * (transitions
+since the warm-up)`, so the ratio holds when the learner keeps up and it simply lags when it cannot; every
+`publish_every_updates` updates a new actor version is handed to `on_actor` (the ROS node publishes it). All
+settings come from the agent's config (`core/agent_config.py`).
 
 Run directory: replay.zarr/ (episode-atomic, the source of truth), checkpoint -> ckpt_<n>/ (a symlink swapped
 atomically, so a kill at any moment leaves the previous complete checkpoint; the one before it is kept too),
@@ -19,13 +22,11 @@ a warning. Actor versions never go backwards.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,35 +36,36 @@ import torch
 from dsrl_ros.core.checkpoint import write_atomic
 from dsrl_ros.core.chunk_replay import ChunkReplay, chunk_schema
 from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.run_lock import lock_run_dir
 from dsrl_ros.core.steering import PolicySteering, rng_from_json, rng_state_json
 
 VERSION_FILE = "actor_version.json"   # the last published version, written before each publication
 LOCK_FILE = ".learner.lock"
+LOG_FILE = "episodes.jsonl"           # one line per committed episode, written right after the commit
 CHECKPOINTS_KEPT = 2                  # the newest and the one before it (the fallback if the newest is damaged)
 # on_actor(version, num_updates, safetensors bytes, config JSON)
 ActorCallback = Callable[[int, int, bytes, str], None]
 
 
-@dataclass(frozen=True)
-class LearnerSettings:
-    warmup_episodes: int = 10
-    utd: float = 5.0
-    publish_every_updates: int = 50
-    checkpoint_every_s: float = 30.0
-    seed: int = 0
-
-
-class AsyncLearner:
-    def __init__(self, steering: PolicySteering, run_dir: str | Path, settings: LearnerSettings,
-                 on_actor: ActorCallback, log: Callable[[str], None] = print):
-        self.steering, self.settings, self.on_actor, self.log = steering, settings, on_actor, log
+class Learner:
+    def __init__(self, steering: PolicySteering, run_dir: str | Path, on_actor: ActorCallback = lambda *a: None,
+                 log: Callable[[str], None] = print, checkpoint_every_s: float = 30.0):
+        """steering: the agent and its frozen policy (its config holds every training setting). A run directory
+        with a checkpoint is resumed; `trainer_extra` (JSON) is saved with each checkpoint and given back as
+        `resumed_extra` (what a caller needs to resume its own loop, e.g. train-steer's rollout RNG)."""
+        self.steering, self.config, self.on_actor, self.log = steering, steering.config, on_actor, log
+        self.checkpoint_every_s = checkpoint_every_s
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_run_dir(self.run_dir)
+        self._lock_file = lock_run_dir(self.run_dir / LOCK_FILE, "learner")   # one writer of the replay
         c = steering.policy.config
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
         self.replay = open_replay(self.run_dir, schema, steering)
-        self.rng = np.random.default_rng(settings.seed)
+        self._reconcile_episode_log()
+        self.sampler = self.replay             # what batches come from (mix_prior: online + a prior replay)
+        self.rng = np.random.default_rng(self.config.seed)
+        self.trainer_extra: dict = {}
+        self.resumed_extra: dict = {}
         self.actor_version = 0
         self.resumed_from: int | None = None
         self.error: BaseException | None = None   # set if the training thread died
@@ -77,6 +79,7 @@ class AsyncLearner:
         trainer = self._resume()
         if trainer is not None:
             self.rng = rng_from_json(trainer["rng"])
+            self.resumed_extra = trainer.get("extra", {})
             self.actor_version = max(int(trainer["actor_version"]), published)
             self.resumed_from = steering.agent.num_updates
             self.log(f"resumed from {self._resumed_dir}: {self.resumed_from} updates, actor version "
@@ -126,7 +129,7 @@ class AsyncLearner:
 
     @property
     def training(self) -> bool:
-        return self.n_episodes >= max(1, self.settings.warmup_episodes)
+        return self.n_episodes >= max(1, self.config.warmup_episodes)
 
     def updates_per_s(self) -> float:
         window = self._rate_window
@@ -142,10 +145,31 @@ class AsyncLearner:
             index = self.n_episodes - 1
             record = {"episode": index, **info, "updates": self.num_updates, "actor_version": self.actor_version,
                       "transitions": self.n_transitions, "time": time.time(), **self.last_metrics}
-            with open(self.run_dir / "episodes.jsonl", "a") as f:
+            with open(self.run_dir / LOG_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self._checkpoint_locked()
         return index
+
+    def _reconcile_episode_log(self) -> None:
+        """episodes.jsonl indexes the store (one line per committed episode); the store is the truth. A kill
+        between a commit and its log line, or in the middle of the line, is repaired here: a torn last line is cut,
+        and each committed episode without a line gets one marked "recovered" (what it was is not known)."""
+        path = self.run_dir / LOG_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        whole = []
+        for line in lines:
+            try:
+                whole.append(json.loads(line))
+            except json.JSONDecodeError:
+                break                              # a torn line can only be the last one written
+        missing = range(len(whole), self.n_episodes)
+        if len(whole) == len(lines) and not missing:
+            return
+        ends = self.replay.episodes.episode_ends
+        whole += [{"episode": i, "recovered": True, "transitions": int(ends[i]) - i - 1} for i in missing]
+        write_atomic(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in whole)))
+        self.log(f"{LOG_FILE}: {len(lines) - min(len(lines), len(whole) - len(missing))} torn line(s) cut, "
+                 f"{len(missing)} committed episode(s) without a line marked recovered")
 
     # ---- the training thread ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,11 +192,11 @@ class AsyncLearner:
         fits the critics to a few base-policy episodes for hundreds of steps before the actor first acts."""
         if not self.training:
             return 0
-        return int(self.settings.utd * (self.n_transitions - self._warmup_transitions())) - self.num_updates
+        return int(self.config.utd * (self.n_transitions - self._warmup_transitions())) - self.num_updates
 
     def _warmup_transitions(self) -> int:
         """Transitions in the first warmup_episodes episodes (derived from the store: survives restarts)."""
-        w = self.settings.warmup_episodes
+        w = self.config.warmup_episodes
         return int(self.replay.episodes.episode_ends[w - 1]) - w if w > 0 else 0
 
     def _train_loop(self) -> None:
@@ -183,23 +207,49 @@ class AsyncLearner:
             self.log(f"training thread stopped: {type(err).__name__}: {err}")
 
     def _train(self) -> None:
-        config = self.steering.config
-        device = self.steering.device
         while not self._stop.is_set():
             if self._due_updates() <= 0:
                 self._stop.wait(0.02)
                 continue
-            with self._lock:
-                batch = self.replay.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
-                                           raw_obs=config.encoder == "cnn")
-                self.last_metrics = self.steering.agent.update(_to_device(batch, device))
-                updates = self.num_updates
-                if updates % self.settings.publish_every_updates == 0:
-                    self._publish_locked()
-                if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_every_s:
-                    self._checkpoint_locked()
-            now = time.monotonic()
-            self._rate_window = [(t, n) for t, n in self._rate_window if now - t <= 5.0] + [(now, updates)]
+            self._one_update()
+
+    def train_due(self) -> int:
+        """Runs the updates owed now in the caller's thread (train-steer's synchronous use); returns how many."""
+        done = 0
+        while self._due_updates() > 0:
+            self._one_update()
+            done += 1
+        return done
+
+    def train_updates(self, count: int) -> None:
+        """`count` updates now, owed or not (offline training: `train-steer --offline` has no online data)."""
+        for _ in range(count):
+            self._one_update()
+
+    def mix_prior(self, path: str | Path, prior_fraction: float) -> int:
+        """Offline-to-online: from now on each batch takes prior_fraction of its transitions from the (read-only)
+        replay store at `path` (core/replay_mix.py). Returns the prior's transition count."""
+        from dsrl_ros.core.replay_mix import MixedReplay, open_prior_replay
+
+        prior = open_prior_replay(path, self.replay.episodes.schema, self.steering.features,
+                                  self.steering.normalize_actions)
+        with self._lock:
+            self.sampler = MixedReplay(self.replay, prior, prior_fraction)
+        return prior.n_transitions
+
+    def _one_update(self) -> None:
+        config = self.config
+        with self._lock:
+            batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
+                                        raw_obs=config.encoder == "cnn")
+            self.last_metrics = self.steering.agent.update(_to_device(batch, self.steering.device))
+            updates = self.num_updates
+            if updates % config.publish_every_updates == 0:
+                self._publish_locked()
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s:
+                self._checkpoint_locked()
+        now = time.monotonic()
+        self._rate_window = [(t, n) for t, n in self._rate_window if now - t <= 5.0] + [(now, updates)]
 
     def _publish_locked(self) -> None:
         self.actor_version += 1
@@ -226,7 +276,8 @@ class AsyncLearner:
         name = f"ckpt_{self.num_updates:09d}_{time.time_ns()}"
         self.steering.save_checkpoint(self.run_dir / name, {"rng": rng_state_json(self.rng),
                                                             "actor_version": self.actor_version,
-                                                            "episodes": self.n_episodes})
+                                                            "episodes": self.n_episodes,
+                                                            "extra": self.trainer_extra})
         link, tmp = self.run_dir / "checkpoint", self.run_dir / f".checkpoint.{os.getpid()}"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(name)
@@ -260,23 +311,6 @@ def read_published_version(run_dir: Path) -> int:
         raise ValueError(f"{path}: expected {{\"actor_version\": <int>}}, got {path.read_text()[:60]!r} ({err}); "
                          f"versions must not go backwards, so set it to the highest version this run published") \
             from err
-
-
-def _lock_run_dir(run_dir: Path):
-    """One learner per run directory (two would write one replay): an exclusive lock held while it lives."""
-    f = open(run_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise ValueError(f"{run_dir}: another learner is using this run directory (pid {holder})") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.steering import CHECKPOINT_FORMAT, TRAINER_STATE
 
 REPLAY, VERSION_FILE, CHECKPOINT_LINK = "replay.zarr", "actor_version.json", "checkpoint"
 
@@ -58,8 +59,15 @@ def repair_run(run_dir: str | Path) -> RepairReport:
 
 # ---- replay ---------------------------------------------------------------------------------------------------
 def whole_episodes(store: EpisodeStore, jsonl: Path | None = None) -> tuple[np.ndarray, str]:
-    """(ends of the longest prefix of whole episodes, why the rest is not whole: "" if everything is)."""
+    """(ends of the longest prefix of whole episodes, why the rest is not whole: "" if everything is).
+    Torn chunk frames are found from their headers first (decoding one can crash the process)."""
+    damaged = store.damaged_chunks()
+    torn_ends = "meta/episode_ends" in damaged
+    first_torn_row = min((chunks[0] * store._group[path].chunks[0] for path, chunks in damaged.items()
+                          if path != "meta/episode_ends"), default=None)
     try:
+        if torn_ends:
+            raise ValueError("meta/episode_ends has a torn chunk")
         committed = store._committed()[0]
         ends = np.asarray(store._group["meta/episode_ends"][:], np.int64)[:committed]
         if len(ends) < committed:
@@ -73,6 +81,8 @@ def whole_episodes(store: EpisodeStore, jsonl: Path | None = None) -> tuple[np.n
     for i, end in enumerate(ends):
         if end <= start or any(end > n for n in lengths.values()):
             return ends[:i], why or f"episode {i}: end {end} does not fit the data ({min(lengths.values())} rows)"
+        if first_torn_row is not None and end > first_torn_row:
+            return ends[:i], why or f"episode {i}: row {first_torn_row} onwards lies in a torn chunk"
         for key in store.schema:
             try:
                 store._group[f"data/{key}"][start:end]
@@ -132,13 +142,13 @@ def checkpoint_problem(directory: Path) -> str:
     """"" if every file of a steering checkpoint reads back, else what does not."""
     try:
         config = json.loads((directory / "config.json").read_text())
-        if config.get("format") != "dsrl_ros.steer_checkpoint/1":
+        if config.get("format") != CHECKPOINT_FORMAT:
             return f"config.json: not a steering checkpoint ({config.get('format')!r})"
         int(config["trainer"]["actor_version"])
         tensors = load_file(str(directory / "model.safetensors"))
         if not all(torch.isfinite(t).all() for t in tensors.values()):
             return "model.safetensors: non-finite weights"
-        torch.load(directory / "trainer_state.pt", weights_only=True)
+        torch.load(directory / TRAINER_STATE, weights_only=True)
     except Exception as err:  # any unreadable piece makes the checkpoint unusable
         return f"{type(err).__name__}: {err}"
     return ""

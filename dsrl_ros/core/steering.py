@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,57 +18,25 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_config
 from dsrl_ros.core.dsrl import DSRL, DSRLConfig
 from dsrl_ros.core.policy import DiffusionPolicy, ImageEncoder
 
-ACTOR_FORMAT = "dsrl_ros.noise_actor/1"
-REWARD_MODES = ("success", "time_penalty")
-ENCODERS = ("base_features", "cnn")
+ACTOR_FORMAT = "dsrl_ros.noise_actor/2"              # /2: the full agent config under "agent"
+CHECKPOINT_FORMAT = "dsrl_ros.steer_checkpoint/2"
 TRAINER_STATE = "trainer_state.pt"   # optimiser states + RNG: torch.save, read back with weights_only=True
 
 
-@dataclass(frozen=True)
-class SteerConfig:
-    algo: str = "na"
-    noise_magnitude: float = 1.5
-    # Defaults = the settings behind the shipped sim actor (docs/results.md), sized for a 2-core CPU.
-    hidden_dim: int = 128
-    num_layers: int = 3
-    batch_size: int = 128
-    utd: int = 5                       # gradient updates per executed chunk (RL step)
-    gamma: float = 0.99
-    tau: float = 0.005
-    lr: float = 3e-4
-    actor_lr: float | None = None        # None: same as lr
-    distill_steps: int = 1               # NA: Q^W regression steps per update
-    init_temperature: float = 0.01
-    target_entropy: float | None = 0.0   # None: -noise_dim / 2
-    reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
-    encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own
-    encoder_dim: int = 128               # feature size of the "cnn" encoder
-
-    @classmethod
-    def from_learner_section(cls, lc) -> "SteerConfig":
-        """The agent a robot config's `learner:` section describes (learner and steering nodes agree on it)."""
-        return cls(algo=lc.algo, noise_magnitude=lc.noise_magnitude, hidden_dim=lc.hidden_dim,
-                   batch_size=lc.batch_size, init_temperature=lc.init_temperature,
-                   target_entropy=lc.target_entropy, reward=lc.reward)
-
-    def __post_init__(self) -> None:
-        if self.reward not in REWARD_MODES:
-            raise ValueError(f"reward: expected one of {REWARD_MODES}, got {self.reward!r}")
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder: expected one of {ENCODERS}, got {self.encoder!r}")
-
-    def dsrl_config(self, obs_dim: int, noise_dim: int) -> DSRLConfig:
-        target = -noise_dim / 2 if self.target_entropy is None else self.target_entropy
-        return DSRLConfig(obs_dim=obs_dim, noise_dim=noise_dim, action_dim=noise_dim, algo=self.algo,
-                          hidden_dim=self.hidden_dim, num_layers=self.num_layers,
-                          noise_magnitude=self.noise_magnitude, gamma=self.gamma, tau=self.tau, lr=self.lr,
-                          actor_lr=self.actor_lr, distill_steps=self.distill_steps,
-                          batch_size=self.batch_size, init_temperature=self.init_temperature,
-                          target_entropy=target)
+def dsrl_config(config: AgentConfig, obs_dim: int, noise_dim: int) -> DSRLConfig:
+    """The DSRL algorithm's own config (core/dsrl.py) for an agent on observations of obs_dim features."""
+    return DSRLConfig(obs_dim=obs_dim, noise_dim=noise_dim, action_dim=noise_dim, algo=config.algo,
+                      hidden_dim=config.hidden_dim, num_layers=config.num_layers, num_critics=config.num_critics,
+                      noise_magnitude=config.noise_magnitude, gamma=config.gamma, tau=config.tau, lr=config.lr,
+                      actor_lr=config.actor_lr or None, distill_steps=config.distill_steps,
+                      distill_noise_fraction=config.distill_noise_fraction, batch_size=config.batch_size,
+                      init_temperature=config.init_temperature, target_entropy=config.target_entropy,
+                      init_log_std=config.init_log_std)
 
 
 class SteeringObsEncoder(nn.Module):
@@ -101,7 +68,7 @@ def chunk_reward(env_reward_sum: float, success: bool, mode: str) -> float:
 class PolicySteering:
     """The frozen base policy plus the DSRL agent that picks its noise."""
 
-    def __init__(self, policy: DiffusionPolicy, config: SteerConfig):
+    def __init__(self, policy: DiffusionPolicy, config: AgentConfig):
         if policy.config.n_obs_steps != 1:
             raise ValueError(f"policy n_obs_steps: steering supports 1, got {policy.config.n_obs_steps}")
         self.policy, self.config = policy.eval(), config
@@ -110,7 +77,7 @@ class PolicySteering:
         own = config.encoder == "cnn"
         encoder = SteeringObsEncoder(policy, config.encoder_dim) if own else None
         obs_dim = config.encoder_dim if own else policy.config.hidden_dim
-        self.agent = DSRL(config.dsrl_config(obs_dim, noise_dim), self.decode, encoder)
+        self.agent = DSRL(dsrl_config(config, obs_dim, noise_dim), self.decode, encoder)
         self.device = policy.alpha_bars.device      # the agent lives where the frozen policy does
         self.agent.to(self.device)
 
@@ -155,7 +122,7 @@ class PolicySteering:
 
     # ---- persistence -----------------------------------------------------------------------------------------
     def actor_config(self, metadata: dict | None = None) -> dict:
-        return {"format": ACTOR_FORMAT, "steer": asdict(self.config), "noise_shape": list(self.noise_shape),
+        return {"format": ACTOR_FORMAT, "agent": self.config.to_dict(), "noise_shape": list(self.noise_shape),
                 "obs_dim": self.agent.config.obs_dim, "metadata": metadata or {}}
 
     def save_actor(self, directory: str | Path, metadata: dict | None = None) -> Path:
@@ -180,17 +147,18 @@ class PolicySteering:
         torch.save(opt_state, buffer)
         tmp.write_bytes(buffer.getvalue())    # a plain write: a full disk is an OSError (ENOSPC), not torch's own
         tmp.replace(directory / TRAINER_STATE)
-        config = {"format": "dsrl_ros.steer_checkpoint/1", "steer": asdict(self.config),
+        config = {"format": CHECKPOINT_FORMAT, "agent": self.config.to_dict(),
                   "num_updates": self.agent.num_updates, "trainer": trainer}
         return save_tensors_and_config(directory, self.agent.state_dict(), config)
 
     def load_checkpoint(self, directory: str | Path) -> dict:
         tensors, config = load_tensors_and_config(directory)
-        if config.get("format") != "dsrl_ros.steer_checkpoint/1":
+        if config.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint {directory}: not a steering checkpoint (format {config.get('format')!r})")
-        saved = SteerConfig(**config["steer"])
-        if saved != self.config:
-            raise ValueError(f"checkpoint {directory}: steer config {saved} differs from the requested {self.config}")
+        saved = AgentConfig.from_dict(config.get("agent"), f"checkpoint {directory}: agent")
+        if saved.architecture() != self.config.architecture():
+            raise ValueError(f"checkpoint {directory}: agent {saved.architecture()} differs from the requested "
+                             f"{self.config.architecture()}")
         self.agent.load_state_dict(tensors, strict=True)
         opt_state = torch.load(Path(directory) / TRAINER_STATE, weights_only=True)
         self.agent.actor_opt.load_state_dict(opt_state["actor"])
@@ -209,7 +177,7 @@ def load_actor(directory: str | Path, policy: DiffusionPolicy) -> PolicySteering
 
 
 def actor_from_bytes(safetensors_bytes: bytes, config_json: str, policy: DiffusionPolicy,
-                     expected: SteerConfig | None = None) -> PolicySteering:
+                     expected: AgentConfig | None = None) -> PolicySteering:
     """The same from `PolicySteering.actor_payload()` as it crossed a process (ROS message): no pickle.
     expected: the steering config this robot runs; an actor of any other architecture or bound is refused."""
     try:
@@ -224,17 +192,18 @@ MAX_ACTOR_WEIGHT = 1e4
 
 
 def actor_from_tensors(tensors: dict[str, torch.Tensor], config: dict, policy: DiffusionPolicy,
-                       where: str, expected: SteerConfig | None = None) -> PolicySteering:
-    """A PolicySteering for inference, checked: format, noise shape, architecture (= `expected` if given),
+                       where: str, expected: AgentConfig | None = None) -> PolicySteering:
+    """A PolicySteering for inference, checked: format, noise shape, architecture (= `expected`'s if given),
     tensor names and shapes, finite weights of plausible size, and a finite, bounded w on a probe input."""
     if not isinstance(config, dict) or config.get("format") != ACTOR_FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"{where}: format expected {ACTOR_FORMAT!r}, got {got!r}")
-    if expected is not None and config.get("steer") != asdict(expected):
-        want, theirs = asdict(expected), config.get("steer") if isinstance(config.get("steer"), dict) else {}
-        key = next((k for k in want if theirs.get(k) != want[k]), next(iter(sorted(set(theirs) - set(want))), "?"))
-        raise ValueError(f"{where}: steer.{key}: expected {want.get(key)!r} (this robot's learner section), "
-                         f"got {theirs.get(key)!r}")
+    agent_config = AgentConfig.from_dict(config.get("agent"), f"{where}: agent")
+    if expected is not None and agent_config.architecture() != expected.architecture():
+        want, theirs = expected.architecture(), agent_config.architecture()
+        key = next(k for k in want if theirs[k] != want[k])
+        raise ValueError(f"{where}: agent.{key}: expected {want[key]!r} (this robot's learner section), "
+                         f"got {theirs[key]!r}")
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{where}: tensor {name!r}: expected finite values, got NaN or inf")
@@ -244,11 +213,7 @@ def actor_from_tensors(tensors: dict[str, torch.Tensor], config: dict, policy: D
     if tuple(config.get("noise_shape", ())) != policy.config.noise_shape:
         raise ValueError(f"{where}: noise_shape {config.get('noise_shape')} does not match the "
                          f"base policy's {list(policy.config.noise_shape)}")
-    try:
-        steer_config = SteerConfig(**config["steer"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{where}: config 'steer' is not a steering config ({err})") from err
-    steering = PolicySteering(policy, steer_config)
+    steering = PolicySteering(policy, agent_config)
     encoder = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
     try:
         steering.agent.actor.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("encoder.")},

@@ -12,8 +12,9 @@ Services (what teleop calls):
   /episode_manager/start  std_srvs/Trigger  RESETTING -> RUNNING (next episode)
   /episode_manager/label  std_srvs/SetBool  RUNNING -> ENDED, outcome success (true) or failure (false)
   /episode_manager/abort  std_srvs/Trigger  RUNNING -> ENDED, outcome aborted (the learner does not store it)
-Parameter `wait_for_nodes` (comma-separated node names): the first episode starts only once each of them has
-subscribed to the decision topics, so no node misses the start of episode 1.
+Parameter `wait_for_nodes` (comma-separated node names): an episode (the first, and every later one) starts only
+while each of them has subscribed to the decision topics, so no node misses an episode's start, and no robot time
+goes into episodes that could not be recorded while, say, the learner restarts.
 """
 
 from __future__ import annotations
@@ -23,15 +24,18 @@ import time
 
 from std_srvs.srv import SetBool, Trigger
 
-from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, Observation
+from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus, Observation
 from dsrl_ros.core.episode_cycle import ABORTED, FAILURE, STATE_NAMES, SUCCESS, CycleSettings, EpisodeCycle, Event
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, OBSERVATION, RATE_CAP_HZ, SIM_RESET_SERVICE,
-                                   guarded, outcome_name, qos, run_node, sign_episode_event)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, LEARNER_STATUS,
+                                   OBSERVATION, RATE_CAP_HZ, SIM_RESET_SERVICE, guarded, outcome_name, qos, run_node,
+                                   sign)
 from dsrl_ros.ros_env import SESSION_ENV
 
-DISCOVERY_SETTLE_S = 1.5
+# The learner's 1 Hz status is its heartbeat: a learner killed with SIGKILL stays in the DDS graph until its
+# participant's lease runs out (~20 s), but its status stops at once.
+LEARNER_HEARTBEAT_S = 2.5
 
 
 class EpisodeManagerNode(ConfiguredNode):
@@ -52,6 +56,9 @@ class EpisodeManagerNode(ConfiguredNode):
                                                                     RATE_CAP_HZ["decision"]), q["decision"])
         self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
                                                                    RATE_CAP_HZ["decision"]), q["decision"])
+        self.learner_seen = float("-inf")       # monotonic time of the learner's last status
+        self.create_subscription(LearnerStatus, LEARNER_STATUS, guarded(self.drop, LEARNER_STATUS, self._on_status,
+                                                                        RATE_CAP_HZ["decision"]), q["status"])
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(SetBool, "~/label", self._on_label)
         self.create_service(Trigger, "~/abort", self._on_abort)
@@ -65,33 +72,38 @@ class EpisodeManagerNode(ConfiguredNode):
 
     def _tick(self) -> None:
         now = time.monotonic()
+        ready = self._nodes_ready(now)
         if not self.started:
-            self._wait_for_nodes(now)
+            if ready:
+                self.started = True
+                # After a restart mid-episode: that episode ends ABORTED first (now that the readers are matched).
+                self._publish(self.cycle.recover(now) + self.cycle.begin(now))
+                if not self.cycle.s.auto_reset:
+                    self.get_logger().info("reset the scene, then call /episode_manager/start")
             return
         self._publish(self.cycle.tick(now))
         for note in self.cycle.take_notes():
             self.get_logger().info(note)
-        if self.cycle.take_reset_request(now):
+        # No episode starts while a node it needs is down (e.g. the learner restarting): it could not be recorded.
+        if ready and self.cycle.take_reset_request(now):
             self._request_sim_reset()
 
-    def _wait_for_nodes(self, now: float) -> None:
+    def _nodes_ready(self, now: float) -> bool:
+        """Every node in `wait_for_nodes` has subscribed to the decision topics (the learner: and its status is
+        fresh), and discovery has had DISCOVERY_SETTLE_S to match the other nodes' publishers to it (seeing a
+        node's subscription here does not mean every other participant has matched it yet, ~0.35 s each)."""
         subscribed = {info.node_name for topic in (EPISODE, OBSERVATION, ACTION_CHUNK)
                       for info in self.get_subscriptions_info_by_topic(topic)}
         missing = self.waiting_for - subscribed
+        if "learner" in self.waiting_for and now - self.learner_seen > LEARNER_HEARTBEAT_S:
+            missing.add("learner")
         if missing:
             self.get_logger().info(f"waiting for nodes: {sorted(missing)}", throttle_duration_sec=5.0)
             self.settle_until = None
-            return
-        # Seeing a node's subscriptions here does not mean every other node's publishers have matched them yet
-        # (each participant discovers endpoints on its own, ~0.35 s): give discovery a moment to settle.
+            return False
         if self.settle_until is None:
             self.settle_until = now + DISCOVERY_SETTLE_S
-        if now >= self.settle_until:
-            self.started = True
-            # After a restart mid-episode: that episode ends ABORTED first (now that the readers are matched).
-            self._publish(self.cycle.recover(now) + self.cycle.begin(now))
-            if not self.cycle.s.auto_reset:
-                self.get_logger().info("reset the scene, then call /episode_manager/start")
+        return now >= self.settle_until
 
     def _request_sim_reset(self) -> None:
         if self.reset_future is not None and not self.reset_future.done():   # unanswered (the sim died): drop it
@@ -116,12 +128,20 @@ class EpisodeManagerNode(ConfiguredNode):
         self._publish(self.cycle.on_result(msg.episode, msg.steps_executed, msg.success, msg.truncated,
                                            time.monotonic()))
 
+    def _on_status(self, msg: LearnerStatus) -> None:
+        self.learner_seen = time.monotonic()
+
     def _on_observation(self, msg: Observation) -> None:
         if msg.final:
             self.cycle.on_final_observation(msg.episode, time.monotonic())
 
     def _on_start(self, request, response):
-        response.success, response.message, events = self.cycle.operator_start(time.monotonic())
+        now = time.monotonic()
+        if not self._nodes_ready(now):
+            response.success = False
+            response.message = f"cannot start: waiting for nodes {sorted(self.waiting_for)} to be up"
+            return response
+        response.success, response.message, events = self.cycle.operator_start(now)
         self._publish(events)
         return response
 
@@ -141,7 +161,7 @@ class EpisodeManagerNode(ConfiguredNode):
             msg = EpisodeEvent(episode=e.episode, state=e.state, outcome=e.outcome, chunks=e.chunks, steps=e.steps,
                                detail=e.detail)
             msg.header.stamp = self.get_clock().now().to_msg()
-            sign_episode_event(msg, self.key)
+            sign(msg, self.key)
             self.event_pub.publish(msg)
             self.get_logger().info(f"episode {e.episode}: {STATE_NAMES[e.state]} {outcome_name(e.outcome)} "
                                    f"{e.detail}")

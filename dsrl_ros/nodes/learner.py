@@ -2,7 +2,7 @@
 
 Subscribes to the decision stream (Observation, ActionChunk, ChunkResult, EpisodeEvent), pairs the pieces of each
 decision exactly by (episode, seq) (`EpisodeRecorder`), and commits each finished episode to
-`<learner.run_dir>/replay.zarr` (episode-atomic). Training runs in a background thread (`AsyncLearner`:
+`<learner.run_dir>/replay.zarr` (episode-atomic). Training runs in a background thread (`core/learner.py`:
 DSRL-NA by default, DSRL-SAC with learner.algo: sac) at learner.utd updates per transition; every
 learner.publish_every_updates updates it publishes the actor on /dsrl/actor_weights (safetensors bytes + JSON,
 latched) and /dsrl/learner_status once a second. Restarted, it resumes from its checkpoint and republishes the
@@ -20,13 +20,14 @@ import torch
 from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Observation
 from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
 from dsrl_ros.core.episode_recorder import EpisodeRecorder
-from dsrl_ros.core.learner import AsyncLearner, LearnerSettings
+from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.run_identity import load_or_create_run_key
-from dsrl_ros.core.steering import PolicySteering, SteerConfig
+from dsrl_ros.core.steering import PolicySteering
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
-                                   RATE_CAP_HZ, check_episode_event, float32_array, guarded, observation_arrays,
-                                   outcome_name, qos, run_node, sign_actor_weights)
+                                   RATE_CAP_HZ, check_signed, float32_array, guarded, observation_arrays,
+                                   outcome_name, qos, run_node, sign)
 
 
 class LearnerNode(ConfiguredNode):
@@ -38,16 +39,12 @@ class LearnerNode(ConfiguredNode):
             torch.set_num_threads(1)   # the other nodes need the remaining cores
         torch.manual_seed(lc.seed)
         self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), device)
-        steer = SteerConfig.from_learner_section(lc)
         self.key = load_or_create_run_key(lc.run_dir)
         q = qos()
         self.weights_pub = self.create_publisher(ActorWeights, ACTOR_WEIGHTS, q["latched"])
         self.status_pub = self.create_publisher(LearnerStatus, LEARNER_STATUS, q["status"])
-        settings = LearnerSettings(warmup_episodes=lc.warmup_episodes, utd=lc.utd,
-                                   publish_every_updates=lc.publish_every_updates,
-                                   checkpoint_every_s=lc.checkpoint_every_s, seed=lc.seed)
-        self.learner = AsyncLearner(PolicySteering(self.policy, steer), lc.run_dir, settings, self._publish_actor,
-                                    log=self.get_logger().info)
+        self.learner = Learner(PolicySteering(self.policy, AgentConfig.of(lc)), lc.run_dir, self._publish_actor,
+                               log=self.get_logger().info, checkpoint_every_s=lc.checkpoint_every_s)
         pc = self.policy.config
         self.recorder = EpisodeRecorder(pc.chunk_len * pc.action_dim, lc.reward)
 
@@ -60,6 +57,10 @@ class LearnerNode(ConfiguredNode):
         sub(EpisodeEvent, EPISODE, self._on_episode, "event")
         self.create_timer(0.1, self._commit_finished)
         self.create_timer(1.0, self._publish_status)
+        if lc.prior_replay:                  # offline-to-online: batches mix in a prior replay (dsrl-ros bag2zarr)
+            prior = self.learner.mix_prior(lc.prior_replay, lc.prior_fraction)
+            self.get_logger().info(f"prior replay {lc.prior_replay}: {prior} transitions, "
+                                   f"{lc.prior_fraction:.0%} of each batch")
         self.learner.publish_current()
         self.learner.start()
         self.get_logger().info(f"DSRL-{lc.algo.upper()} on {device}, replay {lc.run_dir}/replay.zarr: "
@@ -76,10 +77,10 @@ class LearnerNode(ConfiguredNode):
                             float32_array(msg.actions, "action_chunk.actions", n).copy(), int(msg.noise_source))
 
     def _on_result(self, msg: ChunkResult) -> None:
-        self.recorder.result(msg.episode, msg.seq, msg.reward)
+        self.recorder.result(msg.episode, msg.seq, msg.reward, msg.ended_by)
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
-        check_episode_event(msg, self.key)
+        check_signed(msg, self.key)
         if msg.state == EpisodeEvent.STATE_RUNNING:
             self.recorder.start(msg.episode)
         elif msg.state == EpisodeEvent.STATE_ENDED and outcome_name(msg.outcome):
@@ -102,7 +103,7 @@ class LearnerNode(ConfiguredNode):
         msg = ActorWeights(version=version, num_updates=num_updates, config_json=config_json)
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.safetensors = array.array("B", payload)   # array.array: no per-element conversion
-        sign_actor_weights(msg, self.key)
+        sign(msg, self.key)
         self.weights_pub.publish(msg)
 
     def _publish_status(self) -> None:

@@ -29,8 +29,8 @@ from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_de
 from dsrl_ros.core.decision_clock import DecisionClock
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, NOISE, OBSERVATION, RATE_CAP_HZ,
-                                   array_to_image, check_episode_event, float32_array, float32_field, guarded,
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, NOISE, OBSERVATION, RATE_CAP_HZ,
+                                   array_to_image, check_signed, float32_array, float32_field, guarded,
                                    image_to_array, joint_positions, ns_stamp, qos, run_node, stamp_ns)
 
 class PolicyNode(ConfiguredNode):
@@ -60,6 +60,9 @@ class PolicyNode(ConfiguredNode):
         self.joints: dict[str, float] = {}
         self.ee: np.ndarray | None = None
         self.pending: tuple[Observation, torch.Tensor] | None = None   # (observation, its policy features)
+        # No decision before discovery has matched our publishers to the other nodes (a restarted policy node
+        # resumes the running episode at once; a decision the learner never sees costs the whole episode).
+        self.first_decision_at = time.monotonic() + DISCOVERY_SETTLE_S
 
         def sub(msg_type, topic, handler, role, profile):
             self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role]),
@@ -114,7 +117,7 @@ class PolicyNode(ConfiguredNode):
 
     # ---- the decision clock ------------------------------------------------------------------------------------
     def _on_episode(self, msg: EpisodeEvent) -> None:
-        check_episode_event(msg, self.key)
+        check_signed(msg, self.key)
         if self.clock.on_episode(msg.episode, msg.state == EpisodeEvent.STATE_RUNNING, stamp_ns(msg.header.stamp)):
             self._cancel_pending()
             self._try_observe()
@@ -137,6 +140,8 @@ class PolicyNode(ConfiguredNode):
 
     def _try_observe(self) -> None:
         """Publishes the observation for a due decision once every sensor has caught up."""
+        if time.monotonic() < self.first_decision_at:
+            return
         decision = self.clock.next_decision()
         if decision is None:
             return

@@ -30,6 +30,9 @@ EPISODE = "/dsrl/episode"
 ACTOR_WEIGHTS = "/dsrl/actor_weights"
 LEARNER_STATUS = "/dsrl/learner_status"
 SIM_RESET_SERVICE = "/sim_robot/reset"
+# Seeing another node's endpoints does not mean every participant has matched ours yet (~0.35 s each, more under
+# load): a node that must not lose its first messages waits this long after it sees its peers (or starts).
+DISCOVERY_SETTLE_S = 1.5
 
 
 def qos():
@@ -189,37 +192,29 @@ def guarded(drop: DropLog, topic: str, handler: Callable, rate_cap_hz: float | N
 
 
 # ---- signed messages (dsrl_ros/core/run_identity.py) --------------------------------------------------------------
-def sign_episode_event(msg, key: RunKey) -> None:
+# What is signed, per message type: (the signature's kind, the message's fields that go in, the field-name prefix
+# of errors). Publisher and readers share these, so they cannot disagree.
+_SIGNED = {
+    "EpisodeEvent": (EPISODE_EVENT_KIND, "episode_event", lambda m: episode_event_fields(
+        m.episode, m.state, m.outcome, m.chunks, m.steps, stamp_ns(m.header.stamp), m.detail)),
+    "ActorWeights": (ACTOR_WEIGHTS_KIND, "actor_weights", lambda m: actor_weights_fields(
+        m.version, m.num_updates, m.config_json, bytes(m.safetensors))),
+}
+
+
+def sign(msg, key: RunKey) -> None:
+    """Sets run_id and signature of an EpisodeEvent or ActorWeights under this run's key."""
+    kind, _, fields = _SIGNED[type(msg).__name__]
     msg.run_id = key.run_id
-    msg.signature = array.array("B", key.sign(EPISODE_EVENT_KIND, *_event_fields(msg)))
+    msg.signature = array.array("B", key.sign(kind, *fields(msg)))
 
 
-def check_episode_event(msg, key: RunKey) -> None:
-    """ValueError naming the field unless this run's episode manager sent the event."""
-    why = key.verify(EPISODE_EVENT_KIND, msg.run_id, bytes(msg.signature), *_event_fields(msg))
+def check_signed(msg, key: RunKey) -> None:
+    """ValueError naming the field unless this run signed the message (and nothing in it changed since)."""
+    kind, name, fields = _SIGNED[type(msg).__name__]
+    why = key.verify(kind, msg.run_id, bytes(msg.signature), *fields(msg))
     if why:
-        raise ValueError(f"episode_event.{why}")
-
-
-def _event_fields(msg) -> tuple:
-    return episode_event_fields(msg.episode, msg.state, msg.outcome, msg.chunks, msg.steps,
-                                stamp_ns(msg.header.stamp), msg.detail)
-
-
-def sign_actor_weights(msg, key: RunKey) -> None:
-    msg.run_id = key.run_id
-    msg.signature = array.array("B", key.sign(ACTOR_WEIGHTS_KIND, *_weights_fields(msg)))
-
-
-def check_actor_weights(msg, key: RunKey) -> None:
-    """ValueError naming the field unless this run's learner sent the weights."""
-    why = key.verify(ACTOR_WEIGHTS_KIND, msg.run_id, bytes(msg.signature), *_weights_fields(msg))
-    if why:
-        raise ValueError(f"actor_weights.{why}")
-
-
-def _weights_fields(msg) -> tuple:
-    return actor_weights_fields(msg.version, msg.num_updates, msg.config_json, bytes(msg.safetensors))
+        raise ValueError(f"{name}.{why}")
 
 
 # ---- process entry ----------------------------------------------------------------------------------------------

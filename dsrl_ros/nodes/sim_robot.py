@@ -101,9 +101,10 @@ class SimRobotNode(ConfiguredNode):
                 self.limit_hits_logged.add(hit.name)
                 self.get_logger().warning(f"chunk {msg.seq} (episode {msg.episode}) clipped to action limits: {hit} "
                                           f"(logged once per dimension and episode)")
-        if self.queue:
+        if self.queue:                  # a newer chunk cuts this one short: say what of it was executed
             self.get_logger().warning(f"chunk {msg.seq} replaces chunk {self.chunk.seq} with {len(self.queue)} "
                                       f"actions left")
+            self._publish_result(self.get_clock().now().to_msg(), success=False, truncated=False, ended_by="replaced")
         self.queue = deque(actions)
         self.chunk, self.chunk_steps, self.chunk_reward = msg, 0, 0.0
 
@@ -120,11 +121,18 @@ class SimRobotNode(ConfiguredNode):
             self.queue.clear()
             self.episode_over = True
         if not self.queue:
-            result = ChunkResult(seq=self.chunk.seq, episode=self.chunk.episode, steps_executed=self.chunk_steps,
-                                 reward=float(self.chunk_reward), success=bool(terminated),
-                                 truncated=bool(truncated))
-            result.header.stamp = stamp
-            self.result_pub.publish(result)
+            self._publish_result(stamp, bool(terminated), bool(truncated),
+                                 "success" if terminated else "episode_ended" if truncated else "complete")
+
+    def _publish_result(self, stamp, success: bool, truncated: bool, ended_by: str) -> None:
+        """Every chunk that began executing gets a result, also one cut short by a newer chunk (ended_by
+        "replaced", as the chunk executor says it): the episode manager counts every executed step, and the
+        learner discards an episode whose stored chunk is not what was executed."""
+        result = ChunkResult(seq=self.chunk.seq, episode=self.chunk.episode, steps_executed=self.chunk_steps,
+                             reward=float(self.chunk_reward), success=success, truncated=truncated,
+                             ended_by=ended_by)
+        result.header.stamp = stamp
+        self.result_pub.publish(result)
 
     def _publish_obs(self):
         stamp = self.get_clock().now().to_msg()

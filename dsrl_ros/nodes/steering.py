@@ -17,9 +17,10 @@ import torch
 from dsrl_interfaces.msg import ActorWeights, Noise, Observation
 from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
 from dsrl_ros.core.run_identity import load_or_create_run_key
-from dsrl_ros.core.steering import PolicySteering, SteerConfig, actor_from_bytes
+from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ, check_actor_weights,
+from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ, check_signed,
                                    float32_field, guarded, observation_arrays, qos, run_node)
 
 
@@ -29,7 +30,7 @@ class SteeringNode(ConfiguredNode):
         c = self.config
         torch.set_num_threads(1)
         self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), resolve_device(c.policy.device))
-        self.expected = SteerConfig.from_learner_section(c.learner)
+        self.expected = AgentConfig.of(c.learner)
         self.key = load_or_create_run_key(c.learner.run_dir)
         self.steering: PolicySteering | None = None
         self.version = 0
@@ -59,7 +60,7 @@ class SteeringNode(ConfiguredNode):
 
     def _on_weights(self, msg: ActorWeights) -> None:
         try:
-            check_actor_weights(msg, self.key)
+            check_signed(msg, self.key)
             if msg.version <= self.version:
                 raise ValueError(f"actor_weights.version: expected > {self.version} (the version in use), got "
                                  f"{msg.version}")

@@ -1,0 +1,382 @@
+"""The chunk executor's logic: chunk in, safe controller commands and chunk reports out (no ROS import).
+
+`ChunkExecutor` ties the pieces of `dsrl_ros/arm/` together; `nodes/chunk_executor.py` only converts messages
+and calls it. Inputs are method calls with the current time (ns); each returns an `Output`: commands for the
+controller, reports of chunks that stopped running, and lines to log.
+
+From action to command, per step, starting from the last *commanded* target (never the measured pose, which lags
+and would make the arm drift): clip to the config's action limits; scale to robot units; for `ee_delta` add the
+deltas to the commanded tool pose, keep it in the workspace and within the per-step limits, solve IK (warm
+start: the previous target); clamp the joints to their position and velocity limits; then the backend makes the
+command. A step the safety layer changed is reported with what was really commanded, converted back into action
+units; untouched steps report the chunk's own action, bit for bit.
+
+The anchor (the commanded target chunks build on) starts from the measured joints at an episode's first chunk and
+after every hold (e-stop, watchdog, episode end): the arm is then where it is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dsrl_ros.arm.backends import Backend, Target
+from dsrl_ros.arm.kinematics import ArmKinematics, Pose, rotate_about_z, rotation_log, yaw_of
+from dsrl_ros.arm.safety import (EStop, Hit, LimitLog, SafetyLimits, Watchdog, check_finite, clamp_ee, clamp_joints,
+                                 clamp_rotation_step)
+from dsrl_ros.arm.schedule import (END_COMPLETE, END_EPISODE, END_ESTOP, END_SUCCESS, END_WATCHDOG, ChunkSchedule,
+                                   ScheduledChunk)
+
+ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
+POSE_TOLERANCE_M, POSE_TOLERANCE_RAD = 1e-3, 1e-3    # slack for a clamped step's pose against the Cartesian limits
+
+
+class ChunkRefused(ValueError):
+    """A chunk the executor will not run (e-stop engaged, stale joint states, an old episode); no report."""
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    action_space: str
+    action_names: tuple[str, ...]
+    action_low: np.ndarray              # the robot config's action.low/high: applied here too
+    action_high: np.ndarray
+    action_scale: np.ndarray            # robot units (m, rad) per action unit, per dimension
+    period_ns: int                      # one action step (control.rate_hz)
+    latency_margin_ns: int
+    max_episode_steps: int
+    limits: SafetyLimits
+    joint_state_timeout_ns: int
+    chunk_timeout_ns: int
+    grip_action: tuple[float, float] = (0.0, 1.0)   # action values meaning open, closed
+    grip_width: tuple[float, float] = (0.08, 0.0)   # gripper opening (m) when open, closed
+
+    def __post_init__(self):
+        if self.action_space not in ACTION_SPACES:
+            raise ValueError(f"action.space: expected one of {list(ACTION_SPACES)}, got {self.action_space!r}")
+        names = list(self.action_names)
+        if self.action_space == "ee_delta" and not {"dx", "dy", "dz"} <= set(names):
+            raise ValueError(f"action.names: ee_delta needs dx, dy, dz (optional dyaw, grip), got {names}")
+        arm = [n for n in names if n != "grip"]
+        if self.action_space != "ee_delta" and len(arm) != len(self.limits.joint_names):
+            raise ValueError(f"action.names: {self.action_space} needs one action per joint "
+                             f"({len(self.limits.joint_names)}) plus an optional grip, got {names}")
+
+    def index(self, name: str) -> int | None:
+        return self.action_names.index(name) if name in self.action_names else None
+
+
+@dataclass
+class ChunkReport:
+    seq: int
+    episode: int
+    indices: list[int]                  # chunk index of each executed step
+    stamps_ns: list[int]                # when each was due (commanded)
+    actions: np.ndarray                 # (executed, D) as commanded, action units
+    dropped_late: int
+    limited_steps: int
+    ended_by: str
+    end_ns: int
+    success: bool = False
+    truncated: bool = False
+
+
+@dataclass
+class Output:
+    commands: list = field(default_factory=list)
+    reports: list[ChunkReport] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+
+    def add(self, other: "Output") -> "Output":
+        self.commands += other.commands
+        self.reports += other.reports
+        self.logs += other.logs
+        return self
+
+
+class ChunkExecutor:
+    def __init__(self, settings: ExecutorSettings, backend: Backend, kinematics: ArmKinematics):
+        self.s, self.backend, self.kin = settings, backend, kinematics
+        self.schedule = ChunkSchedule(settings.period_ns, settings.latency_margin_ns)
+        self.estop_latch = EStop()
+        self.watchdog = Watchdog(settings.joint_state_timeout_ns, settings.chunk_timeout_ns)
+        self.limit_log = LimitLog()
+        self.measured_q: np.ndarray | None = None
+        self.measured_grip: float | None = None
+        self.anchor: Target | None = None     # last commanded target; None: start from the measured state
+        self.episode = -1                     # episode of the newest accepted chunk
+        self.running = False                  # an episode is running (episode events)
+        self.running_episode: int | None = None   # once events are seen, only its chunks are run
+        self.events_seen = False
+        self.ended_episode = -1               # newest episode known to have ended
+        self.episode_steps = 0
+        self.success_episode = -1             # episode whose success came in between chunks
+        self.hold_reason = ""                 # why the watchdog holds ("" when it does not)
+        self._ix = {n: settings.index(n) for n in ("dx", "dy", "dz", "dyaw", "grip")}
+
+    # ---- inputs --------------------------------------------------------------------------------------------
+    def on_joint_state(self, q: np.ndarray, grip: float | None, now_ns: int) -> None:
+        """The arm's measured joints (config order) and, if the same message carries it, the gripper opening."""
+        self.measured_q = np.asarray(q, float)
+        if grip is not None:
+            self.measured_grip = grip
+        self.watchdog.on_joint_state(now_ns)
+
+    def on_gripper_state(self, grip: float) -> None:
+        """A gripper opening published on its own (drivers that publish the gripper separately)."""
+        self.measured_grip = grip
+
+    def on_episode(self, episode: int, running: bool, now_ns: int) -> Output:
+        out = Output()
+        self.events_seen = True
+        if running:
+            if episode > self.ended_episode:
+                self.running, self.running_episode = True, episode
+                self.watchdog.on_chunk(now_ns)        # the chunk timeout counts from the start
+            return out
+        self.ended_episode = max(self.ended_episode, episode)
+        self.running, self.running_episode = False, None
+        active = self.schedule.active
+        if active is not None and active.episode <= episode:
+            out.add(self._stop(END_EPISODE, now_ns, hold_if_idle=False))
+        return out
+
+    def on_success(self, now_ns: int) -> Output:
+        """The task succeeded (a success detector, the sim): the running chunk ends here, reporting success."""
+        if self.schedule.active is None:
+            self.success_episode = self.episode
+            return Output()
+        return self._stop(END_SUCCESS, now_ns, success=True)
+
+    def on_chunk(self, seq: int, episode: int, actions: np.ndarray, obs_stamp_ns: int, now_ns: int) -> Output:
+        """Schedules a chunk (its first execute_steps actions, (T, D)); raises ValueError if malformed and
+        ChunkRefused if it must not run now."""
+        actions = np.asarray(actions, np.float32)
+        if actions.ndim != 2 or actions.shape[1] != len(self.s.action_names) or len(actions) < 1:
+            raise ValueError(f"action_chunk.actions: expected (steps, {len(self.s.action_names)}), got {actions.shape}")
+        check_finite(actions)
+        if self.estop_latch.engaged:
+            raise ChunkRefused(f"e-stop engaged ({self.estop_latch.reason}): chunks are refused until a reset")
+        if self.watchdog.joint_states_stale(now_ns):
+            raise ChunkRefused(f"holding: {self.watchdog.check(now_ns, False)}")
+        if episode < self.episode or episode <= self.ended_episode:
+            raise ChunkRefused(f"chunk {seq} is for episode {episode}, which is over")
+        if self.events_seen and episode != self.running_episode:
+            raise ChunkRefused(f"chunk {seq} is for episode {episode}; the running episode is "
+                               f"{self.running_episode if self.running_episode is not None else 'none'}")
+        out = Output()
+        self.watchdog.on_chunk(now_ns)
+        if episode != self.episode:                   # an episode's first chunk: start from the measured state
+            out.add(self._stop(END_EPISODE, now_ns, hold_if_idle=False))
+            self.episode, self.episode_steps, self.anchor = episode, 0, None
+            self.limit_log.new_episode()
+        out.add(self.tick(now_ns))
+        budget = self.s.max_episode_steps - self.episode_steps
+        if self.success_episode == episode or budget <= 0:   # success came between chunks / no steps left
+            out.reports.append(ChunkReport(seq, episode, [], [], actions[:0], 0, 0,
+                                           END_SUCCESS if self.success_episode == episode else END_COMPLETE,
+                                           now_ns, self.success_episode == episode, budget <= 0))
+            return out
+        raw = actions[:budget]
+        clipped, hits = self._clip(raw)
+        chunk, ended = self.schedule.submit(seq, episode, clipped, obs_stamp_ns, now_ns)
+        if ended is not None:
+            out.reports.append(self._report(ended))
+        start = self._anchor(now_ns)
+        targets = self._targets(chunk, start, raw, hits)
+        out.logs += self.limit_log.report(hits)
+        if chunk.dropped_late:
+            out.logs.append(f"chunk {seq}: {chunk.dropped_late} late steps dropped (due before it arrived; "
+                            f"{self.schedule.late_total} so far)")
+        if targets:
+            out.commands += self.backend.run(start, targets)
+        else:
+            out.reports.append(self._report(chunk))
+        return out
+
+    def estop(self, reason: str, now_ns: int) -> Output:
+        """Halt now and stay halted until `reset_estop`."""
+        if not self.estop_latch.engage(reason, now_ns):
+            return Output()
+        out = self._stop(END_ESTOP, now_ns)
+        out.logs.append(f"E-STOP engaged ({reason}): holding; chunks refused until reset")
+        return out
+
+    def reset_estop(self, now_ns: int) -> Output:
+        out = Output()
+        if self.estop_latch.reset():
+            self.anchor = None
+            out.logs.append("e-stop released: the next chunk starts from the measured pose")
+        return out
+
+    # ---- the control tick ----------------------------------------------------------------------------------
+    def tick(self, now_ns: int) -> Output:
+        out = Output()
+        if not self.estop_latch.engaged:
+            why = self.watchdog.check(now_ns, self.running)
+            if why and not self.hold_reason:
+                self.hold_reason = why
+                out.add(self._stop(END_WATCHDOG, now_ns))
+                out.logs.append(f"watchdog: {why}: holding position")
+            elif not why and self.hold_reason and not self.watchdog.joint_states_stale(now_ns):
+                self.hold_reason = ""
+        self._advance(now_ns)
+        finished = self.schedule.take_finished(now_ns)
+        if finished is not None:
+            out.reports.append(self._report(finished))
+        out.commands += self.backend.tick(now_ns)
+        return out
+
+    # ---- internals -----------------------------------------------------------------------------------------
+    def _advance(self, now_ns: int) -> None:
+        for step in self.schedule.advance(now_ns):
+            self.anchor = step.target
+            self.episode_steps += 1
+
+    def _stop(self, reason: str, now_ns: int, success: bool = False, hold_if_idle: bool = True) -> Output:
+        """Ends the running chunk (if any) and holds where the arm is measured."""
+        out = Output()
+        self._advance(now_ns)
+        stopped = self.schedule.stop(reason, now_ns)
+        if stopped is None and not hold_if_idle:
+            return out
+        if stopped is not None:
+            out.reports.append(self._report(stopped, success=success))
+        measured = self._measured_target(now_ns)
+        if measured is not None:
+            out.commands += self.backend.hold(measured, now_ns)
+        self.anchor = None
+        return out
+
+    def _measured_target(self, now_ns: int) -> Target | None:
+        if self.measured_q is None:
+            return None
+        grip = self.anchor.grip if self.anchor is not None and self.anchor.grip is not None else self.measured_grip
+        return Target(now_ns, self.measured_q.copy(), self.kin.fk(self.measured_q), grip)
+
+    def _anchor(self, now_ns: int) -> Target:
+        if self.anchor is None:
+            if self.measured_q is None:
+                raise ChunkRefused("no joint states yet")
+            self.anchor = self._measured_target(now_ns)
+        return self.anchor
+
+    def _clip(self, actions: np.ndarray) -> tuple[np.ndarray, list[Hit]]:
+        hits = []
+        for d, name in enumerate(self.s.action_names):
+            lo, hi = self.s.action_low[d], self.s.action_high[d]
+            if actions[:, d].max() > hi:
+                hits.append(Hit(f"action.high[{name}]", float(actions[:, d].max()), float(hi)))
+            if actions[:, d].min() < lo:
+                hits.append(Hit(f"action.low[{name}]", float(actions[:, d].min()), float(lo)))
+        return np.clip(actions, self.s.action_low, self.s.action_high), hits
+
+    def _grip_width(self, action: np.ndarray) -> float | None:
+        g = self._ix["grip"]
+        if g is None:
+            return None
+        (a_open, a_closed), (w_open, w_closed) = self.s.grip_action, self.s.grip_width
+        frac = float(np.clip((action[g] - a_open) / (a_closed - a_open), 0.0, 1.0))
+        return w_open + frac * (w_closed - w_open)
+
+    def _targets(self, chunk: ScheduledChunk, start: Target, raw: np.ndarray, hits: list[Hit]) -> list[Target]:
+        """Each on-time step's safe target (chained from `start`); fills step.target, .executed, .limited."""
+        targets, prev = [], start
+        dt = self.s.period_ns / 1e9
+        for step in chunk.steps:
+            step_hits: list[Hit] = []
+            target = self._step_target(step.action, prev, step.due_ns, dt, step_hits)
+            hits += step_hits
+            step.target = target
+            step.executed = step.action.copy() if not step_hits else self._as_action(step.action, prev, target)
+            step.limited = bool(step_hits) or not np.array_equal(step.action, raw[step.index])
+            targets.append(target)
+            prev = target
+        return targets
+
+    def _step_target(self, a: np.ndarray, prev: Target, due_ns: int, dt: float, hits: list[Hit]) -> Target:
+        s, lim = self.s, self.s.limits
+        grip = self._grip_width(a)
+        if s.action_space == "ee_delta":
+            ix = self._ix
+            xyz, h = clamp_ee(prev.pose.xyz + np.array([a[ix[k]] * s.action_scale[ix[k]] for k in ("dx", "dy", "dz")]),
+                              prev.pose.xyz, lim)
+            hits += h
+            dyaw = 0.0 if ix["dyaw"] is None else float(a[ix["dyaw"]] * s.action_scale[ix["dyaw"]])
+            dyaw, h = clamp_rotation_step(dyaw, lim)
+            hits += h
+            wanted = Pose(xyz, rotate_about_z(prev.pose.rotation, dyaw))
+            ik = self.kin.ik(wanted, prev.q)
+            if not ik.converged:
+                hits.append(Hit("executor.ik_position_error_m", ik.position_error_m, 1e-4))
+            q, h = clamp_joints(ik.q, prev.q, dt, lim)
+            hits += h
+            if ik.converged and not h:
+                return Target(due_ns, q, wanted, grip)
+            # What the clamped joints really reach must itself pass the Cartesian limits, else the arm holds.
+            pose = self.kin.fk(q)
+            box, _ = clamp_ee(pose.xyz, prev.pose.xyz, lim)
+            turn = float(np.linalg.norm(rotation_log(prev.pose.rotation.T @ pose.rotation)))
+            if np.abs(box - pose.xyz).max() > POSE_TOLERANCE_M or turn > lim.max_ee_step_rad + POSE_TOLERANCE_RAD:
+                hits.append(Hit("executor.unreachable_step_m", float(np.linalg.norm(wanted.xyz - pose.xyz)), 0.0))
+                return Target(due_ns, prev.q.copy(), prev.pose, grip)
+            return Target(due_ns, q, pose, grip)
+        arm = np.array([a[i] * s.action_scale[i] for i, n in enumerate(s.action_names) if n != "grip"])
+        q_wanted = arm if s.action_space == "joint_position" else prev.q + arm
+        q, h = clamp_joints(q_wanted, prev.q, dt, lim)
+        hits += h
+        pose = self.kin.fk(q)
+        if lim.workspace_low is not None:
+            _, h = clamp_ee(pose.xyz, pose.xyz, lim)
+            if h:                                      # a joint-space step leaving the box is not taken
+                hits += h
+                q, pose = prev.q.copy(), prev.pose
+        return Target(due_ns, q, pose, grip)
+
+    def _as_action(self, requested: np.ndarray, prev: Target, target: Target) -> np.ndarray:
+        """What was really commanded, in action units (requested values where nothing changed them)."""
+        s, out = self.s, np.array(requested, np.float32)
+        if s.action_space == "ee_delta":
+            ix = self._ix
+            delta = target.pose.xyz - prev.pose.xyz
+            for k, name in enumerate(("dx", "dy", "dz")):
+                out[ix[name]] = delta[k] / s.action_scale[ix[name]]
+            if ix["dyaw"] is not None:
+                dyaw = (yaw_of(target.pose.rotation) - yaw_of(prev.pose.rotation) + np.pi) % (2 * np.pi) - np.pi
+                out[ix["dyaw"]] = dyaw / s.action_scale[ix["dyaw"]]
+            return out
+        arm = [i for i, n in enumerate(s.action_names) if n != "grip"]
+        values = target.q if s.action_space == "joint_position" else target.q - prev.q
+        for j, i in enumerate(arm):
+            out[i] = values[j] / s.action_scale[i]
+        return out
+
+    def _report(self, chunk: ScheduledChunk, success: bool = False) -> ChunkReport:
+        done = chunk.executed
+        actions = (np.array([st.executed for st in done], np.float32) if done
+                   else np.zeros((0, len(self.s.action_names)), np.float32))
+        return ChunkReport(chunk.seq, chunk.episode, [st.index for st in done], [st.due_ns for st in done], actions,
+                           chunk.dropped_late, sum(st.limited for st in done),
+                           chunk.ended_by, chunk.end_ns, success or chunk.ended_by == END_SUCCESS,
+                           self.episode_steps >= self.s.max_episode_steps)
+
+
+def build_executor(config, urdf: str) -> ChunkExecutor:
+    """The executor a robot config asks for (`executor`, `workspace`, `joints`, `action`, `control` sections),
+    over the kinematics of `urdf` (the arm's /robot_description)."""
+    from dsrl_ros.arm.backends import make_backend
+
+    c, e = config, config.executor
+    period_ns = round(1e9 / c.control.rate_hz)
+    limits = SafetyLimits(tuple(c.joints.names), np.array(c.joints.position_lower), np.array(c.joints.position_upper),
+                          np.array(c.joints.velocity_limit), e.velocity_scale, e.joint_margin_rad,
+                          np.array(c.workspace.low) if c.workspace.low else None,
+                          np.array(c.workspace.high) if c.workspace.high else None, e.max_ee_step_m, e.max_ee_step_rad)
+    settings = ExecutorSettings(
+        c.action.space, tuple(c.action.names), np.array(c.action.low, np.float32), np.array(c.action.high, np.float32),
+        np.array(e.action_scale or [1.0] * len(c.action.names)), period_ns, round(e.latency_margin_s * 1e9),
+        c.control.max_episode_steps, limits, round(e.joint_state_timeout_s * 1e9), round(e.chunk_timeout_s * 1e9),
+        (e.grip_open_action, e.grip_closed_action), (e.gripper_open_width, e.gripper_closed_width))
+    backend = make_backend(e.backend, list(c.joints.names), period_ns, e.gripper_mode, e.gripper_joint)
+    return ChunkExecutor(settings, backend, ArmKinematics(urdf, list(c.joints.names), e.tip_frame))

@@ -1,0 +1,99 @@
+"""The one description of a DSRL agent and how it is trained: every knob, with its one default.
+
+`robot_configs/*.yaml` set these under `learner:` (the config's `LearnerSection` extends this class with where
+and on what it runs); `dsrl-ros train-steer` reads the same section from the same file, so the headless recipe
+and the learner node cannot disagree. No torch import: the robot config loads it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+ALGOS = ("na", "sac")
+REWARD_MODES = ("success", "time_penalty")
+ENCODERS = ("base_features", "cnn")
+# What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
+# into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
+ARCHITECTURE = ("algo", "noise_magnitude", "hidden_dim", "num_layers", "num_critics", "encoder", "encoder_dim")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    algo: str = "na"                     # na (DSRL-NA: Q^A on executed actions, distilled) | sac (DSRL-SAC: Q(s, w))
+    noise_magnitude: float = 1.5         # b: the actor's w = b tanh(u)
+    hidden_dim: int = 128                # actor and critics: num_layers x hidden_dim, LayerNorm + Tanh
+    num_layers: int = 3
+    num_critics: int = 2                 # ensemble; targets use the min
+    batch_size: int = 128
+    utd: float = 5.0                     # gradient updates per recorded transition (one executed chunk)
+    warmup_episodes: int = 10            # base-policy episodes (w ~ N(0, I)) before the first update
+    publish_every_updates: int = 10      # a new actor version every N updates (a lagging actor hurts)
+    gamma: float = 0.99                  # per chunk (one RL step)
+    tau: float = 0.005
+    lr: float = 3e-4
+    actor_lr: float = 0.0                # 0: same as lr
+    distill_steps: int = 1               # NA: Q^W regression steps per update
+    distill_noise_fraction: float = 0.5  # NA: share of Q^W samples from N(0, I) clipped to +-b (rest: the actor)
+    init_temperature: float = 0.01
+    target_entropy: float = 0.0          # per chunk, measured on tanh(u) = w / b (core/dsrl.py)
+    init_log_std: float = 0.0            # the untrained actor: u ~ N(0, e^init_log_std) in every state
+    reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
+    encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own
+    encoder_dim: int = 128               # feature size of the "cnn" encoder
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, ok, expected in (
+                ("algo", self.algo in ALGOS, f"one of {list(ALGOS)}"),
+                ("reward", self.reward in REWARD_MODES, f"one of {list(REWARD_MODES)}"),
+                ("encoder", self.encoder in ENCODERS, f"one of {list(ENCODERS)}"),
+                ("noise_magnitude", _positive(self.noise_magnitude), "a bound > 0"),
+                ("hidden_dim", self.hidden_dim >= 1, "an integer >= 1"),
+                ("num_layers", self.num_layers >= 1, "an integer >= 1"),
+                ("num_critics", self.num_critics >= 2, "an integer >= 2 (min over an ensemble)"),
+                ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+                ("utd", _positive(self.utd), "updates per transition > 0"),
+                ("warmup_episodes", self.warmup_episodes >= 0, "an integer >= 0"),
+                ("publish_every_updates", self.publish_every_updates >= 1, "an integer >= 1"),
+                ("gamma", 0 <= self.gamma <= 1, "0..1"),
+                ("tau", 0 < self.tau <= 1, "0 < tau <= 1"),
+                ("lr", _positive(self.lr), "a learning rate > 0"),
+                ("actor_lr", self.actor_lr >= 0, "a learning rate > 0, or 0 for lr"),
+                ("distill_steps", self.distill_steps >= 1, "an integer >= 1"),
+                ("distill_noise_fraction", 0 <= self.distill_noise_fraction <= 1, "0..1"),
+                ("init_temperature", _positive(self.init_temperature), "a temperature > 0"),
+                ("init_log_std", -5 < self.init_log_std < 2, "-5 < log sigma < 2"),
+                ("encoder_dim", self.encoder_dim >= 1, "an integer >= 1")):
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r} "
+                                 f"({type(getattr(self, name)).__name__})")
+
+    def architecture(self) -> dict:
+        return {k: getattr(self, k) for k in ARCHITECTURE}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "agent config") -> "AgentConfig":
+        """The agent part of a mapping (other keys, e.g. a learner section's run_dir, are ignored)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+        names = {f.name for f in fields(AgentConfig)}
+        missing = sorted(names - set(data))
+        if missing:
+            raise ValueError(f"{where}: missing {missing[0]!r}")
+        try:
+            return AgentConfig(**{k: data[k] for k in names})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
+
+    @classmethod
+    def of(cls, section) -> "AgentConfig":
+        """The agent of a config section that extends this class (e.g. the robot config's `learner:`)."""
+        return AgentConfig(**{f.name: getattr(section, f.name) for f in fields(AgentConfig)})
+
+
+def _positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0

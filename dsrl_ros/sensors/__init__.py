@@ -1,0 +1,1 @@
+"""Sensor drivers without ROS (pure Python over their SDKs); `nodes/` wraps them."""

@@ -1,0 +1,123 @@
+"""Message <-> numpy conversions and the drop log, as every node uses them (messages built in-process)."""
+
+from __future__ import annotations
+
+import array
+
+import numpy as np
+import pytest
+
+from dsrl_ros.nodes.ros_io import (DropLog, array_to_image, float32_array, guarded, image_to_array, joint_positions,
+                                   observation_arrays)
+
+
+class Logger:
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, text):
+        self.lines.append(text)
+
+
+def test_joint_states_must_have_one_finite_position_per_name():
+    from sensor_msgs.msg import JointState
+
+    good = JointState(name=["a", "b", "c"], position=[0.1, 0.2, 0.3])
+    assert joint_positions(good, ["c", "a"]) == {"a": 0.1, "c": 0.3}      # only the wanted ones
+    with pytest.raises(ValueError, match=r"joint_states: expected one position per name \(3\), got 2"):
+        joint_positions(JointState(name=["a", "b", "c"], position=[0.1, 0.2]), ["a"])
+    with pytest.raises(ValueError, match=r"joint_states.position\[b\]: expected a finite number, got inf"):
+        joint_positions(JointState(name=["a", "b"], position=[0.1, float("inf")]), ["a", "b"])
+    assert joint_positions(JointState(name=["a", "b"], position=[0.1, float("nan")]), ["a"]) == {"a": 0.1}
+
+
+def test_images_are_checked_for_size_encoding_and_bytes_and_row_padding_is_dropped():
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    msg = array_to_image(image, None, "cam")
+    np.testing.assert_array_equal(image_to_array(msg, 5, 4), image)
+    padded = array_to_image(image, None, "cam")
+    padded.step = 16
+    padded.data = np.pad(image.reshape(4, 15), ((0, 0), (0, 1))).tobytes()
+    np.testing.assert_array_equal(image_to_array(padded, 5, 4), image)
+    with pytest.raises(ValueError, match="image: expected 6x4, got 5x4"):
+        image_to_array(msg, 6, 4)
+    msg.encoding = "bgr8"
+    with pytest.raises(ValueError, match="image.encoding: expected 'rgb8', got 'bgr8'"):
+        image_to_array(msg, 5, 4)
+    short = array_to_image(image, None, "cam")
+    short.data = bytes(10)
+    with pytest.raises(ValueError, match="image.data: expected 4 rows of step >= 15 bytes, got step 15 and 10 bytes"):
+        image_to_array(short, 5, 4)
+
+
+def test_float_arrays_must_be_finite_and_of_the_expected_size():
+    np.testing.assert_array_equal(float32_array(array.array("f", [1, 2]), "x", 2), [1, 2])
+    with pytest.raises(ValueError, match="noise.noise: expected 40 numbers, got 3"):
+        float32_array(array.array("f", [0, 0, 0]), "noise.noise", 40)
+    with pytest.raises(ValueError, match="x: expected finite values"):
+        float32_array(array.array("f", [0, float("nan")]), "x")
+
+
+def test_an_observation_must_fit_the_policy_input():
+    from dsrl_interfaces.msg import Observation
+
+    class PolicyShape:
+        image_shape, proprio_dim = (4, 5, 3), 2
+    msg = Observation(proprio=array.array("f", [0.5, 1.5]))
+    array_to_image(np.zeros((4, 5, 3), np.uint8), msg.header.stamp, "cam", msg.image)
+    out = observation_arrays(msg, PolicyShape)
+    assert out["image"].shape == (4, 5, 3) and out["proprio"].tolist() == [0.5, 1.5]
+    msg.proprio = array.array("f", [0.5])
+    with pytest.raises(ValueError, match="observation.proprio: expected 2 numbers, got 1"):
+        observation_arrays(msg, PolicyShape)
+
+
+def test_malformed_messages_are_dropped_and_logged_once_per_kind_then_every_hundredth():
+    logger = Logger()
+    drop = DropLog(logger, every=100)
+
+    def handler(msg):
+        if msg < 0:
+            raise ValueError(f"value: expected >= 0, got {msg}")
+        if msg == 0:
+            raise KeyError("name")
+    callback = guarded(drop, "/t", handler)
+    for value in range(-1, -251, -1):                      # 250 of one kind, different values
+        callback(value)
+    callback(0)                                            # another kind
+    callback(5)                                            # fine
+    assert len(logger.lines) == 4                          # drops 1, 100, 200 of the first kind; 1 of the second
+    assert logger.lines[0] == "dropped a malformed message on /t (1 like it so far): value: expected >= 0, got -1"
+    assert "(200 like it so far)" in logger.lines[2] and "'name'" in logger.lines[3]
+    with pytest.raises(RuntimeError):                      # a bug is not a malformed message: it is not swallowed
+        guarded(drop, "/t", lambda m: (_ for _ in ()).throw(RuntimeError("bug")))(1)
+
+
+def test_the_rate_cap_drops_unread_and_says_so():
+    logger, seen = Logger(), []
+    callback = guarded(DropLog(logger), "/flood", seen.append, rate_cap_hz=5)
+    for i in range(50):
+        callback(i)
+    assert seen == [0, 1, 2, 3, 4]
+    assert logger.lines == ["dropped a message over the input rate cap on /flood (1 like it so far): over 5 "
+                            "messages/s"]
+
+
+def test_a_checkpoint_that_does_not_fit_the_robot_names_the_config_field():
+    from dsrl_ros.config import check_policy_fits_config, load_config
+    from dsrl_ros.core.policy import PolicyConfig
+
+    config = load_config("robot_configs/sim_arm.yaml")
+    fits = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=8)
+    check_policy_fits_config(fits, config)
+    for policy, message in ((PolicyConfig(proprio_dim=9, action_dim=5, chunk_len=8), "proprio.joints: the policy "
+                             "expects 9 proprio numbers, the config gives 11 (8 joints + ee xyz)"),
+                            (PolicyConfig(proprio_dim=11, action_dim=7, chunk_len=8), "action.names: the policy "
+                             "emits 7 numbers per action, the config names 5"),
+                            (PolicyConfig(proprio_dim=11, action_dim=5, chunk_len=4), "control.execute_steps: "
+                             "expected <= the policy's chunk_len 4, got 8"),
+                            (PolicyConfig(proprio_dim=11, action_dim=5, chunk_len=8, n_obs_steps=2),
+                             "policy.checkpoint: the ROS stack supports n_obs_steps 1, got 2")):
+        with pytest.raises(ValueError) as err:
+            check_policy_fits_config(policy, config)
+        assert str(err.value) == message
