@@ -50,7 +50,7 @@ class ConfigError(ValueError):
 class RobotSection:
     name: str
     kind: str                               # "sim": the embedded MuJoCo arm; "real": a physical arm's drivers
-    sim_task: str = "lift"                  # sim only: one of SIM_TASKS (docs/base_policy.md)
+    sim_task: str = "lift_block"            # sim only: one of SIM_TASKS (docs/base_policy.md)
     sim_seed: int = 0                       # sim only: episode i resets with seed sim_seed + i
     # sim only: "direct" = sim_robot executes chunks itself; "hardware" = the sim behind ros2_control-style
     # controller topics (nodes/sim_hardware.py) driven by the chunk executor, as a real arm is
@@ -166,7 +166,7 @@ class SafetySection:
 
 @dataclass(frozen=True)
 class PolicySection:
-    checkpoint: str = "shipped:base_policy_lift"   # a checkpoint directory, or shipped:<name>
+    checkpoint: str = "shipped:base_policy_lift_block"   # a checkpoint directory, or shipped:<name>
     device: str = "auto"                    # auto: cuda when present, else cpu
 
 

@@ -43,6 +43,7 @@ def test_collect_demos_writes_a_store_and_reports_expert_success(pipeline):
     assert len(store) == 3 == summary["store_episodes"]
     assert set(store.schema) == {"image", "proprio", "action", "reward"}
     assert store.meta_attrs["task"] == "lift" and store.meta_attrs["noise_std"] == 0.1
+    assert store.meta_attrs["grasp"] == "nearest"
     successes = round(summary["expert_success_rate"] * 3)
     assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(wilson_interval(successes, 3))
 
@@ -63,6 +64,22 @@ def test_eval_json_is_the_last_line(pipeline):
     assert summary["episodes"] == 2 and summary["task"] == "lift" and summary["agent"] == "base_policy"
     assert summary["success_rate"] == summary["successes"] / 2
     assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(wilson_interval(summary["successes"], 2))
+
+
+def test_train_bc_task_is_the_task_eval_runs_the_policy_on(pipeline):
+    """A policy trained on lift demos for the lift_block deployment records that task, and eval runs it there."""
+    tmp, _ = pipeline
+    train = run_cli("train-bc", "--data", "demos.zarr", "--out", "ckpt_block", "--steps", "2", "--batch-size", "4",
+                    "--hidden-dim", "64", "--task", "lift_block", cwd=tmp)
+    assert train.returncode == 0, train.stderr
+    meta = json.loads((tmp / "ckpt_block" / "config.json").read_text())["metadata"]
+    assert meta["task"] == "lift_block" and meta["store_attrs"]["task"] == "lift"
+    result = run_cli("eval", "--policy", "ckpt_block", "--episodes", "1", "--json", cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["task"] == "lift_block"
+    bad = run_cli("train-bc", "--data", "demos.zarr", "--out", "ckpt_bad", "--task", "stack", cwd=tmp)
+    assert bad.returncode == 2 and "--task: expected one of ['lift_block', 'lift', 'place'], got 'stack'" in bad.stderr
+    assert not (tmp / "ckpt_bad").exists()
 
 
 def test_bad_input_gives_one_clear_error_line(tmp_path):
@@ -99,7 +116,11 @@ def test_chunk_sampler_windows_stay_in_their_episode():
 
 
 def test_demo_runs_the_whole_headless_pipeline(tmp_path):
-    result = run_cli("headless-demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    from dsrl_ros.core.checkpoint import LIFT_BASE_POLICY, LIFT_STEER_ACTOR
+
+    # The shipped policy + actor pair (no actor ships for the default task's policy yet).
+    result = run_cli("headless-demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo"),
+                     "--policy", str(LIFT_BASE_POLICY), "--steer", str(LIFT_STEER_ACTOR), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "[4/4]" in result.stdout and "steered success" in result.stdout
     assert (tmp_path / "demo" / "rollout_base.png").exists() and (tmp_path / "demo" / "rollout_steered.png").exists()

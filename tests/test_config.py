@@ -31,6 +31,19 @@ def test_sim_config_matches_the_shipped_policy():
     check_policy_fits_config(load_policy(resolve_checkpoint(config.policy.checkpoint)).config, config)
 
 
+def test_the_default_benchmark_is_one_task_and_one_policy_everywhere():
+    """sim_arm.yaml, the config defaults, the commands' default checkpoint and the task that checkpoint names all
+    agree on the default benchmark (lift_block); the easy task's policy still names lift."""
+    from dsrl_ros.config import PolicySection, RobotSection
+    from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, LIFT_BASE_POLICY, policy_task, resolve_checkpoint
+
+    config = load_config("robot_configs/sim_arm.yaml")
+    assert config.robot.sim_task == RobotSection.sim_task == "lift_block"
+    assert config.policy.checkpoint == PolicySection.checkpoint
+    assert resolve_checkpoint(config.policy.checkpoint) == DEFAULT_BASE_POLICY
+    assert policy_task(DEFAULT_BASE_POLICY) == "lift_block" and policy_task(LIFT_BASE_POLICY) == "lift"
+
+
 @pytest.mark.parametrize("override, message", [
     ("learner.utd=-1", "learner.utd: expected updates per transition > 0, got -1.0"),
     ("learner.utdd=5", "learner.utdd: unknown key; expected one of"),
@@ -40,6 +53,7 @@ def test_sim_config_matches_the_shipped_policy():
     ("action.low=[-1, -1]", "action.low: expected 5 values (one per action.names)"),
     ("joints.velocity_limit=[1, 1, 1, 1, 1, 1, 0]", "joints.velocity_limit[6]: expected a speed > 0, got 0"),
     ("robot.kind=toy", "robot.kind: expected one of ['sim', 'real']"),
+    ("robot.sim_task=stack", "robot.sim_task: expected one of ['lift_block', 'lift', 'place'], got 'stack'"),
     ("episode.auto_reset=yes please", "episode.auto_reset: expected true or false"),
     ("learner.seed=[1]", "learner.seed: expected an integer, got [1]"),
     ("ros.domain_id=300", "ros.domain_id: expected 0..232"),

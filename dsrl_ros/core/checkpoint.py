@@ -21,8 +21,9 @@ CONFIG_FILE = "config.json"
 POLICY_FORMAT = "dsrl_ros.diffusion_policy/1"
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
-DEFAULT_STEER_ACTOR: Path | None = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"   # for the base policy above
+# The default benchmark (docs/base_policy.md): a cube-trained policy run on a block it must grasp the right way.
+DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift_block"
+DEFAULT_STEER_ACTOR: Path | None = None     # none shipped for the default task yet
 # The easy task: the cube-lift policy and a DSRL-NA actor trained for it.
 LIFT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
 LIFT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"
