@@ -160,10 +160,17 @@ def test_eval_noise_scale_zero_is_w_zero_and_a_scale_changes_the_episodes(capsys
     wide = eval_json(capsys, *lift, "--noise", "scale:1.5")
     assert (zero["successes"], zero["mean_episode_steps"]) == (scale0["successes"], scale0["mean_episode_steps"])
     assert wide["mean_episode_steps"] > zero["mean_episode_steps"]          # 1.5 N(0, I) fails where w = 0 lifts
+    std = eval_json(capsys, *lift, "--noise-std", "1.5")                   # the same rule, spelt as a number
+    assert {**std, "seconds": 0} == {**wide, "seconds": 0} and std["noise_std"] == 1.5
 
 
 @pytest.mark.parametrize("args,error", [(["--noise", "uniform"], "--noise: expected gaussian | zero | scale:S"),
-                                        (["--noise", "zero", "--steer", "x"], "--noise: not with --steer")])
+                                        (["--noise", "zero", "--steer", "x"], "--noise: not with --steer"),
+                                        (["--noise-std", "0.5", "--steer", "x"], "--noise-std: not with --steer"),
+                                        (["--noise-std", "-1"], "--noise-std: expected a finite number >= 0"),
+                                        (["--noise-std", "nan"], "--noise-std: expected a finite number >= 0"),
+                                        (["--noise", "zero", "--noise-std", "0.5"],
+                                         "--noise-std: not with --noise zero")])
 def test_eval_bad_noise_options_are_one_clear_error(capsys, args, error):
     from dsrl_ros.cli import main as cli_main
 

@@ -1,5 +1,6 @@
 """Robot configs: every shipped file validates; every bad field gets one error naming it."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,22 @@ def test_the_default_benchmark_is_one_task_and_one_policy_everywhere():
     assert config.policy.checkpoint == PolicySection.checkpoint
     assert resolve_checkpoint(config.policy.checkpoint) == DEFAULT_BASE_POLICY
     assert policy_task(DEFAULT_BASE_POLICY) == "lift_block" and policy_task(LIFT_BASE_POLICY) == "lift"
+
+
+def test_policy_task_reads_the_checkpoint_else_falls_back(tmp_path):
+    from dsrl_ros.core.checkpoint import policy_task
+
+    def checkpoint(name, config):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return tmp_path / name
+
+    made_for = checkpoint("made_for", {"metadata": {"task": "lift_block", "store_attrs": {"task": "lift"}}})
+    demos = checkpoint("demos", {"metadata": {"store_attrs": {"task": "place"}}})
+    foreign = checkpoint("lerobot", {"type": "diffusion", "metadata": "not ours"})
+    assert policy_task(made_for) == "lift_block" and policy_task(demos) == "place"
+    assert policy_task(foreign, fallback="lift_block") == "lift_block" == policy_task("ws://host:8000", "lift_block")
+    assert policy_task("shipped:base_policy_lift") == "lift"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -88,7 +105,7 @@ def test_the_graph_for_sim_and_real_robots(tmp_path):
     assert set(n.name for n in sim) <= set(NODE_EXECUTABLES)
     assert all(Path(n.parameters["robot_config"]).is_absolute() for n in sim)
     cmd = sim[0].command("python")
-    assert cmd[:5] == ["python", "-m", "dsrl_ros.nodes.sim_robot", "--ros-args", "-r"]
+    assert cmd[:6] == ["python", "-m", "dsrl_ros.nodes", "sim_robot", "--ros-args", "-r"]
     assert "realtime_factor:=2.0" in cmd
     hw = build_graph(load_config("robot_configs/sim_arm_hw.yaml"), "robot_configs/sim_arm_hw.yaml")
     assert [n.name for n in hw] == ["sim_hardware", "chunk_executor", "episode_manager", "policy", "steering", "learner"]

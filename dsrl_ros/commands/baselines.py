@@ -18,9 +18,10 @@ import torch
 from tqdm import tqdm
 
 from dsrl_ros.commands.evaluate import run_expert_episode, summarize
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, policy_task
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, policy_task
 from dsrl_ros.noise_baselines import cem_constant_noise, ceiling_episode, constant_noise, parse_noise_rule, \
     scaled_gaussian
+from dsrl_ros.policies import load_base_policy
 from dsrl_ros.rollout import run_episode
 
 DEFAULT_BASELINES = "expert,gaussian,zero,scale:0.3,scale:0.6,constant,ceiling"
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             parse_noise_rule(name)   # one clear error for a bad rule before anything runs
     if args.threads:
         torch.set_num_threads(args.threads)
-    policy = load_policy(args.policy)
+    policy = load_base_policy(args.policy)
     task = args.task or policy_task(args.policy)
     env = make_env(task, image_size=policy.config.image_shape[0])
     shape = policy.config.noise_shape

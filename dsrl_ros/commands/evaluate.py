@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, policy_task
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, policy_task
 from dsrl_ros.core.stats import wilson_interval
 from dsrl_ros.core.steering import load_actor
 from dsrl_ros.noise_baselines import NOISE_RULES, parse_noise_rule, scaled_gaussian
+from dsrl_ros.policies import load_base_policy
 from dsrl_ros.rollout import NoiseChooser, run_episode
 
 # With --steer: what runs on the same seeds, and the JSON key prefix each one reports under.
@@ -31,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default=str(DEFAULT_BASE_POLICY), help="checkpoint directory (default: shipped)")
     p.add_argument("--expert", action="store_true", help="evaluate the scripted expert instead of a policy")
     p.add_argument("--noise", default="gaussian", help=f"the base policy's noise: {NOISE_RULES}")
+    p.add_argument("--noise-std", type=float, default=None, help="base policy noise w = std * N(0, I), 0: w = 0 "
+                                                                 "(the same as --noise scale:STD)")
     p.add_argument("--steer", default=None, help="noise-actor directory (train-steer's actor/): evaluates the "
                                                  "steered policy (deterministic and stochastic) and the base "
                                                  "policy at w ~ N(0, I) and at w = 0, all on the same seeds")
@@ -65,12 +68,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise SystemExit(f"--episodes: expected >= 1, got {args.episodes}")
+    if args.noise_std is not None:
+        if args.noise != "gaussian":
+            raise ValueError(f"--noise-std: not with --noise {args.noise} (one noise rule at a time)")
+        if not (np.isfinite(args.noise_std) and args.noise_std >= 0):
+            raise ValueError(f"--noise-std: expected a finite number >= 0, got {args.noise_std}")
+        args.noise = f"scale:{args.noise_std!r}"
     scale = parse_noise_rule(args.noise)
     if args.steer and args.noise != "gaussian":
-        raise ValueError("--noise: not with --steer (it reports the base policy at w ~ N(0, I) and at w = 0)")
+        option = "--noise-std" if args.noise_std is not None else "--noise"
+        raise ValueError(f"{option}: not with --steer (it reports the base policy at w ~ N(0, I) and at w = 0)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    policy = None if args.expert else load_policy(args.policy)
+    policy = None if args.expert else load_base_policy(args.policy)
     task = args.task or policy_task(args.policy)
     image_size = policy.config.image_shape[0] if policy else 84
     steering = load_actor(args.steer, policy) if args.steer else None
@@ -85,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         successes, lengths = _evaluate(args, f"base {args.noise}", lambda seed: _policy_episode(env, policy, choose,
                                                                                                seed))
         summary = summarize(successes, args.episodes) | {"agent": "base_policy", "noise": args.noise,
-                                                         "mean_episode_steps": np.mean(lengths)}
+                                                         "noise_std": scale, "mean_episode_steps": np.mean(lengths)}
     else:
         summary = {"agent": "steered_policy", "steer": args.steer}
         for (label, chooser), (_, prefix) in zip(steered_choosers(policy, steering, args.seed).items(),

@@ -74,11 +74,17 @@ def read_config(directory: str | Path) -> dict:
     return config
 
 
-def policy_task(directory: str | Path, fallback: str = FALLBACK_TASK) -> str:
-    """The sim task a policy checkpoint is made for: `metadata.task` (train-bc --task), else the task its
-    demonstrations were recorded on, else `fallback`."""
-    metadata = read_config(directory).get("metadata", {})
-    return metadata.get("task") or metadata.get("store_attrs", {}).get("task") or fallback
+def policy_task(spec: str | Path, fallback: str = FALLBACK_TASK) -> str:
+    """The sim task a policy checkpoint (a directory or shipped:<name>) is made for: `metadata.task` (train-bc
+    --task), else the task its demonstrations were recorded on, else `fallback` (also for a remote ws:// policy
+    and checkpoints of other formats, e.g. LeRobot's, that record no task)."""
+    if str(spec).startswith(("ws://", "wss://")):
+        return fallback
+    metadata = read_config(resolve_checkpoint(str(spec))).get("metadata")
+    if not isinstance(metadata, dict):
+        return fallback
+    store_attrs = metadata.get("store_attrs")
+    return metadata.get("task") or (store_attrs.get("task") if isinstance(store_attrs, dict) else None) or fallback
 
 
 def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
