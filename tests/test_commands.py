@@ -126,6 +126,12 @@ def test_demo_runs_the_whole_headless_pipeline(tmp_path):
     assert (tmp_path / "demo" / "rollout_base.png").exists() and (tmp_path / "demo" / "rollout_steered.png").exists()
 
 
+def test_demo_defaults_to_the_benchmark_task_and_says_when_no_actor_ships(tmp_path):
+    result = run_cli("headless-demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "task lift_block" in result.stdout and "base_policy_lift_block" in result.stdout
+    assert "[4/4] no DSRL actor for this policy" in result.stdout and "steered success" not in result.stdout
+
 def eval_json(capsys, *args: str) -> dict:
     from dsrl_ros.cli import main as cli_main
 

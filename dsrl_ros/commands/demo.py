@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         t = summarize(steered, args.episodes)
         print(f"      steered success {t['successes']}/{t['episodes']} = {t['success_rate']:.1%} (95% Wilson CI "
               f"{t['ci_low']:.1%}-{t['ci_high']:.1%}) vs base {s['success_rate']:.1%}")
+    else:
+        print("[4/4] no DSRL actor for this policy (none ships for it yet; --steer DIR names one): skipped")
     env.close()
     return 0
 
