@@ -8,9 +8,10 @@ with `config.noise_shape`, `config.n_obs_steps` and `act(stacked_obs, noise)` wi
   cross-entropy method on training seeds. What a state-blind choice of noise can reach.
 - Steerable ceiling (`ceiling_episode`): at every decision, save the sim state, try K noises (w = 0 first, then
   w ~ N(0, I)), play each one's chunk and then w = 0 to the end of the episode, restore, and execute the chunk of
-  the best (a success, the fastest one; among failures the first tried). Since w = 0 is always a candidate it never does worse than w = 0;
-  it is a lower bound of what an oracle choosing noise per state could reach (a one-step lookahead, not a full
-  tree search), so a high ceiling proves the frozen policy *can* produce good chunks in (almost) every state.
+  the first candidate whose play-out succeeds (the fastest success with stop_at_success=False; w = 0's if none
+  does). Since w = 0 is always a candidate it never does worse than w = 0; it is a lower bound of what an oracle
+  choosing noise per state could reach (a one-step lookahead, not a full tree search), so a high ceiling proves
+  the frozen policy *can* produce good chunks in (almost) every state.
 """
 
 from __future__ import annotations
