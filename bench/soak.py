@@ -95,7 +95,7 @@ def main() -> int:
     lost += _check_committed(work / "run", seen_rows)
     results.update({
         "committed_episodes_lost": lost,
-        "stalls": _stalls(probe, args.stall_s),
+        "stalls": len(stalls := _stalls(probe, args.stall_s)), "stall_windows": stalls,
         "non_finite_or_out_of_limit_actions": _unsafe_chunks(probe),
         "episodes_ended_during_soak": len(ended), "episodes_stored_during_soak": stored,
         "episodes_not_stored_per_kill": round((len(ended) - stored) / max(1, results["kills"]), 2),
@@ -161,9 +161,11 @@ def _check_committed(run_dir: Path, seen: dict[int, str]) -> int:
     return bad
 
 
-def _stalls(probe: Probe, stall_s: float) -> int:
+def _stalls(probe: Probe, stall_s: float) -> list[list[float]]:
+    """[gap start, gap end] (wall-clock stamps of the chunk results either side) of every gap over stall_s:
+    compare them with the node logs' stamps to see what the graph was doing."""
     stamps = sorted(r.header.stamp.sec + r.header.stamp.nanosec * 1e-9 for r in probe.results)
-    return sum(b - a > stall_s for a, b in zip(stamps, stamps[1:]))
+    return [[round(a, 1), round(b, 1)] for a, b in zip(stamps, stamps[1:]) if b - a > stall_s]
 
 
 def _unsafe_chunks(probe: Probe) -> int:
