@@ -209,3 +209,20 @@ def test_baselines_command_reports_every_level_on_the_held_out_seeds(capsys, tmp
     shape = PolicyConfig.from_json(read_config(LIFT_BASE_POLICY)["policy"]).noise_shape
     assert np.array(noise["noise"]).shape == tuple(noise["shape"]) == shape and noise["task"] == "lift"
     assert levels["constant"]["cem_training_seeds"] == [200_000, 200_001]
+    saved = str(tmp_path / "best_constant_noise.json")                  # the same w again, no search
+    assert cli_main(["baselines", *lift, "--only", "constant", "--constant-from", saved, "--episodes", "3",
+                     "--threads", "1", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["baselines"]["constant"]
+    assert (again["successes"], again["mean_episode_steps"]) == \
+        (levels["constant"]["successes"], levels["constant"]["mean_episode_steps"])
+    assert again["constant_from"] == saved and "cem_history" not in again
+    (tmp_path / "zero.json").write_text(json.dumps({"noise": np.zeros(shape).tolist()}))   # replayed as given
+    assert cli_main(["baselines", *lift, "--only", "constant", "--constant-from", str(tmp_path / "zero.json"),
+                     "--episodes", "3", "--threads", "1", "--json"]) == 0
+    zero_again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["baselines"]["constant"]
+    assert (zero_again["successes"], zero_again["mean_episode_steps"]) == \
+        (levels["zero"]["successes"], levels["zero"]["mean_episode_steps"])
+    (tmp_path / "wrong.json").write_text(json.dumps({"noise": [[0.0] * 5] * 4}))
+    assert cli_main(["baselines", *lift, "--only", "constant", "--constant-from", str(tmp_path / "wrong.json"),
+                     "--episodes", "1"]) == 2
+    assert "--constant-from: expected finite noise of shape [8, 5]" in capsys.readouterr().err

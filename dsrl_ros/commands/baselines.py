@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                 "candidates of an iteration share them)")
     p.add_argument("--cem-validate", type=int, default=60, help="training seeds that pick among CEM's finalists")
     p.add_argument("--cem-seed", type=int, default=CEM_SEED, help="first training seed of the CEM search")
+    p.add_argument("--constant-from", default=None, help="best_constant_noise.json of an earlier run: the constant "
+                                                         "baseline replays that w instead of searching")
     p.add_argument("--out", default=None, help="directory for baselines.json and best_constant_noise.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -66,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     policy = load_base_policy(args.policy)
     task = args.task or policy_task(args.policy)
-    env = make_env(task, image_size=policy.config.image_shape[0])
     shape = policy.config.noise_shape
+    saved_w = _read_constant_noise(args.constant_from, shape) if args.constant_from else None
+    env = make_env(task, image_size=policy.config.image_shape[0])
     seeds = [args.seed + i for i in range(args.episodes)]
     results: dict[str, dict] = {}
     for name in names:
@@ -86,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
             extra = {"k": args.ceiling_k, "mean_lookahead_steps": float(np.mean([r.lookahead_steps for r in runs])),
                      "mean_candidates_per_decision": float(np.mean([np.mean(r.candidates_tried) for r in runs]))}
         elif name == "constant":
-            best_w, extra = _best_constant_noise(env, policy, args)
+            best_w, extra = (saved_w, {"constant_from": args.constant_from}) if saved_w is not None \
+                else _best_constant_noise(env, policy, args)
             outcomes = _run(seeds, "best constant", lambda s: _episode(env, policy, constant_noise(best_w), s))
-            if args.out:
+            if args.out and saved_w is None:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
                 (Path(args.out) / "best_constant_noise.json").write_text(json.dumps(
                     {"noise": best_w.tolist(), "shape": list(shape), "policy": args.policy, "task": task}) + "\n")
@@ -146,6 +150,19 @@ def _best_constant_noise(env, policy, args: argparse.Namespace) -> tuple[np.ndar
     return result.best_w, {"cem_history": result.history, "cem_validation_success": result.best_score,
                            "cem_finalists": result.finalists,
                            "cem_training_seeds": [args.cem_seed, validation.stop - 1]}
+
+
+def _read_constant_noise(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The w of a best_constant_noise.json, checked against the policy's noise shape."""
+    try:
+        w = np.asarray(json.loads(Path(path).read_text())["noise"], np.float32)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--constant-from: expected a best_constant_noise.json with a 'noise' array, "
+                         f"got {path} ({err})") from err
+    if w.shape != tuple(shape) or not np.isfinite(w).all():
+        raise ValueError(f"--constant-from: expected finite noise of shape {list(shape)} (this policy's), "
+                         f"got shape {list(w.shape)} in {path}")
+    return w
 
 
 def _episode(env, policy, choose, seed: int) -> tuple[bool, int]:
