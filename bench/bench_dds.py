@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 from machine import machine_description  # noqa: E402
 
 from dsrl_ros.config import load_config  # noqa: E402
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, DEFAULT_STEER_ACTOR, load_policy  # noqa: E402
+from dsrl_ros.core.checkpoint import LIFT_BASE_POLICY, LIFT_STEER_ACTOR, load_policy  # noqa: E402
 from dsrl_ros.core.steering import load_actor  # noqa: E402
 from dsrl_ros.ros_env import ros_environment  # noqa: E402
 from dsrl_ros.stack import build_graph  # noqa: E402
@@ -75,8 +75,8 @@ def in_process_latency(observations: list[dict], repeats: int) -> dict:
     from dsrl_ros.nodes.ros_io import array_to_image, image_to_array
 
     torch.set_num_threads(1)
-    policy = load_policy(DEFAULT_BASE_POLICY)
-    steering = load_actor(DEFAULT_STEER_ACTOR, policy)
+    policy = load_policy(LIFT_BASE_POLICY)
+    steering = load_actor(LIFT_STEER_ACTOR, policy)
     low, high = -np.ones(5, np.float32), np.ones(5, np.float32)
     times = []
     for i in range(repeats):
@@ -130,8 +130,8 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
                              q["decision"])
     node.create_subscription(Noise, NOISE, lambda m: seen["noise"].setdefault(m.seq, time.perf_counter()),
                              q["decision"])
-    policy = load_policy(DEFAULT_BASE_POLICY)
-    payload, config_json = load_actor(DEFAULT_STEER_ACTOR, policy).actor_payload({"version": 1})
+    policy = load_policy(LIFT_BASE_POLICY)
+    payload, config_json = load_actor(LIFT_STEER_ACTOR, policy).actor_payload({"version": 1})
     weights = ActorWeights(version=1, num_updates=0, config_json=config_json)
     weights.safetensors = array.array("B", payload)
     weights_pub.publish(weights)
@@ -217,8 +217,8 @@ def headless_rate(episodes: int) -> dict:
     from dsrl_ros.sim import make_env
 
     torch.set_num_threads(1)
-    policy = load_policy(DEFAULT_BASE_POLICY)
-    steering = load_actor(DEFAULT_STEER_ACTOR, policy)
+    policy = load_policy(LIFT_BASE_POLICY)
+    steering = load_actor(LIFT_STEER_ACTOR, policy)
     env = make_env("lift", image_size=84)
     rates = []
     for i in range(episodes):

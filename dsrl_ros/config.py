@@ -36,6 +36,7 @@ DEFAULT_COMMAND_TOPICS = {
     "cartesian_twist": "/servo_node/delta_twist_cmds",
 }
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
+SIM_TASKS = ("lift_block", "lift", "place")   # the embedded sim's tasks (dsrl_ros/sim/arm.py TASKS)
 DEVICES = ("auto", "cpu", "cuda")
 BAG_COMPRESSIONS = ("none", "lz4", "zstd")
 BAG_STAMPS = ("receive", "header")
@@ -49,7 +50,7 @@ class ConfigError(ValueError):
 class RobotSection:
     name: str
     kind: str                               # "sim": the embedded MuJoCo arm; "real": a physical arm's drivers
-    sim_task: str = "lift"                  # sim only: "lift" | "place"
+    sim_task: str = "lift_block"            # sim only: one of SIM_TASKS (docs/base_policy.md)
     sim_seed: int = 0                       # sim only: episode i resets with seed sim_seed + i
     # sim only: "direct" = sim_robot executes chunks itself; "hardware" = the sim behind ros2_control-style
     # controller topics (nodes/sim_hardware.py) driven by the chunk executor, as a real arm is
@@ -165,7 +166,7 @@ class SafetySection:
 
 @dataclass(frozen=True)
 class PolicySection:
-    checkpoint: str = "shipped:base_policy_lift"   # a checkpoint directory, or shipped:<name>
+    checkpoint: str = "shipped:base_policy_lift_block"   # a checkpoint directory, or shipped:<name>
     device: str = "auto"                    # auto: cuda when present, else cpu
 
 
@@ -409,7 +410,7 @@ def _check_values(c: StackConfig) -> None:
             "LOCALHOST | SUBNET | OFF | SYSTEM_DEFAULT", c.ros.discovery_range)
     _check_bag_values(c, require)
     if c.robot.kind == "sim":
-        require(c.robot.sim_task in ("lift", "place"), "robot.sim_task", "'lift' or 'place'", c.robot.sim_task)
+        require(c.robot.sim_task in SIM_TASKS, "robot.sim_task", f"one of {list(SIM_TASKS)}", c.robot.sim_task)
     require(c.robot.sim_interface in SIM_INTERFACES, "robot.sim_interface", f"one of {list(SIM_INTERFACES)}",
             c.robot.sim_interface)
     if uses_executor(c):

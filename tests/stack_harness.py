@@ -190,7 +190,7 @@ def seeds_from_log(run_dir: Path) -> dict[int, int]:
     return {int(e): int(s) for e, s in re.findall(r"episode (\d+): running\s+reset with seed (\d+)", text)}
 
 
-def assert_stored_episodes_are_whole(run_dir: Path, seeds: dict[int, int] | None = None, task: str = "lift") -> int:
+def assert_stored_episodes_are_whole(run_dir: Path, seeds: dict[int, int] | None = None) -> int:
     """Every stored episode is exactly one whole robot episode: a fresh sim reset with that episode's seed and fed
     its stored chunks reproduces every stored observation bit for bit, from the reset state to the final one,
     and the stored success is the sim's. A merged, halved or reordered episode cannot pass. Returns the count
@@ -205,8 +205,9 @@ def assert_stored_episodes_are_whole(run_dir: Path, seeds: dict[int, int] | None
     store = EpisodeStore.open(Path(run_dir) / "replay.zarr")
     records = stored_episodes(run_dir)
     assert len(records) == len(store), (len(records), len(store))
-    execute = yaml.safe_load((Path(run_dir) / "stack_config.yaml").read_text())["control"]["execute_steps"]
-    env = make_env(task, image_size=store.schema["image"][0][0])
+    config = yaml.safe_load((Path(run_dir) / "stack_config.yaml").read_text())
+    execute = config["control"]["execute_steps"]
+    env = make_env(config["robot"]["sim_task"], image_size=store.schema["image"][0][0])
     try:
         checked = 0
         for index, record in enumerate(records):

@@ -1,5 +1,6 @@
 """Robot configs: every shipped file validates; every bad field gets one error naming it."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,35 @@ def test_sim_config_matches_the_shipped_policy():
     check_policy_fits_config(load_policy(resolve_checkpoint(config.policy.checkpoint)).config, config)
 
 
+def test_the_default_benchmark_is_one_task_and_one_policy_everywhere():
+    """sim_arm.yaml, the config defaults, the commands' default checkpoint and the task that checkpoint names all
+    agree on the default benchmark (lift_block); the easy task's policy still names lift."""
+    from dsrl_ros.config import PolicySection, RobotSection
+    from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, LIFT_BASE_POLICY, policy_task, resolve_checkpoint
+
+    config = load_config("robot_configs/sim_arm.yaml")
+    assert config.robot.sim_task == RobotSection.sim_task == "lift_block"
+    assert config.policy.checkpoint == PolicySection.checkpoint
+    assert resolve_checkpoint(config.policy.checkpoint) == DEFAULT_BASE_POLICY
+    assert policy_task(DEFAULT_BASE_POLICY) == "lift_block" and policy_task(LIFT_BASE_POLICY) == "lift"
+
+
+def test_policy_task_reads_the_checkpoint_else_falls_back(tmp_path):
+    from dsrl_ros.core.checkpoint import policy_task
+
+    def checkpoint(name, config):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return tmp_path / name
+
+    made_for = checkpoint("made_for", {"metadata": {"task": "lift_block", "store_attrs": {"task": "lift"}}})
+    demos = checkpoint("demos", {"metadata": {"store_attrs": {"task": "place"}}})
+    foreign = checkpoint("lerobot", {"type": "diffusion", "metadata": "not ours"})
+    assert policy_task(made_for) == "lift_block" and policy_task(demos) == "place"
+    assert policy_task(foreign, fallback="lift_block") == "lift_block" == policy_task("ws://host:8000", "lift_block")
+    assert policy_task("shipped:base_policy_lift") == "lift"
+
+
 @pytest.mark.parametrize("override, message", [
     ("learner.utd=-1", "learner.utd: expected updates per transition > 0, got -1.0"),
     ("learner.utdd=5", "learner.utdd: unknown key; expected one of"),
@@ -40,6 +70,7 @@ def test_sim_config_matches_the_shipped_policy():
     ("action.low=[-1, -1]", "action.low: expected 5 values (one per action.names)"),
     ("joints.velocity_limit=[1, 1, 1, 1, 1, 1, 0]", "joints.velocity_limit[6]: expected a speed > 0, got 0"),
     ("robot.kind=toy", "robot.kind: expected one of ['sim', 'real']"),
+    ("robot.sim_task=stack", "robot.sim_task: expected one of ['lift_block', 'lift', 'place'], got 'stack'"),
     ("episode.auto_reset=yes please", "episode.auto_reset: expected true or false"),
     ("learner.seed=[1]", "learner.seed: expected an integer, got [1]"),
     ("ros.domain_id=300", "ros.domain_id: expected 0..232"),

@@ -71,7 +71,7 @@ def test_zero_actions_truncate_at_max_steps():
         assert reward == 0.0 and not terminated and truncated == (step == 12) and info["step"] == step
 
 
-@pytest.mark.parametrize("task", ["lift", "place"])
+@pytest.mark.parametrize("task", ["lift", "place", "lift_block"])
 def test_scripted_expert_succeeds(task):
     env = ArmEnv(task, render=False)
     expert = ScriptedExpert(env)
@@ -114,3 +114,84 @@ def test_gl_error_names_the_variable_and_the_packages(monkeypatch):
     assert choose_gl_backend() == "osmesa"  # an explicit choice wins
     message = str(render_context_error(RuntimeError("no display")))
     assert "MUJOCO_GL=osmesa" in message and "libegl1" in message and "libosmesa6" in message
+
+
+def run_expert(env, expert, seed):
+    obs, _ = env.reset(seed=seed)
+    expert.reset()
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(expert.act(obs))
+        done = terminated or truncated
+    return info["success"]
+
+
+def test_snapshot_restore_repeats_the_future_bit_for_bit(env):
+    actions = np.random.default_rng(1).uniform(-1, 1, size=(20, 5))
+    env.reset(seed=4)
+    for a in actions[:7]:
+        env.step(a)
+    snap = env.snapshot()
+    first = [env.step(a) for a in actions[7:]]
+    env.restore(snap)
+    again = [env.step(a) for a in actions[7:]]
+    for (oa, *ra), (ob, *rb) in zip(first, again):
+        assert np.array_equal(oa["image"], ob["image"]) and np.array_equal(oa["proprio"], ob["proprio"])
+        assert ra == rb
+    env.restore(snap)
+    assert env.observe()["proprio"].tolist() != again[-1][0]["proprio"].tolist()   # restored, not left at the end
+
+
+def test_random_grasp_expert_takes_both_grasps_on_the_cube():
+    env = ArmEnv("lift", render=False)
+    expert = ScriptedExpert(env, rng=np.random.default_rng(0), grasp="random")
+    turns, yaws = [], []
+    for seed in range(8):
+        assert run_expert(env, expert, seed), seed
+        _, cube_yaw = env.cube_pose()
+        turns.append(expert.turn)
+        yaws.append(abs(((env.ee_pose()[1] - cube_yaw) + np.pi / 2) % np.pi - np.pi / 2))  # 0: along, pi/2: across
+    assert set(turns) == {False, True}
+    assert all(y < 0.1 or y > np.pi / 2 - 0.1 for y in yaws)      # aligned with a face either way
+
+
+def test_block_fits_only_across_its_narrow_side():
+    """The default benchmark's shift: on the 4 x 10 cm block the cube expert's grasp works one way only."""
+    env = ArmEnv("lift_block", render=False)
+    assert env.object_half[1] * 2 > 2 * 0.04 > env.object_half[0] * 2   # longer than the gripper opens
+    fits = ScriptedExpert(env)
+    cube_way = ScriptedExpert(env, grasp="random")
+    cube_way.block = False                                               # grasp it as if it were a cube
+    for seed in range(6):
+        assert run_expert(env, fits, seed), seed
+        outcome = {}
+        for turn in (False, True):
+            env.reset(seed=seed)
+            cube_way.reset()
+            cube_way.turn = turn
+            outcome[turn] = _run_without_reset(env, cube_way)
+        assert sorted(outcome.values()) == [False, True], (seed, outcome)   # one grasp lifts it, the other cannot
+
+
+def _run_without_reset(env, expert):
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(expert.act())
+        done = terminated or truncated
+    return info["success"]
+
+
+def test_block_yaw_spans_half_a_turn():
+    env = ArmEnv("lift_block", render=False)
+    yaws = []
+    for seed in range(40):
+        env.reset(seed=seed)
+        yaws.append(env.cube_pose()[1])
+    assert min(yaws) < -np.pi / 4 - 0.2 and max(yaws) > np.pi / 4 + 0.2
+
+
+def test_config_knows_every_sim_task():
+    from dsrl_ros.config import SIM_TASKS
+    from dsrl_ros.sim import TASKS
+
+    assert sorted(SIM_TASKS) == sorted(TASKS)

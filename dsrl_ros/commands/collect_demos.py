@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0, help="first env seed; episode i uses seed + i")
     p.add_argument("--noise-std", type=float, default=0.0, help="Gaussian noise added to expert actions")
+    p.add_argument("--grasp", choices=("nearest", "random"), default="nearest",
+                   help="cube grasp: the face pair needing the smaller turn, or either at random per episode")
     p.add_argument("--image-size", type=int, default=84)
     p.add_argument("--successful-only", action="store_true", help="keep only episodes that succeeded")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -41,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     env = make_env(args.task, image_size=args.image_size)
     store = EpisodeStore.open_or_create(args.out, demo_schema(args.image_size, env.proprio_dim, env.action_dim))
     store.meta_attrs = {**store.meta_attrs, "task": args.task, "image_size": args.image_size,
-                        "control_hz": env.control_hz, "noise_std": args.noise_std, "seed": args.seed}
+                        "control_hz": env.control_hz, "noise_std": args.noise_std, "seed": args.seed,
+                        "grasp": args.grasp}
     rng = np.random.default_rng(args.seed)
-    expert = ScriptedExpert(env, action_noise_std=args.noise_std, rng=rng)
+    expert = ScriptedExpert(env, action_noise_std=args.noise_std, rng=rng, grasp=args.grasp)
     successes = kept = 0
     bar = tqdm(range(args.episodes), desc="collect", unit="ep")
     for i in bar:

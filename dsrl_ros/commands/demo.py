@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dsrl_ros.commands.evaluate import summarize
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, DEFAULT_STEER_ACTOR, load_policy, read_config
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, DEFAULT_STEER_ACTOR, load_policy, policy_task
 from dsrl_ros.core.steering import load_actor
 from dsrl_ros.rollout import gaussian_noise, run_episode
 
@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=50, help="base-policy evaluation episodes")
     p.add_argument("--demos", type=int, default=3, help="expert demos recorded to show the store path")
     p.add_argument("--policy", default=str(DEFAULT_BASE_POLICY))
-    p.add_argument("--steer", default=str(DEFAULT_STEER_ACTOR), help="DSRL actor ('' to skip)")
+    p.add_argument("--steer", default=str(DEFAULT_STEER_ACTOR or ""),
+                   help="DSRL actor ('' to skip; default: the one shipped for the default policy, if any)")
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--out", default="runs/demo", help="where the rollout film strip PNG goes")
     p.set_defaults(func=run)
@@ -37,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from dsrl_ros.sim import make_env
 
     policy = load_policy(args.policy)
-    task = read_config(args.policy).get("metadata", {}).get("store_attrs", {}).get("task", "lift")
+    task = policy_task(args.policy)
     print(f"[1/4] scripted expert -> zarr episode store ({args.demos} episodes, task {task})")
     with tempfile.TemporaryDirectory() as tmp:
         store_path = str(Path(tmp) / "demos.zarr")
         collect_demos.run(argparse.Namespace(out=store_path, task=task, episodes=args.demos, seed=args.seed,
-                                             noise_std=0.0, image_size=policy.config.image_shape[0],
+                                             noise_std=0.0, grasp="nearest", image_size=policy.config.image_shape[0],
                                              successful_only=False, json=False))
         store = EpisodeStore.open(store_path, mode="r")
         print(f"      store: {len(store)} episodes, {store.n_steps} steps, keys {sorted(store.schema)}")
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         t = summarize(steered, args.episodes)
         print(f"      steered success {t['successes']}/{t['episodes']} = {t['success_rate']:.1%} (95% Wilson CI "
               f"{t['ci_low']:.1%}-{t['ci_high']:.1%}) vs base {s['success_rate']:.1%}")
+    else:
+        print("[4/4] no DSRL actor for this policy (none ships for it yet; --steer DIR names one): skipped")
     env.close()
     return 0
 

@@ -1,4 +1,10 @@
-"""`dsrl-ros eval`: success rate of the base policy (w ~ N(0, I)) or the scripted expert, with a Wilson interval."""
+"""`dsrl-ros eval`: success rate of the base policy (under a noise rule), the scripted expert, or a steered policy
+with both base levels on the same seeds; 95 % Wilson intervals throughout.
+
+With `--steer` the JSON holds the steered actor deterministic (`success_rate`) and stochastic
+(`stochastic_success_rate`), and the base policy at w ~ N(0, I) (`base_success_rate`) and at w = 0
+(`base_zero_success_rate`): an actor has to beat both base levels to have learned anything.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +16,30 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, read_config
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, policy_task
 from dsrl_ros.core.stats import wilson_interval
 from dsrl_ros.core.steering import load_actor
+from dsrl_ros.noise_baselines import NOISE_RULES, parse_noise_rule, scaled_gaussian
 from dsrl_ros.policies import load_base_policy
-from dsrl_ros.rollout import gaussian_noise, run_episode
+from dsrl_ros.rollout import NoiseChooser, run_episode
+
+# With --steer: what runs on the same seeds, and the JSON key prefix each one reports under.
+STEERED_REPORT = (("steered", ""), ("stochastic", "stochastic_"), ("base", "base_"), ("base_zero", "base_zero_"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a policy checkpoint in the sim (success rate, 95%% Wilson CI)")
     p.add_argument("--policy", default=str(DEFAULT_BASE_POLICY), help="checkpoint directory (default: shipped)")
     p.add_argument("--expert", action="store_true", help="evaluate the scripted expert instead of a policy")
+    p.add_argument("--noise", default="gaussian", help=f"the base policy's noise: {NOISE_RULES}")
+    p.add_argument("--noise-std", type=float, default=None, help="base policy noise w = std * N(0, I), 0: w = 0 "
+                                                                 "(the same as --noise scale:STD)")
     p.add_argument("--steer", default=None, help="noise-actor directory (train-steer's actor/): evaluates the "
-                                                 "steered policy and the base policy on the same seeds")
-    p.add_argument("--task", default=None, help="sim task (default: the one the policy was trained on, else lift)")
+                                                 "steered policy (deterministic and stochastic) and the base "
+                                                 "policy at w ~ N(0, I) and at w = 0, all on the same seeds")
+    p.add_argument("--task", default=None, help="sim task (default: the one the policy is made for)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=100_000, help="first env seed; episode i uses seed + i")
-    p.add_argument("--noise-std", type=float, default=1.0, help="base policy noise w = std * N(0, I); 0: w = 0")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=run)
@@ -38,52 +51,75 @@ def summarize(successes: int, episodes: int) -> dict:
             "ci_low": low, "ci_high": high}
 
 
+def steered_choosers(policy, steering, seed: int) -> dict[str, NoiseChooser]:
+    """The four noise choices `--steer` compares. The base draws come from a generator seeded like plain
+    `eval --noise gaussian`, so both report the same episodes; the stochastic actor samples from torch's global
+    generator, which `run` seeds before each pass."""
+    def actor(deterministic: bool) -> NoiseChooser:
+        return lambda stacked: steering.choose_noise({k: v[-1] for k, v in stacked.items()}, deterministic)
+
+    shape, base_rng = policy.config.noise_shape, np.random.default_rng(seed)
+    return {"steered": actor(True), "stochastic": actor(False), "base": scaled_gaussian(shape, 1.0, base_rng),
+            "base_zero": scaled_gaussian(shape, 0.0, base_rng)}
+
+
 def run(args: argparse.Namespace) -> int:
     from dsrl_ros.sim import ScriptedExpert, make_env
 
     if args.episodes < 1:
         raise SystemExit(f"--episodes: expected >= 1, got {args.episodes}")
+    if args.noise_std is not None:
+        if args.noise != "gaussian":
+            raise ValueError(f"--noise-std: not with --noise {args.noise} (one noise rule at a time)")
+        if not (np.isfinite(args.noise_std) and args.noise_std >= 0):
+            raise ValueError(f"--noise-std: expected a finite number >= 0, got {args.noise_std}")
+        args.noise = f"scale:{args.noise_std!r}"
+    scale = parse_noise_rule(args.noise)
+    if args.steer and args.noise != "gaussian":
+        option = "--noise-std" if args.noise_std is not None else "--noise"
+        raise ValueError(f"{option}: not with --steer (it reports the base policy at w ~ N(0, I) and at w = 0)")
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = None if args.expert else load_base_policy(args.policy)
-    task = args.task or (policy_task(args.policy) if policy else None) or "lift"
+    task = args.task or policy_task(args.policy)
     image_size = policy.config.image_shape[0] if policy else 84
-    env = make_env(task, image_size=image_size)
-    expert = ScriptedExpert(env) if args.expert else None
     steering = load_actor(args.steer, policy) if args.steer else None
+    env = make_env(task, image_size=image_size)
     start = time.time()
-    if expert is not None:
-        agent, (successes, lengths) = "expert", _evaluate(
-            args, "expert", lambda seed: run_expert_episode(env, expert, seed))
+    if args.expert:
+        expert = ScriptedExpert(env)
+        successes, lengths = _evaluate(args, "expert", lambda seed: run_expert_episode(env, expert, seed))
+        summary = summarize(successes, args.episodes) | {"agent": "expert", "mean_episode_steps": np.mean(lengths)}
+    elif steering is None:
+        choose = scaled_gaussian(policy.config.noise_shape, scale, np.random.default_rng(args.seed))
+        successes, lengths = _evaluate(args, f"base {args.noise}", lambda seed: _policy_episode(env, policy, choose,
+                                                                                               seed))
+        summary = summarize(successes, args.episodes) | {"agent": "base_policy", "noise": args.noise,
+                                                         "noise_std": scale, "mean_episode_steps": np.mean(lengths)}
     else:
-        rng = np.random.default_rng(args.seed)
-        noise = gaussian_noise(policy, rng)
-        base = _evaluate(args, "base", lambda seed: _policy_episode(
-            env, policy, lambda obs: (args.noise_std * noise(obs)).astype(np.float32), seed))
-        agent, (successes, lengths) = "base_policy", base
-    summary = summarize(successes, args.episodes)
-    if steering is not None:
-        steered = _evaluate(args, "steered", lambda seed: _policy_episode(
-            env, policy, lambda obs: steering.choose_noise({k: v[-1] for k, v in obs.items()}, deterministic=True),
-            seed))
-        base_summary = summary
-        agent, (successes, lengths) = "steered_policy", steered
-        summary = summarize(successes, args.episodes) | {
-            "base_success_rate": base_summary["success_rate"], "base_ci_low": base_summary["ci_low"],
-            "base_ci_high": base_summary["ci_high"], "steer": args.steer}
-        print(f"base_policy on the same seeds: {base_summary['successes']}/{args.episodes} = "
-              f"{base_summary['success_rate']:.1%} (95% Wilson CI {base_summary['ci_low']:.1%}-"
-              f"{base_summary['ci_high']:.1%})")
+        summary = {"agent": "steered_policy", "steer": args.steer}
+        for (label, chooser), (_, prefix) in zip(steered_choosers(policy, steering, args.seed).items(),
+                                                 STEERED_REPORT):
+            torch.manual_seed(args.seed)
+            successes, lengths = _evaluate(args, label, lambda seed: _policy_episode(env, policy, chooser, seed))
+            summary |= {f"{prefix}{k}": v for k, v in summarize(successes, args.episodes).items()
+                        if k != "episodes"} | {f"{prefix}mean_episode_steps": float(np.mean(lengths))}
+            if label != "steered":
+                print(f"{label} on the same seeds: {_line(summary, prefix, args.episodes)}")
+        summary["episodes"] = args.episodes
     env.close()
-    summary |= {"task": task, "agent": agent, "policy": None if expert else args.policy, "seed": args.seed,
-                "mean_episode_steps": float(np.mean(lengths)), "seconds": round(time.time() - start, 1),
-                "noise_std": args.noise_std}
-    print(f"{summary['agent']} on {task}: success {summary['successes']}/{args.episodes} = "
-          f"{summary['success_rate']:.1%} (95% Wilson CI {summary['ci_low']:.1%}-{summary['ci_high']:.1%}), "
+    summary |= {"task": task, "policy": None if args.expert else args.policy, "seed": args.seed,
+                "mean_episode_steps": float(summary["mean_episode_steps"]), "seconds": round(time.time() - start, 1)}
+    print(f"{summary['agent']} on {task}: {_line(summary, '', args.episodes)}, "
           f"mean length {summary['mean_episode_steps']:.1f} steps, {summary['seconds']} s")
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _line(summary: dict, prefix: str, episodes: int) -> str:
+    return (f"success {summary[prefix + 'successes']}/{episodes} = {summary[prefix + 'success_rate']:.1%} "
+            f"(95% Wilson CI {summary[prefix + 'ci_low']:.1%}-{summary[prefix + 'ci_high']:.1%})")
 
 
 def _evaluate(args: argparse.Namespace, label: str, episode_fn) -> tuple[int, list[int]]:
@@ -101,10 +137,6 @@ def _evaluate(args: argparse.Namespace, label: str, episode_fn) -> tuple[int, li
 def _policy_episode(env, policy, choose_noise, seed: int) -> tuple[bool, int]:
     result = run_episode(env, policy, choose_noise, seed=seed)
     return result.success, result.steps
-
-
-def policy_task(checkpoint_dir: str) -> str | None:
-    return read_config(checkpoint_dir).get("metadata", {}).get("store_attrs", {}).get("task")
 
 
 def run_expert_episode(env, expert, seed: int) -> tuple[bool, int]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dsrl_ros.config import SIM_TASKS
 from dsrl_ros.core.bc import BCConfig, train_bc
 from dsrl_ros.core.checkpoint import save_policy
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
@@ -38,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "midpoint steps from the given noise")
     p.add_argument("--flow-solver", choices=("euler", "midpoint"), default="euler")
     p.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes of the store")
+    p.add_argument("--task", default=None, help="sim task the policy is made for, recorded in its config "
+                                                "(eval, train-steer and the demo run it there; default: the "
+                                                "demonstrations' task)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
 
@@ -46,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from dsrl_ros.core.episode_store import EpisodeStore
     from dsrl_ros.core.ram_episodes import RamEpisodes
 
+    if args.task is not None and args.task not in SIM_TASKS:
+        raise ValueError(f"--task: expected one of {list(SIM_TASKS)}, got {args.task!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     store = EpisodeStore.open(args.data, mode="r")
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     ema, losses = train_bc(policy, episodes, bc, on_step=on_step)
     bar.close()
     metadata = {"command": "dsrl-ros " + shlex.join(sys.argv[1:]), "data": str(args.data),
+                "task": args.task or store.meta_attrs.get("task"),
                 "store_attrs": store.meta_attrs, "episodes": episodes.n_episodes, "steps_in_data": episodes.n_steps,
                 "bc": bc.__dict__, "final_loss_50": float(np.mean(losses[-50:])),
                 "train_seconds": round(time.time() - start, 1), "torch": torch.__version__}

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from dsrl_ros.config import load_config
 from dsrl_ros.core.agent_config import AgentConfig
-from dsrl_ros.core.checkpoint import load_policy, read_config, resolve_checkpoint
+from dsrl_ros.core.checkpoint import load_policy, policy_task, resolve_checkpoint
 from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, ChunkEpisode
 from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.steering import PolicySteering, chunk_reward, rng_from_json, rng_state_json
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         rollout_rng = rng_from_json(learner.resumed_extra["rollout_rng"])
         learner.train_due()                     # the updates owed for the last episode before the stop
         print(f"resumed at episode {learner.n_episodes} ({learner.num_updates} updates)")
-    task = read_config(policy_dir).get("metadata", {}).get("store_attrs", {}).get("task", config.robot.sim_task)
+    task = policy_task(policy_dir, fallback=config.robot.sim_task)
     env = make_env(task, image_size=policy.config.image_shape[0], max_steps=config.control.max_episode_steps,
                    control_hz=config.control.rate_hz)
     execute = config.control.execute_steps

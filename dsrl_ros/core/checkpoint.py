@@ -21,8 +21,13 @@ CONFIG_FILE = "config.json"
 POLICY_FORMAT = "dsrl_ros.diffusion_policy/1"
 
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
-DEFAULT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"   # DSRL-NA actor for the base policy above
+# The default benchmark (docs/base_policy.md): a cube-trained policy run on a block it must grasp the right way.
+DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift_block"
+DEFAULT_STEER_ACTOR: Path | None = None     # none shipped for the default task yet
+# The easy task: the cube-lift policy and a DSRL-NA actor trained for it.
+LIFT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
+LIFT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"
+FALLBACK_TASK = "lift"                      # for checkpoints that name no task
 
 
 def write_atomic(path: Path, write) -> None:
@@ -67,6 +72,19 @@ def read_config(directory: str | Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {path}: expected a JSON object, got {type(config).__name__}")
     return config
+
+
+def policy_task(spec: str | Path, fallback: str = FALLBACK_TASK) -> str:
+    """The sim task a policy checkpoint (a directory or shipped:<name>) is made for: `metadata.task` (train-bc
+    --task), else the task its demonstrations were recorded on, else `fallback` (also for a remote ws:// policy
+    and checkpoints of other formats, e.g. LeRobot's, that record no task)."""
+    if str(spec).startswith(("ws://", "wss://")):
+        return fallback
+    metadata = read_config(resolve_checkpoint(str(spec))).get("metadata")
+    if not isinstance(metadata, dict):
+        return fallback
+    store_attrs = metadata.get("store_attrs")
+    return metadata.get("task") or (store_attrs.get("task") if isinstance(store_attrs, dict) else None) or fallback
 
 
 def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

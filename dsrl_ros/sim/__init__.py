@@ -1,5 +1,5 @@
-"""Embedded MuJoCo arm (tasks `lift`, `place`) and its scripted expert. Importing this package chooses the
-headless GL backend (MUJOCO_GL) before mujoco loads."""
+"""Embedded MuJoCo arm (tasks `lift_block`, `lift`, `place`) and its scripted expert. Importing this package
+chooses the headless GL backend (MUJOCO_GL) before mujoco loads."""
 
 from dsrl_ros.sim.arm import ACTION_LAYOUT, PROPRIO_LAYOUT, TASKS, ArmEnv
 from dsrl_ros.sim.scripted import ScriptedExpert

@@ -11,6 +11,8 @@ scratch MjData turns it into joint targets for position servos; SUBSTEPS physics
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dsrl_ros.sim.gl import choose_gl_backend, render_context_error
 
 choose_gl_backend()  # before mujoco is imported anywhere
@@ -18,7 +20,7 @@ choose_gl_backend()  # before mujoco is imported anywhere
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dsrl_ros.sim.arm_scene import (CAMERA, CUBE_HALF, FINGER_JOINTS, FINGER_MAX, JOINT_NAMES,  # noqa: E402
+from dsrl_ros.sim.arm_scene import (CAMERA, FINGER_JOINTS, FINGER_MAX, JOINT_NAMES, OBJECT_HALF,  # noqa: E402
                                     TIMESTEP, build_mjcf)
 
 PROPRIO_LAYOUT = {"joint_positions": slice(0, 7), "gripper_width": slice(7, 8), "ee_position": slice(8, 11)}
@@ -28,11 +30,25 @@ WORKSPACE_LOW = np.array([0.22, -0.32, 0.012])              # grip-site target b
 WORKSPACE_HIGH = np.array([0.72, 0.32, 0.40])
 HOME_EE = np.array([0.42, 0.0, 0.22])
 ELBOW_UP_SEED = np.array([0.0, 0.43, 0.0, 1.12, 0.0, 1.6, 0.0])  # near HOME_EE, pointing down, elbow up
-TASKS = {"lift": {"max_steps": 64}, "place": {"max_steps": 120}}
+# cube_yaw: the object's yaw range at reset. A cube looks the same every 90 deg; the block of `lift_block` every
+# 180 deg, so its long side points anywhere.
+TASKS = {"lift": {"max_steps": 64, "cube_yaw": (-np.pi / 4, np.pi / 4)},
+         "place": {"max_steps": 120, "cube_yaw": (-np.pi / 4, np.pi / 4)},
+         "lift_block": {"max_steps": 64, "cube_yaw": (-np.pi / 2, np.pi / 2)}}
 LIFT_HEIGHT = 0.05                                           # m above resting height counts as lifted
 PLACE_TOLERANCE = 0.025                                      # m, cube centre to target centre (xy)
-CUBE_X, CUBE_Y, CUBE_YAW = (0.36, 0.54), (-0.15, 0.15), (-np.pi / 4, np.pi / 4)
+CUBE_X, CUBE_Y = (0.36, 0.54), (-0.15, 0.15)
 TARGET_X, TARGET_Y, TARGET_MIN_DIST = (0.36, 0.56), (-0.2, 0.2), 0.12
+
+
+@dataclass(frozen=True)
+class ArmSnapshot:
+    data: "mujoco.MjData"
+    steps: int
+    ee_target: np.ndarray
+    yaw_target: float
+    q_target: np.ndarray
+    target_pos: np.ndarray | None
 
 
 def _yaw_down_quat(yaw: float) -> np.ndarray:
@@ -54,6 +70,7 @@ class ArmEnv:
         if not 16 <= int(image_size) <= 1024:
             raise ValueError(f"image_size: expected 16..1024 px, got {image_size}")
         self.task, self.image_shape = task, (int(image_size), int(image_size), 3)
+        self.object_half = np.array(OBJECT_HALF[task])   # (x, y, z) half sizes of the object to lift
         self.max_steps = int(max_steps or TASKS[task]["max_steps"])
         self.substeps = max(1, round(1.0 / (control_hz * TIMESTEP)))
         self.control_hz = 1.0 / (self.substeps * TIMESTEP)
@@ -87,10 +104,10 @@ class ArmEnv:
         self.data.qpos[self._arm_qpos] = self._home_q
         self.data.qpos[self._finger_qpos] = FINGER_MAX
         cube_xy = self._rng.uniform([CUBE_X[0], CUBE_Y[0]], [CUBE_X[1], CUBE_Y[1]])
-        cube_yaw = self._rng.uniform(*CUBE_YAW)
+        cube_yaw = self._rng.uniform(*TASKS[self.task]["cube_yaw"])
         quat = np.zeros(4)
         mujoco.mju_axisAngle2Quat(quat, np.array([0.0, 0.0, 1.0]), cube_yaw)
-        self.data.qpos[self._cube_qpos: self._cube_qpos + 7] = [*cube_xy, CUBE_HALF, *quat]
+        self.data.qpos[self._cube_qpos: self._cube_qpos + 7] = [*cube_xy, self.object_half[2], *quat]
         if self._target_geom is not None:
             while True:  # a target clearly apart from the cube
                 target = self._rng.uniform([TARGET_X[0], TARGET_Y[0]], [TARGET_X[1], TARGET_Y[1]])
@@ -130,6 +147,26 @@ class ArmEnv:
             self._renderer.close()
             self._renderer = None
 
+    # ---- save / restore (the steerable-ceiling search tries several chunks from one state) ----------------------
+    def snapshot(self) -> "ArmSnapshot":
+        """Everything the future depends on besides the actions: all of MjData (derived quantities too, so a run
+        restored from here repeats the original bit for bit), the controller's targets, the step count."""
+        data = mujoco.MjData(self.model)
+        mujoco.mj_copyData(data, self.model, self.data)
+        target = None if self._target_geom is None else self.model.geom_pos[self._target_geom].copy()
+        return ArmSnapshot(data, self._steps, self._ee_target.copy(), self._yaw_target, self._q_target.copy(), target)
+
+    def restore(self, snap: "ArmSnapshot") -> None:
+        mujoco.mj_copyData(self.data, self.model, snap.data)
+        self._steps, self._yaw_target = snap.steps, snap.yaw_target
+        self._ee_target, self._q_target = snap.ee_target.copy(), snap.q_target.copy()
+        if snap.target_pos is not None:
+            self.model.geom_pos[self._target_geom] = snap.target_pos
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The observation of the current state (what the last reset/step returned, recomputed)."""
+        return self._observation()
+
     # ---- privileged state (scripted expert, tests) -------------------------------------------------------------
     def cube_pose(self) -> tuple[np.ndarray, float]:
         pos = self.data.qpos[self._cube_qpos: self._cube_qpos + 3].copy()
@@ -166,11 +203,12 @@ class ArmEnv:
 
     def _success(self) -> bool:
         cube_pos, _ = self.cube_pose()
-        if self.task == "lift":
-            return bool(cube_pos[2] >= CUBE_HALF + LIFT_HEIGHT)
+        half = self.object_half
+        if self.task != "place":
+            return bool(cube_pos[2] >= half[2] + LIFT_HEIGHT)
         on_target = np.linalg.norm(cube_pos[:2] - self.target_xy()) <= PLACE_TOLERANCE
-        resting = cube_pos[2] <= CUBE_HALF + 0.005
-        released = self.gripper_width() >= 2 * CUBE_HALF + 0.015
+        resting = cube_pos[2] <= half[2] + 0.005
+        released = self.gripper_width() >= 2 * half[1] + 0.015
         return bool(on_target and resting and released)
 
     def _solve_ik(self, q_start: np.ndarray, pos: np.ndarray, yaw: float, iterations: int = 8,

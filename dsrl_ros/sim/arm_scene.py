@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 CUBE_HALF = 0.02            # m; cube side 4 cm
+# Half sizes (x, y, z) of the object to lift, per task. `lift_block` is the deployment shift of the default
+# benchmark: a 4 x 10 cm block, longer than the 8 cm gripper opening, where a cube-trained policy is run.
+OBJECT_HALF = {"lift": (CUBE_HALF,) * 3, "place": (CUBE_HALF,) * 3, "lift_block": (CUBE_HALF, 0.05, CUBE_HALF)}
+OBJECT_DENSITY = 0.05 / (2 * CUBE_HALF) ** 3   # kg/m^3: the 4 cm cube weighs 50 g
 FINGER_MAX = 0.04           # m per finger: 8 cm full opening
 TIMESTEP = 0.002            # s
 JOINT_NAMES = tuple(f"joint{i}" for i in range(1, 8))
@@ -70,9 +74,11 @@ def _arm_xml() -> str:
 
 
 def build_mjcf(task: str, image_size: int) -> str:
-    """Scene for `task` ('lift' or 'place'); the offscreen buffer matches the camera image size."""
+    """Scene for `task` (a key of OBJECT_HALF); the offscreen buffer matches the camera image size."""
     target = ('<geom name="target" type="box" size="0.035 0.035 0.0005" pos="0.45 0.1 0.0005" '
               'rgba="0.1 0.75 0.2 1" contype="0" conaffinity="0"/>') if task == "place" else ""
+    hx, hy, hz = OBJECT_HALF[task]
+    mass = OBJECT_DENSITY * 8 * hx * hy * hz
     servos = "".join(f'<position joint="{j}" kp="600" forcerange="-150 150"/>' for j in JOINT_NAMES)
     return f"""
 <mujoco model="dsrl_arm_{task}">
@@ -98,9 +104,9 @@ def build_mjcf(task: str, image_size: int) -> str:
       {_arm_xml()}
     </body>
     {target}
-    <body name="cube" pos="0.45 0 {CUBE_HALF}">
+    <body name="cube" pos="0.45 0 {hz}">
       <freejoint name="cube"/>
-      <geom name="cube" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" mass="0.05"
+      <geom name="cube" type="box" size="{hx} {hy} {hz}" mass="{mass:.6g}"
             rgba="0.85 0.12 0.1 1" friction="1.2 0.02 0.001" condim="4"/>
     </body>
   </worldbody>
