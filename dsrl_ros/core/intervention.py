@@ -125,3 +125,12 @@ def executed_row(chunk: np.ndarray, action_dim: int, indices, sources, actions) 
         if int(source) == OPERATOR:
             row[int(index)] = action
     return row.ravel(), intervention_mask(indices, sources)
+
+
+def operator_executed(indices, sources, actions) -> tuple | None:
+    """(indices, sources, actions) of a chunk result with an operator step, for EpisodeRecorder.result; None when
+    the policy commanded every step (the stored chunk is then the published one)."""
+    sources = [int(s) for s in sources]
+    if OPERATOR not in sources:
+        return None
+    return [int(i) for i in indices], sources, np.asarray(actions, np.float32)
