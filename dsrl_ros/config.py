@@ -39,7 +39,7 @@ ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
 DEVICES = ("auto", "cpu", "cuda")
 BAG_COMPRESSIONS = ("none", "lz4", "zstd")
 BAG_STAMPS = ("receive", "header")
-TELEOP_DEVICES = ("none", "joy", "spacemouse", "scripted")
+TELEOP_DEVICES = ("none", "joy", "scripted")
 
 
 class ConfigError(ValueError):
@@ -207,15 +207,15 @@ class EpisodeSection:
 
 @dataclass(frozen=True)
 class TeleopSection:
-    """Operator input: nodes/teleop.py (gamepad, SpaceMouse, the scripted sim operator); the keyboard is
-    `dsrl-ros console`. Both send signed TeleopCommand / OperatorCommand (nodes/operator_io.py)."""
-    device: str = "none"                    # none (no teleop node) | joy | spacemouse | scripted (sim only)
+    """Operator input: nodes/teleop.py (gamepad via sensor_msgs/Joy, the scripted sim operator; a terminal keyboard
+    when run by hand). It sends signed TeleopCommand / OperatorCommand (nodes/operator_io.py)."""
+    device: str = "none"                    # none (no teleop node in the graph) | joy | scripted (direct sim only)
     rate_hz: float = 50.0                   # the command stream while a device is live
     max_age_s: float = 0.25                 # robot side: a takeover with no command this long -> LOST, the arm holds
     command_max_age_s: float = 1.0          # a signed command counts only within this of its stamp
     speed: list[float] = field(default_factory=list)   # action units per full deflection, per action dim ([] = 1)
     deadband: float = 0.05                  # deflections below this are zero
-    release_s: float = 0.5                  # joy / spacemouse: hand back this long after the last deflection
+    release_s: float = 0.5                  # joy / keyboard: hand back this long after the last deflection
     joy_topic: str = "/joy"                 # sensor_msgs/Joy from any ROS joy driver
     joy_axes: list[int] = field(default_factory=lambda: [1, 0, 4, 3])   # Joy.axes index per non-grip action dim
     joy_axis_signs: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])

@@ -27,6 +27,7 @@ OUTCOME_NAMES = {SUCCESS: "success", FAILURE: "failure", TIMEOUT: "timeout", ABO
 STATE_FILE = "episode_manager.json"
 FINAL_OBS_WAIT_S = 2.0
 RESET_RETRY_S = 1.0
+TELEOP_LOST = "teleop_lost"                       # = core/intervention.py END_TELEOP_LOST (ChunkResult.ended_by)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,11 @@ class EpisodeCycle:
         self._reset_at = now + self.s.reset_pause_s
 
     # ---- inputs ------------------------------------------------------------------------------------------------
-    def on_result(self, episode: int, steps: int, success: bool, truncated: bool, now: float) -> list[Event]:
+    def on_result(self, episode: int, steps: int, success: bool, truncated: bool, now: float,
+                  ended_by: str = "") -> list[Event]:
+        """ended_by (ChunkResult.ended_by) "teleop_lost": the operator's stream died during a takeover and the arm
+        holds; the episode ends as a time limit (its steps are real and recorded: the learner keeps it, bootstrapping
+        from where it stopped), its detail naming the loss."""
         if self.state != RUNNING or episode != self.episode:
             return []
         self.chunks += 1
@@ -157,6 +162,9 @@ class EpisodeCycle:
         self._last_progress = now
         if success:
             return [self._end(SUCCESS, "task success", now)]
+        if ended_by == TELEOP_LOST:
+            return [self._end(TIMEOUT, f"{TELEOP_LOST}: the operator's stream stopped during a takeover; the arm "
+                                       f"holds ({self.steps} steps)", now)]
         if truncated or self.steps >= self.s.max_episode_steps:
             return [self._end(TIMEOUT, f"{self.steps} steps", now)]
         return []

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 POLICY, OPERATOR, LOST = 0, 1, 2           # POLICY / OPERATOR = ChunkResult.executed_sources values
-END_TELEOP_LOST = "teleop_lost"            # ChunkResult.ended_by when a takeover's stream went stale
+END_TELEOP_LOST = "teleop_lost"            # ChunkResult.ended_by when a takeover's stream went stale (truncated set)
 MAX_CHUNK_STEPS = 64                       # the intervention mask is a uint64
 
 

@@ -126,7 +126,7 @@ class EpisodeManagerNode(ConfiguredNode):
     # ---- inputs --------------------------------------------------------------------------------------------------
     def _on_result(self, msg: ChunkResult) -> None:
         self._publish(self.cycle.on_result(msg.episode, msg.steps_executed, msg.success, msg.truncated,
-                                           time.monotonic()))
+                                           time.monotonic(), msg.ended_by))
 
     def _on_status(self, msg: LearnerStatus) -> None:
         self.learner_seen = time.monotonic()

@@ -34,6 +34,7 @@ TELEOP_COMMAND = "/dsrl/teleop_command"          # the operator drives the arm (
 OPERATOR_COMMAND = "/dsrl/operator_command"      # the operator's buttons: start, label, abort, ... (signed)
 OPERATOR_REPLY = "/dsrl/operator_reply"          # the episode manager's answer to each, for the console
 SIM_RESET_SERVICE = "/sim_robot/reset"
+SIM_EXPERT_STATE = "/sim_robot/expert_state"     # privileged sim state for the scripted operator (teleop scripted)
 # Seeing another node's endpoints does not mean every participant has matched ours yet (~0.35 s each, more under
 # load): a node that must not lose its first messages waits this long after it sees its peers (or starts).
 DISCOVERY_SETTLE_S = 1.5

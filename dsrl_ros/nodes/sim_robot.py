@@ -15,8 +15,11 @@ Interventions (core/intervention.py): signed TeleopCommands on /dsrl/teleop_comm
 order) let the operator take over: from the next control tick the running chunk's steps are the operator's
 actions (clipped to the action limits), until a hand-back takes effect at the next decision. The result then lists
 every executed step with its source and action (executed_indices / executed_sources / executed_actions). If the
-operator's stream goes stale during a takeover the arm holds: the chunk ends with ended_by "teleop_lost" and the
-episode manager ends the episode (marked in its detail). The physics still pauses between chunks.
+operator's stream goes stale during a takeover the arm holds: the chunk ends with ended_by "teleop_lost" and
+truncated set, and the episode manager ends the episode as a time limit with the loss in its detail (the learner
+keeps it: every step in it was executed as recorded). The physics still pauses between chunks. With
+teleop.device `scripted` it also publishes the privileged state the scripted operator needs on
+/sim_robot/expert_state every tick (sim/scripted_operator.py).
 
 Parameter `realtime_factor` (default 1.0): control ticks run at control.rate_hz x this factor of wall time.
 """
@@ -30,6 +33,7 @@ from collections import deque
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from dsrl_interfaces.msg import ActionChunk, ChunkResult, TeleopCommand
@@ -38,8 +42,9 @@ from dsrl_ros.core.intervention import END_TELEOP_LOST, LOST, OPERATOR, Operator
 from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import accept, action_array
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, RATE_CAP_HZ, SIM_RESET_SERVICE, TELEOP_COMMAND,
-                                   array_to_image, float32_array, float32_field, guarded, qos, run_node)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, RATE_CAP_HZ, SIM_EXPERT_STATE, SIM_RESET_SERVICE,
+                                   TELEOP_COMMAND, array_to_image, float32_array, float32_field, guarded, qos,
+                                   run_node)
 
 GRIPPER_JOINT = "gripper"
 
@@ -81,6 +86,9 @@ class SimRobotNode(ConfiguredNode):
         self.create_subscription(TeleopCommand, TELEOP_COMMAND, guarded(self.drop, TELEOP_COMMAND, self._on_teleop,
                                                                         RATE_CAP_HZ["teleop"]), q["decision"])
         self.executed: list[tuple[int, int, np.ndarray]] = []   # (index, source, action) of the chunk's steps
+        # The scripted operator (teleop.device scripted) reads the privileged state; nobody else gets it.
+        self.expert_pub = (self.create_publisher(Float64MultiArray, SIM_EXPERT_STATE, q["decision"])
+                           if c.teleop.device == "scripted" else None)
         self.resets = 0
         self.queue: deque[np.ndarray] = deque()
         self.chunk: ActionChunk | None = None
@@ -144,7 +152,7 @@ class SimRobotNode(ConfiguredNode):
             self.get_logger().warning(f"teleop stream lost during a takeover (no command for "
                                       f"{self.config.teleop.max_age_s:g} s): holding; episode {self.chunk.episode} "
                                       f"ends")
-            self._publish_result(self._publish_obs(), False, False, END_TELEOP_LOST)
+            self._publish_result(self._publish_obs(), False, True, END_TELEOP_LOST)
             return
         action = self.queue.popleft()
         if step.source == OPERATOR:
@@ -191,6 +199,10 @@ class SimRobotNode(ConfiguredNode):
             o = pose.pose.orientation
             o.w, o.x, o.y, o.z = self.env.ee_quaternion().tolist()
             self.pose_pub.publish(pose)
+        if self.expert_pub is not None:
+            from dsrl_ros.sim.scripted_operator import state_vector
+
+            self.expert_pub.publish(Float64MultiArray(data=state_vector(self.env, self.resets)))
         return stamp
 
     def close(self) -> None:
