@@ -51,6 +51,12 @@ def test_a_stream_that_goes_stale_during_a_takeover_holds_until_the_next_episode
     assert s.next_step(310 * MS, at_decision_start=True).source == LOST
     s.new_episode()
     assert s.next_step(320 * MS, at_decision_start=True).source == OPERATOR   # still intervening: takes the arm
+    handed_back = OperatorStream(250 * MS, LOW, HIGH)
+    handed_back.on_command(True, np.zeros(5), now_ns=0)
+    handed_back.next_step(10 * MS, at_decision_start=True)
+    handed_back.on_command(False, np.zeros(5), now_ns=20 * MS)          # hand back, then the device goes quiet
+    assert handed_back.next_step(30 * MS, at_decision_start=False).source == OPERATOR
+    assert handed_back.next_step(500 * MS, at_decision_start=True).source == POLICY   # the hand-back stands
     quiet = OperatorStream(250 * MS, LOW, HIGH)
     quiet.on_command(False, np.zeros(5), now_ns=0)                      # not driving: staleness does not matter
     assert quiet.next_step(10_000 * MS, at_decision_start=False).source == POLICY

@@ -9,7 +9,7 @@ Who commands a step (`OperatorStream.next_step`, asked once per control tick by 
   action, e.g. zero deltas with the stick released) and the policy takes over at the next decision: its chunk was
   made for the observation at the decision's start, which the operator's steps made stale;
 - nobody (LOST) when the operator's stream goes stale during a takeover (`max_age_ns` without a command: the
-  teleop node died, the network dropped): the arm holds, the running chunk ends with END_TELEOP_LOST and the
+  teleop node died, the network dropped) before a hand-back took effect: the arm holds, the running chunk ends with END_TELEOP_LOST and the
   policy does not get the arm back by itself; the next episode starts without the latch.
 
 Row composition (`executed_row`): a decision's row stores the chunk with each operator step's action in place of
@@ -78,12 +78,12 @@ class OperatorStream:
                 return StepCommand(POLICY)
             self.driving = True
             self.takeovers += 1
+        elif not self.intervene and at_decision_start:     # handed back (the stream may have ended since)
+            self.driving = False
+            return StepCommand(POLICY)
         elif not fresh:
             self.lost = True
             return StepCommand(LOST)
-        elif not self.intervene and at_decision_start:
-            self.driving = False
-            return StepCommand(POLICY)
         return StepCommand(OPERATOR, self.action.copy())
 
     def new_episode(self) -> None:
