@@ -197,12 +197,6 @@ class EpisodeSection:
     # Operator sessions (auto_reset false): RESETTING lasts until the operator's START, or this long (0: no limit;
     # then the next episode starts by itself, as LeRobot's reset_time_s).
     reset_time_s: float = 0.0
-    # Joint positions (joints.names order) the chunk executor moves the arm to at each RESETTING, within the
-    # safety limits, unless the operator drives it ([] = stay where the episode ended).
-    home_joints: list[float] = field(default_factory=list)
-    # The unsigned std_srvs services ~/start, ~/label, ~/abort: anyone on the DDS domain may call them. Off by
-    # default: operators use `dsrl-ros console` / the teleop node (signed OperatorCommand).
-    unsigned_services: bool = False
 
 
 @dataclass(frozen=True)
@@ -443,10 +437,6 @@ def _check_values(c: StackConfig) -> None:
             c.episode.max_episodes)
     require(c.episode.stall_timeout_s > 0, "episode.stall_timeout_s", "seconds > 0", c.episode.stall_timeout_s)
     require(c.episode.reset_time_s >= 0, "episode.reset_time_s", "seconds >= 0 (0: no limit)", c.episode.reset_time_s)
-    require(len(c.episode.home_joints) in (0, n), "episode.home_joints", f"[] or {n} positions (one per joint)",
-            c.episode.home_joints)
-    for i, (q, lo, hi) in enumerate(zip(c.episode.home_joints, c.joints.position_lower, c.joints.position_upper)):
-        require(lo < q < hi, f"episode.home_joints[{i}]", f"inside joints.position_lower/upper ({lo}..{hi})", q)
     _check_teleop(c, require)
     require(not c.ros.security or bool(c.ros.security_keystore), "ros.security_keystore",
             "an SROS2 keystore directory when ros.security is true", c.ros.security_keystore)
