@@ -91,7 +91,8 @@ class Bench(Probe):
         return sum(1 for t, _ in self.poses if t >= t_ns)
 
 
-def test_takeover_on_the_next_tick_hand_back_at_the_next_decision_no_jump_and_a_lost_stream_holds(tmp_path):
+def test_takeover_on_the_next_tick_hand_back_at_the_next_decision_no_jump_a_lost_stream_holds_and_resets_drive(
+        tmp_path):
     config = sim_config(tmp_path)
     nodes = Nodes(tmp_path, config, ["sim_robot"])
     bench = Bench(tmp_path / "run")
@@ -141,6 +142,11 @@ def test_takeover_on_the_next_tick_hand_back_at_the_next_decision_no_jump_and_a_
         held = np.array([p for t, p in bench.poses if t >= held_from])
         assert len(held) >= 5 and np.abs(held - held[0]).max() == 0.0
         assert bench.result(later) is None
+        results = len(bench.results)                                            # between episodes (RESETTING):
+        moved_from = time.monotonic_ns()                                         # the operator drives, nothing
+        bench.spin_for(1.0, teleop=(True, -operator_action))                     # is recorded (-y: +y is at the
+        moved = np.array([p for t, p in bench.poses if t >= moved_from])          # workspace's edge by now)
+        assert moved[0][1] - moved[-1][1] > 0.03 and len(bench.results) == results
         assert "teleop stream lost during a takeover" in nodes.log("sim_robot")
     finally:
         bench.close()

@@ -17,7 +17,9 @@ actions (clipped to the action limits), until a hand-back takes effect at the ne
 every executed step with its source and action (executed_indices / executed_sources / executed_actions). If the
 operator's stream goes stale during a takeover the arm holds: the chunk ends with ended_by "teleop_lost" and
 truncated set, and the episode manager ends the episode as a time limit with the loss in its detail (the learner
-keeps it: every step in it was executed as recorded). The physics still pauses between chunks. With
+keeps it: every step in it was executed as recorded). The physics still pauses between chunks of an episode;
+between episodes (after its end, before the next reset: an operator session's RESETTING) a live operator stream
+with intervene set drives the arm, and nothing of it is recorded (no chunk, no result). With
 teleop.device `scripted` it also publishes the privileged state the scripted operator needs on
 /sim_robot/expert_state every tick (sim/scripted_operator.py).
 
@@ -142,10 +144,13 @@ class SimRobotNode(ConfiguredNode):
 
     # ---- the control tick --------------------------------------------------------------------------------------
     def _tick(self) -> None:
+        now = time.monotonic_ns()
         if not self.queue:
-            self._publish_obs()            # holding still; the sensors keep streaming
+            if self.episode_over and self.operator.intervene and self.operator.fresh(now):
+                self.obs, *_ = self.env.step(self.operator.action)   # between episodes the operator drives
+            self._publish_obs()            # (nothing is recorded: no chunk, no result); else holding still
             return
-        step = self.operator.next_step(time.monotonic_ns(), at_decision_start=self.chunk_steps == 0)
+        step = self.operator.next_step(now, at_decision_start=self.chunk_steps == 0)
         if step.source == LOST:            # the operator's stream died mid-takeover: hold, end the episode
             self.queue.clear()
             self.episode_over = True
