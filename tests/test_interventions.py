@@ -236,7 +236,7 @@ def test_keyboard_keys_move_one_dimension_each_and_send_buttons():
     keys.key("a", 0.0)
     keys.key("x", 0.0)
     intervene, action, buttons = keys.tick(0.1)
-    assert intervene and action.tolist() == pytest.approx([0.5, -0.5, 0, 0, -1]) and buttons == ["abort"]
+    assert intervene and action.tolist() == pytest.approx([0.5, 0.5, 0, 0, -1]) and buttons == ["abort"]
     assert keys.tick(0.5)[1].tolist() == pytest.approx([0, 0, 0, 0, -1])   # released: zero deltas, still driving
     keys.key(" ", 0.6)
     assert keys.tick(0.6)[0] is False

@@ -79,7 +79,7 @@ class JoyMapper(_Mapper):
 
 
 # Keyboard: pairs of keys per non-grip dimension (+, -) in action.names order, then the buttons.
-KEY_AXES = ("wd", "sa", "rf", "qe", "ik", "jl")    # (plus, minus) per non-grip dimension, first ones first
+KEY_AXES = ("ws", "ad", "rf", "qe", "ik", "jl")    # (plus, minus) per non-grip dimension, first ones first
 KEY_BUTTONS = {"\r": "start", "\n": "start", "y": "success", "n": "failure", "x": "abort", "z": "rerecord"}
 KEY_GRIP, KEY_INTERVENE = "g", " "
 
