@@ -582,6 +582,9 @@ def check_policy_fits_config(pc, c: StackConfig) -> None:
     """The checkpoint must fit the robot: one error naming the config field that disagrees."""
     if pc.n_obs_steps != 1:
         raise ValueError(f"policy.checkpoint: the ROS stack supports n_obs_steps 1, got {pc.n_obs_steps}")
+    if pc.image_shape is None:
+        raise ValueError("policy.checkpoint: the ROS stack feeds one camera image; this policy takes none or "
+                         "several (use `dsrl-ros sample` for it)")
     if pc.proprio_dim != c.proprio.dim:
         raise ValueError(f"proprio.joints: the policy expects {pc.proprio_dim} proprio numbers, the config gives "
                          f"{c.proprio.dim} ({len(c.proprio.joints)} joints"

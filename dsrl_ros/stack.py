@@ -37,8 +37,9 @@ class NodeSpec:
         return f"dsrl_ros.nodes.{self.name}"
 
     def command(self, python: str = sys.executable) -> list[str]:
-        """The process the supervisor starts: the same node `ros2 run` starts, parameters as ROS arguments."""
-        args = [python, "-m", self.module, "--ros-args", "-r", f"__node:={self.name}"]
+        """The process the supervisor starts: the same node `ros2 run` starts (through dsrl_ros/nodes/__main__.py,
+        so a stop during its imports is a clean exit), parameters as ROS arguments."""
+        args = [python, "-m", "dsrl_ros.nodes", self.name, "--ros-args", "-r", f"__node:={self.name}"]
         for key, value in self.parameters.items():
             args += ["-p", f"{key}:={_ros_arg(value)}"]
         return args

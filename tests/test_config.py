@@ -74,7 +74,7 @@ def test_the_graph_for_sim_and_real_robots(tmp_path):
     assert set(n.name for n in sim) <= set(NODE_EXECUTABLES)
     assert all(Path(n.parameters["robot_config"]).is_absolute() for n in sim)
     cmd = sim[0].command("python")
-    assert cmd[:5] == ["python", "-m", "dsrl_ros.nodes.sim_robot", "--ros-args", "-r"]
+    assert cmd[:6] == ["python", "-m", "dsrl_ros.nodes", "sim_robot", "--ros-args", "-r"]
     assert "realtime_factor:=2.0" in cmd
     hw = build_graph(load_config("robot_configs/sim_arm_hw.yaml"), "robot_configs/sim_arm_hw.yaml")
     assert [n.name for n in hw] == ["sim_hardware", "chunk_executor", "episode_manager", "policy", "steering", "learner"]

@@ -42,9 +42,10 @@ def train_toy(agent: DSRL, iterations: int) -> None:
         agent.update({k: v[idx] for k, v in data.items()})
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])         # a property of the algorithm, not of one seed
 @pytest.mark.parametrize("algo", ["na", "sac"])
-def test_actor_converges_to_the_known_optimal_noise(algo):
-    agent = make_agent(algo)
+def test_actor_converges_to_the_known_optimal_noise(algo, seed):
+    agent = make_agent(algo, seed)
     train_toy(agent, 800)
     s = torch.randn(512, 2)
     a = decode(s, agent.act(s, deterministic=True))
@@ -52,8 +53,9 @@ def test_actor_converges_to_the_known_optimal_noise(algo):
     assert float(reward(a).mean()) > 0.9
 
 
-def test_noise_critic_tracks_action_critic_on_sampled_noise():
-    agent = make_agent("na")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noise_critic_tracks_action_critic_on_sampled_noise(seed):
+    agent = make_agent("na", seed)
     train_toy(agent, 600)
     s, w = torch.randn(512, 2), torch.randn(512, 2).clamp(-2, 2)
     with torch.no_grad():

@@ -312,3 +312,14 @@ def test_the_episode_log_is_reconciled_with_the_store_after_a_kill(run_dir):
     assert records[2]["recovered"] and records[3]["recovered"]
     assert records[3]["transitions"] == EpisodeStore.open(run_dir / "replay.zarr").n_steps - 4
     assert any("1 torn line(s) cut, 2 committed episode(s) without a line marked recovered" in m for m in logs)
+
+
+def test_a_node_stopped_while_it_imports_exits_cleanly(tmp_path):
+    # The supervisor's command for a node; a stop while torch & co. are still importing is not a crash.
+    proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.nodes", "learner", "--ros-args", "-p",
+                             "robot_config:=robot_configs/sim_arm.yaml"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parent.parent)
+    time.sleep(0.3)                                   # python is up, `import torch` is not done
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in output, output

@@ -143,7 +143,7 @@ def test_kill_9_of_steering_falls_back_to_base_noise_and_the_restarted_node_gets
         while late and late[0][0] <= time.monotonic():
             late_pub.publish(late.pop(0)[1])
     probe.node.create_timer(0.02, send_due)
-    up = Up(tmp_path / "run", "--set", "learner.publish_every_updates=20")
+    up = Up(tmp_path / "run", "--set", "learner.publish_every_updates=20", "--set", "learner.utd=2")
     try:
         probe.wait(lambda: any(c.noise_source == ActionChunk.SOURCE_ACTOR for c in probe.chunks), 240,
                    "chunks steered by a learned actor")
@@ -163,18 +163,25 @@ def test_kill_9_of_steering_falls_back_to_base_noise_and_the_restarted_node_gets
         state = probe.wait(lambda: (s := up.state())["steering"]["restarts"] >= 1 and
                            s["steering"]["state"] == "running" and s, 60, "the supervisor to restart steering")
         assert state["steering"]["pid"] != pid and -9 in state["steering"]["exit_codes"]
-        log = probe.wait(lambda: re.search(r"\[(\d+\.\d+)\] \[steering\]: no actor yet.*?\n.*?\[(\d+\.\d+)\] "
-                                           r"\[steering\]: actor version (\d+) in use",
-                                           up.log("steering").split("(restart 1)")[-1], re.S), 120,
-                         "the restarted steering node to adopt an actor")
-        subscribed_at, adopted_at, version = float(log.group(1)), float(log.group(2)), int(log.group(3))
-        # Latched: the first version it adopted was published before its subscription existed, so it can only
-        # have come from the writer's history (a generous bound on the delay: discovery on a loaded 2-core box).
-        assert version in [v for t, v in published if t < subscribed_at], (version, subscribed_at, published[-5:])
-        assert adopted_at - subscribed_at < 30
         steered = probe.wait(lambda: [c for c in probe.chunks[killed_at:] if c.noise_source ==
-                                      ActionChunk.SOURCE_ACTOR], 60, "steered chunks again")
-        assert steered[0].actor_version >= version
+                                      ActionChunk.SOURCE_ACTOR], 120, "steered chunks again")
+        assert steered[0].actor_version >= 1
+
+        # Latched: with the sim stopped no data arrives and the learner, once caught up, publishes nothing more;
+        # a steering node restarted then can only get its actor from the writer's history, at once.
+        sim = up.pid("sim_robot")
+        os.kill(sim, signal.SIGSTOP)
+        try:
+            probe.wait(lambda: published and time.time() - published[-1][0] > 8, 180,
+                       "the learner to go quiet (no new data)")
+            last = published[-1][1]
+            os.kill(up.pid("steering"), signal.SIGKILL)
+            probe.wait(lambda: up.state()["steering"]["restarts"] >= 2, 60, "the supervisor to restart steering again")
+            adopted = probe.wait(lambda: re.search(r"actor version (\d+) in use", up.log("steering").split(
+                "(restart 2)")[-1]), 60, "the restarted steering node to adopt the latched actor")
+            assert int(adopted.group(1)) == last and published[-1][1] == last, (adopted.group(0), published[-3:])
+        finally:
+            os.kill(sim, signal.SIGCONT)
     finally:
         up.stop()
 

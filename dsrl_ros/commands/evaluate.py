@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, load_policy, read_config
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, read_config
 from dsrl_ros.core.stats import wilson_interval
 from dsrl_ros.core.steering import load_actor
+from dsrl_ros.policies import load_base_policy
 from dsrl_ros.rollout import gaussian_noise, run_episode
 
 
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="sim task (default: the one the policy was trained on, else lift)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=100_000, help="first env seed; episode i uses seed + i")
+    p.add_argument("--noise-std", type=float, default=1.0, help="base policy noise w = std * N(0, I); 0: w = 0")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=run)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--episodes: expected >= 1, got {args.episodes}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    policy = None if args.expert else load_policy(args.policy)
+    policy = None if args.expert else load_base_policy(args.policy)
     task = args.task or (policy_task(args.policy) if policy else None) or "lift"
     image_size = policy.config.image_shape[0] if policy else 84
     env = make_env(task, image_size=image_size)
@@ -55,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
             args, "expert", lambda seed: run_expert_episode(env, expert, seed))
     else:
         rng = np.random.default_rng(args.seed)
-        base = _evaluate(args, "base", lambda seed: _policy_episode(env, policy, gaussian_noise(policy, rng), seed))
+        noise = gaussian_noise(policy, rng)
+        base = _evaluate(args, "base", lambda seed: _policy_episode(
+            env, policy, lambda obs: (args.noise_std * noise(obs)).astype(np.float32), seed))
         agent, (successes, lengths) = "base_policy", base
     summary = summarize(successes, args.episodes)
     if steering is not None:
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
               f"{base_summary['ci_high']:.1%})")
     env.close()
     summary |= {"task": task, "agent": agent, "policy": None if expert else args.policy, "seed": args.seed,
-                "mean_episode_steps": float(np.mean(lengths)), "seconds": round(time.time() - start, 1)}
+                "mean_episode_steps": float(np.mean(lengths)), "seconds": round(time.time() - start, 1),
+                "noise_std": args.noise_std}
     print(f"{summary['agent']} on {task}: success {summary['successes']}/{args.episodes} = "
           f"{summary['success_rate']:.1%} (95% Wilson CI {summary['ci_low']:.1%}-{summary['ci_high']:.1%}), "
           f"mean length {summary['mean_episode_steps']:.1f} steps, {summary['seconds']} s")

@@ -1,4 +1,4 @@
-"""`dsrl-ros train-bc`: train the base diffusion policy from a demonstration store; writes a checkpoint + loss PNG."""
+"""`dsrl-ros train-bc`: train the base diffusion (or flow-matching) policy from a demonstration store; writes a checkpoint + loss PNG."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from tqdm import tqdm
 from dsrl_ros.core.bc import BCConfig, train_bc
 from dsrl_ros.core.checkpoint import save_policy
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
+from dsrl_ros.policies.flow import FlowMatchingPolicy
+from dsrl_ros.policies.ours import save_flow_policy
 from dsrl_ros.plotting import plot_loss_curve
 
 
@@ -31,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-obs-steps", type=int, default=PolicyConfig.n_obs_steps)
     p.add_argument("--inference-steps", type=int, default=PolicyConfig.num_inference_steps)
     p.add_argument("--hidden-dim", type=int, default=PolicyConfig.hidden_dim)
+    p.add_argument("--objective", choices=("diffusion", "flow"), default="diffusion",
+                   help="diffusion: epsilon prediction, DDIM sampling; flow: flow matching (velocity), Euler or "
+                        "midpoint steps from the given noise")
+    p.add_argument("--flow-solver", choices=("euler", "midpoint"), default="euler")
     p.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes of the store")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                           hidden_dim=args.hidden_dim)
     bc = BCConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     torch.manual_seed(args.seed)
-    policy = DiffusionPolicy(config)
+    policy = FlowMatchingPolicy(config, args.flow_solver) if args.objective == "flow" else DiffusionPolicy(config)
     print(f"training on {episodes.n_episodes} episodes / {episodes.n_steps} steps from {args.data}; "
           f"{sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M params")
     bar = tqdm(total=bc.steps, desc="train-bc", unit="step")
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                 "store_attrs": store.meta_attrs, "episodes": episodes.n_episodes, "steps_in_data": episodes.n_steps,
                 "bc": bc.__dict__, "final_loss_50": float(np.mean(losses[-50:])),
                 "train_seconds": round(time.time() - start, 1), "torch": torch.__version__}
-    out = save_policy(ema, args.out, metadata)
+    metadata["objective"] = args.objective
+    out = save_flow_policy(ema, args.out, metadata) if args.objective == "flow" else save_policy(ema, args.out, metadata)
     plot_loss_curve(losses, Path(out) / "loss_curve.png", title=f"BC loss ({args.data})")
     print(f"saved {out} (loss {metadata['final_loss_50']:.4f}, {metadata['train_seconds']} s)")
     print(json.dumps({"checkpoint": str(out), "final_loss": metadata["final_loss_50"]}))

@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # From the first moment: a stop (Ctrl-C, kill, the terminal closing) before the graph runs stops nothing
+    # half-started; after the nodes start it is the clean stop below.
+    stop_requested: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
     for flag, value, ok, expected in (("--episodes", args.episodes, args.episodes >= 0, "an integer >= 0"),
                                       ("--max-minutes", args.max_minutes, args.max_minutes >= 0, "minutes >= 0"),
                                       ("--window", args.window, args.window >= 1, "an integer >= 1"),
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with lock_run_dir(run_dir / LOCK_FILE, "dsrl-ros up"):   # a second one would run a second graph
-            return _run_locked(args, config, overrides, run_dir)
+            return _run_locked(args, config, overrides, run_dir, stop_requested)
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
@@ -82,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return RESOURCE_ERROR_EXIT
 
 
-def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir: Path) -> int:
+def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir: Path,
+                stop_requested: list[int]) -> int:
     resolved = run_dir / "stack_config.yaml"
     resolved.write_text(f"# resolved from {args.config} {' '.join(overrides)}\n"
                         + yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -95,9 +101,6 @@ def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir:
 
     from dsrl_ros.monitor import StackMonitor
 
-    stop_requested = []
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # SIGHUP: the terminal closed
-        signal.signal(sig, lambda signum, _frame: stop_requested.append(signum))
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("dsrl_supervisor")
     monitor = StackMonitor(node, key)
@@ -108,7 +111,8 @@ def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir:
     started, printed = time.monotonic(), 0
     first_status = None
     try:
-        supervisor.start()
+        if not stop_requested:
+            supervisor.start()
         print(f"[supervisor] {supervisor.status_line()}")
         while not stop_requested and supervisor.fatal is None:
             rclpy.spin_once(node, timeout_sec=0.1)

@@ -1,8 +1,9 @@
 """DSRL around a frozen diffusion policy: features, noise choice, decoding, updates, checkpoint/resume.
 
-Shared by the headless `train-steer` loop and the ROS learner/steering nodes. The base policy is used only
-through `encode_obs` (its frozen observation features, the actor/critic input) and `sample_from_features`
-(the black-box w -> chunk map).
+Shared by the headless `train-steer` loop and the ROS learner/steering nodes. The base policy is any
+`dsrl_ros.policies.BasePolicy` (ours, flow matching, LeRobot, exported, remote; a bare DiffusionPolicy is
+wrapped) and is used only through `encode_obs` (its frozen observation features, the actor/critic input),
+`sample_from_features` (the black-box w -> chunk map) and `normalize_actions`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from torch import nn
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_config
 from dsrl_ros.core.dsrl import DSRL, DSRLConfig
+from dsrl_ros.core.normalizer import RangeNormalizer
 from dsrl_ros.core.policy import DiffusionPolicy, ImageEncoder
+from dsrl_ros.policies.base import BasePolicy
+from dsrl_ros.policies.ours import OursPolicy
 
 ACTOR_FORMAT = "dsrl_ros.noise_actor/2"              # /2: the full agent config under "agent"
 CHECKPOINT_FORMAT = "dsrl_ros.steer_checkpoint/2"
@@ -46,10 +50,11 @@ class SteeringObsEncoder(nn.Module):
     copied from the base policy and frozen (buffers), so both see proprio on the same scale.
     """
 
-    def __init__(self, policy: DiffusionPolicy, feature_dim: int):
+    def __init__(self, policy: BasePolicy, feature_dim: int):
         super().__init__()
         self.image = ImageEncoder((16, 32), 64)
-        self.proprio_norm = copy.deepcopy(policy.proprio_norm)
+        norm = policy.proprio_normalizer()       # None: the policy has no proprio scale of its own (identity)
+        self.proprio_norm = copy.deepcopy(norm) if norm is not None else RangeNormalizer(policy.config.proprio_dim)
         self.mlp = nn.Sequential(nn.Linear(64 + policy.config.proprio_dim, feature_dim), nn.LayerNorm(feature_dim),
                                  nn.Tanh())
 
@@ -68,17 +73,18 @@ def chunk_reward(env_reward_sum: float, success: bool, mode: str) -> float:
 class PolicySteering:
     """The frozen base policy plus the DSRL agent that picks its noise."""
 
-    def __init__(self, policy: DiffusionPolicy, config: AgentConfig):
+    def __init__(self, policy: BasePolicy | DiffusionPolicy, config: AgentConfig):
+        policy = as_base_policy(policy)
         if policy.config.n_obs_steps != 1:
             raise ValueError(f"policy n_obs_steps: steering supports 1, got {policy.config.n_obs_steps}")
-        self.policy, self.config = policy.eval(), config
+        self.policy, self.config = policy, config
         self.noise_shape = policy.config.noise_shape
         noise_dim = int(np.prod(self.noise_shape))
         own = config.encoder == "cnn"
         encoder = SteeringObsEncoder(policy, config.encoder_dim) if own else None
-        obs_dim = config.encoder_dim if own else policy.config.hidden_dim
+        obs_dim = config.encoder_dim if own else policy.config.feature_dim
         self.agent = DSRL(dsrl_config(config, obs_dim, noise_dim), self.decode, encoder)
-        self.device = policy.alpha_bars.device      # the agent lives where the frozen policy does
+        self.device = policy.device                 # the agent lives where the frozen policy does
         self.agent.to(self.device)
 
     # ---- the base policy as seen by DSRL ----------------------------------------------------------------------
@@ -91,18 +97,18 @@ class PolicySteering:
                    "proprio": torch.as_tensor(proprio[i:i + batch], dtype=torch.float32, device=self.device)[:, None]}
             self.policy.validate_obs(obs)
             out.append(self.policy.encode_obs(obs).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.policy.config.hidden_dim), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.policy.config.feature_dim), np.float32)
 
     def decode(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """(B, hidden), (B, Ta*Da) -> normalised executed chunk (B, Ta*Da): pi_dp(s, w)."""
         chunk = self.policy.sample_from_features(features, noise.view(-1, *self.noise_shape))
-        return self.policy.action_norm.normalize(chunk).flatten(1)
+        return self.policy.normalize_actions(chunk).flatten(1)
 
     def normalize_actions(self, chunks: np.ndarray) -> np.ndarray:
         """(N, Ta*Da) robot units -> normalised, as Q^A sees executed chunks."""
         with torch.no_grad():
             t = torch.as_tensor(chunks, dtype=torch.float32, device=self.device).view(-1, *self.noise_shape)
-            return self.policy.action_norm.normalize(t).flatten(1).cpu().numpy()
+            return self.policy.normalize_actions(t).flatten(1).cpu().numpy()
 
     def choose_noise(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """One observation (image (H, W, 3), proprio (P,)) -> w (Ta, Da) float32 from the actor."""
@@ -170,13 +176,18 @@ class PolicySteering:
         return config["trainer"]
 
 
-def load_actor(directory: str | Path, policy: DiffusionPolicy) -> PolicySteering:
+def as_base_policy(policy: BasePolicy | DiffusionPolicy) -> BasePolicy:
+    """Callers that hold our bare network (train-steer, tests) get it behind the interface, unchanged."""
+    return OursPolicy(policy) if isinstance(policy, DiffusionPolicy) else policy
+
+
+def load_actor(directory: str | Path, policy: BasePolicy | DiffusionPolicy) -> PolicySteering:
     """A PolicySteering whose actor comes from `save_actor` output (critics untrained: inference only)."""
     tensors, config = load_tensors_and_config(directory)
     return actor_from_tensors(tensors, config, policy, where=f"actor checkpoint {directory}")
 
 
-def actor_from_bytes(safetensors_bytes: bytes, config_json: str, policy: DiffusionPolicy,
+def actor_from_bytes(safetensors_bytes: bytes, config_json: str, policy: BasePolicy | DiffusionPolicy,
                      expected: AgentConfig | None = None) -> PolicySteering:
     """The same from `PolicySteering.actor_payload()` as it crossed a process (ROS message): no pickle.
     expected: the steering config this robot runs; an actor of any other architecture or bound is refused."""
@@ -191,7 +202,7 @@ def actor_from_bytes(safetensors_bytes: bytes, config_json: str, policy: Diffusi
 MAX_ACTOR_WEIGHT = 1e4
 
 
-def actor_from_tensors(tensors: dict[str, torch.Tensor], config: dict, policy: DiffusionPolicy,
+def actor_from_tensors(tensors: dict[str, torch.Tensor], config: dict, policy: BasePolicy | DiffusionPolicy,
                        where: str, expected: AgentConfig | None = None) -> PolicySteering:
     """A PolicySteering for inference, checked: format, noise shape, architecture (= `expected`'s if given),
     tensor names and shapes, finite weights of plausible size, and a finite, bounded w on a probe input."""

@@ -18,7 +18,7 @@ import time
 import torch
 
 from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Observation
-from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
+from dsrl_ros.core.checkpoint import resolve_device
 from dsrl_ros.core.episode_recorder import EpisodeRecorder
 from dsrl_ros.core.intervention import operator_executed
 from dsrl_ros.core.agent_config import AgentConfig
@@ -26,6 +26,7 @@ from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.core.steering import PolicySteering
 from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.policies import load_base_policy
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
                                    RATE_CAP_HZ, check_signed, float32_array, guarded, observation_arrays,
                                    outcome_name, qos, run_node, sign)
@@ -39,7 +40,7 @@ class LearnerNode(ConfiguredNode):
         if device.type == "cpu":
             torch.set_num_threads(1)   # the other nodes need the remaining cores
         torch.manual_seed(lc.seed)
-        self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), device)
+        self.policy = load_base_policy(c.policy.checkpoint, device)
         self.key = load_or_create_run_key(lc.run_dir)
         q = qos()
         self.weights_pub = self.create_publisher(ActorWeights, ACTOR_WEIGHTS, q["latched"])

@@ -25,10 +25,12 @@ from sensor_msgs.msg import Image, JointState
 
 from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent, Noise, Observation
 from dsrl_ros.config import check_policy_fits_config
-from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
+from dsrl_ros.core.checkpoint import resolve_device
 from dsrl_ros.core.decision_clock import DecisionClock
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.policies import load_base_policy
+from dsrl_ros.policies.remote import PolicyUnavailable
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, NOISE, OBSERVATION, RATE_CAP_HZ,
                                    array_to_image, check_signed, float32_array, float32_field, guarded,
                                    image_to_array, joint_positions, ns_stamp, qos, run_node, stamp_ns)
@@ -39,7 +41,7 @@ class PolicyNode(ConfiguredNode):
         c = self.config
         torch.set_num_threads(1)     # batch-1 DDIM is dispatch-bound: one thread is fastest (bench/RESULTS.md)
         self.device = resolve_device(c.policy.device)
-        self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), self.device)
+        self.policy = load_base_policy(c.policy.checkpoint, self.device)   # any supported base policy
         check_policy_fits_config(self.policy.config, c)
         self.key = load_or_create_run_key(c.learner.run_dir)
         pc = self.policy.config
@@ -84,8 +86,8 @@ class PolicyNode(ConfiguredNode):
         resize = (f"; camera {c.camera.width}x{c.camera.height} resized to {self.input_hw[1]}x{self.input_hw[0]}"
                   if (c.camera.height, c.camera.width) != tuple(self.input_hw) else "")
         self.get_logger().info(f"policy {c.policy.checkpoint} on {self.device}: chunk {pc.chunk_len}x"
-                               f"{pc.action_dim}, executes {c.control.execute_steps}, DDIM "
-                               f"{pc.num_inference_steps} steps; noise deadline {c.safety.noise_deadline_s}s"
+                               f"{pc.action_dim}, executes {c.control.execute_steps}, "
+                               f"{pc.kind}: {pc.description}; noise deadline {c.safety.noise_deadline_s}s"
                                f"{resize}")
 
     # ---- sensors -----------------------------------------------------------------------------------------------
@@ -195,10 +197,12 @@ class PolicyNode(ConfiguredNode):
     def _act(self, noise: np.ndarray, source: int, actor_version: int) -> None:
         obs_msg, features = self.pending
         self._cancel_pending()
-        chunk = self._decode(features, noise)
+        chunk, noise, fell_back = self._decode(features, noise)
         if chunk is None and source != ActionChunk.SOURCE_BASE:
             noise, source, actor_version = self._base_noise(), ActionChunk.SOURCE_BASE, 0
-            chunk = self._decode(features, noise)
+            chunk, noise, fell_back = self._decode(features, noise)
+        if fell_back:                              # a remote policy missed its timeout: its own w ~ N(0, I)
+            source, actor_version = ActionChunk.SOURCE_BASE, 0
         if chunk is None:                          # the clock's result watchdog decides again later
             self.clock.on_chunk_sent(obs_msg.seq, time.monotonic_ns())
             return
@@ -211,14 +215,24 @@ class PolicyNode(ConfiguredNode):
         self.clock.on_chunk_sent(obs_msg.seq, time.monotonic_ns())
         self.chunk_pub.publish(msg)
 
-    def _decode(self, features: torch.Tensor, noise: np.ndarray) -> np.ndarray | None:
-        """The policy's chunk for this noise (= policy.act(obs, w)), or None (logged) if it is not finite."""
+    def _decode(self, features: torch.Tensor, noise: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, bool]:
+        """(chunk for this noise (= policy.act(obs, w)), the w actually used, fell back). A remote policy that
+        misses its timeout answers from its local fallback with its own w; chunk None (logged) if not finite or
+        no policy answered."""
         w = torch.tensor(noise, dtype=torch.float32, device=self.device).view(1, *self.policy.config.noise_shape)
-        chunk = self.policy.sample_from_features(features, w)[0].cpu().numpy()
+        try:
+            chunk, used, fell_back = self.policy.decide(features, w, self.rng)
+        except PolicyUnavailable as err:
+            self.get_logger().error(f"base policy unavailable: {err}", throttle_duration_sec=5.0)
+            return None, noise, False
+        chunk, used = chunk[0].cpu().numpy(), used.reshape(-1).cpu().numpy().astype(np.float32)
+        if fell_back:
+            self.get_logger().warning(f"remote base policy failed ({self.policy.last_error}): local fallback",
+                                      throttle_duration_sec=5.0)
         if np.isfinite(chunk).all():
-            return chunk
+            return chunk, used, fell_back
         self.get_logger().error("the policy produced a non-finite chunk: not published", throttle_duration_sec=5.0)
-        return None
+        return None, used, fell_back
 
     def _cancel_pending(self) -> None:
         self.pending = None

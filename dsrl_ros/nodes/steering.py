@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from dsrl_interfaces.msg import ActorWeights, Noise, Observation
-from dsrl_ros.core.checkpoint import load_policy, resolve_checkpoint, resolve_device
+from dsrl_ros.core.checkpoint import resolve_device
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.policies import load_base_policy
 from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ, check_signed,
                                    float32_field, guarded, observation_arrays, qos, run_node)
 
@@ -29,7 +30,7 @@ class SteeringNode(ConfiguredNode):
         super().__init__("steering")
         c = self.config
         torch.set_num_threads(1)
-        self.policy = load_policy(resolve_checkpoint(c.policy.checkpoint), resolve_device(c.policy.device))
+        self.policy = load_base_policy(c.policy.checkpoint, resolve_device(c.policy.device))
         self.expected = AgentConfig.of(c.learner)
         self.key = load_or_create_run_key(c.learner.run_dir)
         self.steering: PolicySteering | None = None
