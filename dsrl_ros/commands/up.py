@@ -4,8 +4,9 @@ Prints one line per finished episode (episode, outcome, windowed success, actor 
 control rate); with --episodes it stops after that many, writes <run dir>/learning_curve.png and summary.json,
 and with --json prints the summary as the last line (with `interventions`: episodes in which the operator took
 over at least once, and `intervention_steps`: control steps the operator commanded). `--operator scripted` adds
-the simulated operator (teleop.device scripted, sim only); `--operator joy` a gamepad through sensor_msgs/Joy. The run directory (learner.run_dir, or --run-dir) holds
-the replay, checkpoints, the resolved config (stack_config.yaml) and each node's log (logs/<node>.log).
+the simulated operator (teleop.device scripted, sim only); `--operator joy` a gamepad through sensor_msgs/Joy.
+The run directory (learner.run_dir, or --run-dir) holds the replay, checkpoints, the resolved config
+(stack_config.yaml) and each node's log (logs/<node>.log).
 """
 
 from __future__ import annotations

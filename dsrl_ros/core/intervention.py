@@ -9,8 +9,9 @@ Who commands a step (`OperatorStream.next_step`, asked once per control tick by 
   action, e.g. zero deltas with the stick released) and the policy takes over at the next decision: its chunk was
   made for the observation at the decision's start, which the operator's steps made stale;
 - nobody (LOST) when the operator's stream goes stale during a takeover (`max_age_ns` without a command: the
-  teleop node died, the network dropped) before a hand-back took effect: the arm holds, the running chunk ends with END_TELEOP_LOST and the
-  policy does not get the arm back by itself; the next episode starts without the latch.
+  teleop node died, the network dropped) before a hand-back took effect: the arm holds, the running chunk ends
+  with END_TELEOP_LOST and the policy does not get the arm back by itself; the next episode starts without the
+  latch.
 
 Row composition (`executed_row`): a decision's row stores the chunk with each operator step's action in place of
 the policy's (what was executed), and a bit mask of those steps (`intervention`, bit i = step i). A row with any

@@ -131,7 +131,8 @@ class CommandGate:
         if not sender:
             return "sender: expected a sender id, got ''"
         if abs(now_ns - stamp_ns) > self.max_age_ns:
-            return f"header.stamp: expected within {self.max_age_ns / 1e9:g} s of now, got {(now_ns - stamp_ns) / 1e9:.3g} s old"
+            return (f"header.stamp: expected within {self.max_age_ns / 1e9:g} s of now, got "
+                    f"{(now_ns - stamp_ns) / 1e9:.3g} s old")
         last = self.last_seq.get(sender)
         if last is not None and seq <= last:
             return f"seq: expected > {last} from {sender}, got {seq} (a repeat)"
