@@ -40,6 +40,7 @@ SIM_TASKS = ("lift_block", "lift", "place")   # the embedded sim's tasks (dsrl_r
 DEVICES = ("auto", "cpu", "cuda")
 BAG_COMPRESSIONS = ("none", "lz4", "zstd")
 BAG_STAMPS = ("receive", "header")
+TELEOP_DEVICES = ("none", "joy", "scripted")
 
 
 class ConfigError(ValueError):
@@ -194,6 +195,40 @@ class EpisodeSection:
     # A running episode with no chunk result for this long (a node died, a driver hangs) is aborted and the
     # next one reset, so one node's crash costs at most the episode it interrupted.
     stall_timeout_s: float = 10.0
+    # Operator sessions (auto_reset false): RESETTING lasts until the operator's START, or this long (0: no limit;
+    # then the next episode starts by itself, as LeRobot's reset_time_s).
+    reset_time_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TeleopSection:
+    """Operator input: nodes/teleop.py (gamepad via sensor_msgs/Joy, the scripted sim operator; a terminal keyboard
+    when run by hand). It sends signed TeleopCommand / OperatorCommand (nodes/operator_io.py)."""
+    device: str = "none"                    # none (no teleop node in the graph) | joy | scripted (direct sim only)
+    rate_hz: float = 50.0                   # the command stream while a device is live
+    max_age_s: float = 0.25                 # robot side: a takeover with no command this long -> LOST, the arm holds
+    command_max_age_s: float = 1.0          # a signed command counts only within this of its stamp
+    speed: list[float] = field(default_factory=list)   # action units per full deflection, per action dim ([] = 1)
+    deadband: float = 0.05                  # deflections below this are zero
+    release_s: float = 0.5                  # joy / keyboard: hand back this long after the last deflection
+    joy_topic: str = "/joy"                 # sensor_msgs/Joy from any ROS joy driver
+    joy_axes: list[int] = field(default_factory=lambda: [1, 0, 4, 3])   # Joy.axes index per non-grip action dim
+    joy_axis_signs: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    joy_intervene_button: int = 5           # held: the operator drives (deflecting an axis does too)
+    joy_grip_button: int = 0                # toggles the gripper
+    joy_start_button: int = 7
+    joy_success_button: int = 3
+    joy_failure_button: int = 1
+    joy_abort_button: int = 6
+    joy_rerecord_button: int = 2
+    # scripted: take over when the chunk's mean xyz action is this far from the expert's (action units). With the
+    # shipped lift policy and 16 takeover steps the operator drove 83 % / 55 % / 20 % of the steps at 0.8 / 1.2 /
+    # 1.6 (8 seeds each, no learning): 1.2 is an operator who steps in often but not always.
+    scripted_threshold: float = 1.2
+    scripted_attention: float = 1.0         # scripted: probability the operator checks a decision
+    scripted_takeover_steps: int = 16       # scripted: control steps driven per takeover
+    scripted_episodes: int = 0              # scripted: intervene only in the first N episodes (0: always)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,6 +288,7 @@ class StackConfig:
     steering: SteeringSection = field(default_factory=SteeringSection)
     learner: LearnerSection = field(default_factory=LearnerSection)
     episode: EpisodeSection = field(default_factory=EpisodeSection)
+    teleop: TeleopSection = field(default_factory=TeleopSection)
     ros: RosSection = field(default_factory=RosSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     bags: BagsSection = field(default_factory=BagsSection)
@@ -403,6 +439,8 @@ def _check_values(c: StackConfig) -> None:
     require(c.episode.max_episodes >= 0, "episode.max_episodes", "an integer >= 0 (0: unlimited)",
             c.episode.max_episodes)
     require(c.episode.stall_timeout_s > 0, "episode.stall_timeout_s", "seconds > 0", c.episode.stall_timeout_s)
+    require(c.episode.reset_time_s >= 0, "episode.reset_time_s", "seconds >= 0 (0: no limit)", c.episode.reset_time_s)
+    _check_teleop(c, require)
     require(not c.ros.security or bool(c.ros.security_keystore), "ros.security_keystore",
             "an SROS2 keystore directory when ros.security is true", c.ros.security_keystore)
     require(0 <= c.ros.domain_id <= 232, "ros.domain_id", "0..232", c.ros.domain_id)
@@ -478,6 +516,31 @@ def _check_executor(c: StackConfig, require) -> None:
     for i, (lo, hi) in enumerate(zip(c.joints.position_lower, c.joints.position_upper)):
         require(hi - lo > 2 * e.joint_margin_rad, "executor.joint_margin_rad",
                 f"< half the range of joint {i} ({(hi - lo) / 2:g})", e.joint_margin_rad)
+
+
+def _check_teleop(c: StackConfig, require) -> None:
+    t, d = c.teleop, len(c.action.names)
+    require(t.device in TELEOP_DEVICES, "teleop.device", f"one of {list(TELEOP_DEVICES)}", t.device)
+    require(t.device != "scripted" or (c.robot.kind == "sim" and c.robot.sim_interface == "direct"), "teleop.device",
+            "'scripted' only on the direct sim (it reads the sim's privileged state)", t.device)
+    require(t.rate_hz >= c.control.rate_hz, "teleop.rate_hz", f"a rate >= control.rate_hz ({c.control.rate_hz:g})",
+            t.rate_hz)
+    require(t.max_age_s > 0, "teleop.max_age_s", "seconds > 0", t.max_age_s)
+    require(t.command_max_age_s > 0, "teleop.command_max_age_s", "seconds > 0", t.command_max_age_s)
+    require(len(t.speed) in (0, d), "teleop.speed", f"[] or {d} values (one per action.names)", t.speed)
+    require(0 <= t.deadband < 1, "teleop.deadband", "0 <= deadband < 1", t.deadband)
+    require(t.release_s > 0, "teleop.release_s", "seconds > 0", t.release_s)
+    arm = len([n for n in c.action.names if n != "grip"])
+    require(len(t.joy_axes) == arm, "teleop.joy_axes", f"{arm} Joy axis indices (one per non-grip action, -1: none)",
+            t.joy_axes)
+    require(len(t.joy_axis_signs) == arm, "teleop.joy_axis_signs", f"{arm} values", t.joy_axis_signs)
+    require(t.scripted_threshold > 0, "teleop.scripted_threshold", "> 0", t.scripted_threshold)
+    require(0 < t.scripted_attention <= 1, "teleop.scripted_attention", "a probability in (0, 1]",
+            t.scripted_attention)
+    require(t.scripted_takeover_steps >= 1, "teleop.scripted_takeover_steps", "an integer >= 1",
+            t.scripted_takeover_steps)
+    require(t.scripted_episodes >= 0, "teleop.scripted_episodes", "an integer >= 0 (0: every episode)",
+            t.scripted_episodes)
 
 
 def _check_realsense(c: StackConfig, require) -> None:

@@ -2,15 +2,19 @@
 
 Per finished episode it records the outcome, the actor version and learner state at that moment, and the
 effective control rate (actions executed per second of the episode's running time, decision pauses included).
+From the chunk results it counts, per episode, the control steps the operator commanded (executed_sources): an
+episode's last result and its ENDED event come from different nodes and may arrive in either order, so the counts
+are kept per episode number and read when the summary is made.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsrl_interfaces.msg import EpisodeEvent, LearnerStatus
+from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus
+from dsrl_ros.core.intervention import OPERATOR
 from dsrl_ros.core.run_identity import RunKey
-from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, check_signed, outcome_name, qos, stamp_ns
+from dsrl_ros.nodes.ros_io import CHUNK_RESULT, EPISODE, LEARNER_STATUS, check_signed, outcome_name, qos, stamp_ns
 
 
 @dataclass
@@ -41,6 +45,13 @@ class StackMonitor:
         # before it has discovered this node; the writer's history delivers them once matched.
         node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["events"])
         node.create_subscription(LearnerStatus, LEARNER_STATUS, self._on_status, q["status"])
+        self.operator_steps: dict[int, int] = {}   # episode -> control steps the operator commanded
+        node.create_subscription(ChunkResult, CHUNK_RESULT, self._on_result, q["decision"])
+
+    def _on_result(self, msg: ChunkResult) -> None:
+        steps = sum(1 for s in msg.executed_sources if int(s) == OPERATOR)
+        if steps:
+            self.operator_steps[msg.episode] = self.operator_steps.get(msg.episode, 0) + steps
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         try:

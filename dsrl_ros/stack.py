@@ -8,6 +8,7 @@ and `launch/dsrl.launch.py` (`ros2 launch` on a robot PC). No rclpy import: the 
   real robot:          chunk_executor, [realsense_camera,] episode_manager, policy, steering, learner
                        (+ the arm's ros2_control driver and robot_state_publisher)
   any, with recording.enabled (`dsrl-ros up --record`): + recorder (the session into a rosbag2 MCAP bag)
+  any, with teleop.device joy / scripted (`dsrl-ros up --operator scripted`): + teleop (the operator's device)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from dsrl_ros.config import StackConfig, uses_executor
 
 NODE_EXECUTABLES = ("sim_robot", "sim_hardware", "chunk_executor", "realsense_camera", "episode_manager", "policy",
-                    "steering", "learner", "recorder")
+                    "steering", "learner", "recorder", "teleop")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: f
     nodes += [NodeSpec(name, {"robot_config": path}) for name in learners]
     if config.recording.enabled:
         nodes.append(NodeSpec("recorder", {"robot_config": path}))
+    if config.teleop.device != "none":        # not waited for: the policy runs on without an operator
+        nodes.append(NodeSpec("teleop", {"robot_config": path}))
     return nodes
 
 

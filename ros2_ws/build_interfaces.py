@@ -29,8 +29,9 @@ WHEEL_NUMPY_INCLUDE = "/opt/python/cp311-cp311/lib/python3.11/site-packages/nump
 VERIFY = """
 from rclpy.serialization import deserialize_message, serialize_message
 from dsrl_interfaces.msg import (ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Noise,
-                                 Observation)
-for cls in (ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Noise, Observation):
+                                 Observation, OperatorCommand, TeleopCommand)
+for cls in (ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Noise, Observation,
+            OperatorCommand, TeleopCommand):
     assert deserialize_message(serialize_message(cls()), cls) == cls()
 """
 

@@ -205,6 +205,29 @@ def test_the_operator_starts_labels_and_aborts_on_a_real_arm():
     assert message == "episode 1: aborted" and end.outcome == ABORTED
 
 
+def test_operator_sessions_reset_time_rerecord_and_sim_reset_on_start():
+    cycle = EpisodeCycle(CycleSettings(auto_reset=False, max_episode_steps=100, reset_time_s=5.0))
+    cycle.begin(0.0)
+    assert cycle.tick(4.9) == []
+    (started,) = cycle.tick(5.0)                                        # nobody pressed start: the reset time ran out
+    assert started.state == RUNNING and "reset_time_s" in started.detail
+    assert cycle.operator_rerecord(6.0)[0]
+    assert cycle.state == ENDED and cycle.outcome == ABORTED                  # discarded whole: the learner stores none
+    cycle.on_final_observation(1, 6.1)
+    (resetting,) = cycle.tick(6.2)
+    assert resetting.state == RESETTING and "re-record episode 1" in resetting.detail
+    ok, _, (again,) = cycle.operator_start(7.0)
+    assert ok and again.episode == 2 and "re-record of episode 1" in again.detail
+    assert cycle.operator_rerecord(8.0)[0] and not cycle.operator_rerecord(8.0)[0]   # nothing running any more
+    sim = EpisodeCycle(CycleSettings(auto_reset=False, max_episode_steps=100, sim_reset_on_start=True))
+    sim.begin(0.0)
+    assert not sim.take_reset_request(0.0)                              # the operator's session: no reset yet
+    ok, message, events = sim.operator_start(1.0)
+    assert ok and events == [] and "resetting the sim" in message and sim.take_reset_request(1.0)
+    (running,) = sim.reset_done(True, "reset with seed 3", 1.5)
+    assert running.state == RUNNING and running.episode == 1
+
+
 def test_a_damaged_state_file_is_one_clear_error(tmp_path):
     (tmp_path / STATE_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="episode_manager.json: not a valid episode manager state"):

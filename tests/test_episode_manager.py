@@ -40,7 +40,7 @@ def manager(tmp_path_factory):
     events: list = []
     node.create_subscription(EpisodeEvent, EPISODE, events.append, qos()["events"])
     handle = type("Manager", (), {})()
-    handle.node, handle.events = node, events
+    handle.node, handle.events, handle.run_dir = node, events, tmp / "run"
     handle.result_pub = node.create_publisher(ChunkResult, CHUNK_RESULT, qos()["decision"])
     handle.clients = {"start": node.create_client(Trigger, "/episode_manager/start"),
                       "label": node.create_client(SetBool, "/episode_manager/label"),
@@ -68,6 +68,14 @@ def wait(handle, predicate, what: str, timeout_s: float = 30.0):
         if predicate():
             return
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def spin_for(handle, seconds: float) -> None:
+    import rclpy
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        rclpy.spin_once(handle.node, timeout_sec=0.05)
 
 
 def call(handle, name: str, **fields):
@@ -115,3 +123,38 @@ def test_the_step_limit_ends_an_episode_as_a_timeout(manager):
     ended = next(e for e in manager.events if e.state == E.STATE_ENDED and e.episode == episode)
     assert ended.outcome == E.OUTCOME_TIMEOUT and ended.chunks == chunks
     assert ended.steps == chunks * control.execute_steps >= control.max_episode_steps
+
+
+def test_signed_operator_commands_start_label_and_rerecord_and_forged_or_repeated_ones_do_nothing(manager):
+    """What the teleop node's buttons send: signed OperatorCommands, acted on once, only this run's."""
+    from dsrl_interfaces.msg import EpisodeEvent as E
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.operator_io import OperatorSender
+
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RESETTING, "RESETTING")
+    key = load_or_create_run_key(manager.run_dir)
+    buttons = OperatorSender(manager.node, key, "buttons")
+    wait(manager, lambda: buttons.readers() > 0, "the manager to subscribe to operator commands")
+    spin_for(manager, 1.0)                                             # discovery settles both ways
+    forged = OperatorSender(manager.node, load_or_create_run_key(manager.run_dir / "elsewhere"), "forger")
+    forged.button("start")                                             # another run's key: ignored
+    spin_for(manager, 1.0)
+    assert manager.events[-1].state == E.STATE_RESETTING
+    buttons.button("start")
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RUNNING, "RUNNING by a signed start")
+    episode = manager.events[-1].episode
+    buttons.button("rerecord")
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RESETTING, "RESETTING after the re-record")
+    ended = next(e for e in manager.events if e.state == E.STATE_ENDED and e.episode == episode)
+    assert ended.outcome == E.OUTCOME_ABORTED and "re-record" in ended.detail   # the learner stores none of it
+    assert f"re-record episode {episode}" in manager.events[-1].detail
+    buttons.seq -= 1                                                   # a repeated (sender, seq): ignored
+    buttons.button("start")
+    spin_for(manager, 1.0)
+    assert manager.events[-1].state == E.STATE_RESETTING
+    buttons.button("start")
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RUNNING, "RUNNING again")
+    assert f"re-record of episode {episode}" in manager.events[-1].detail
+    buttons.button("success")
+    wait(manager, lambda: any(e.state == E.STATE_ENDED and e.episode == episode + 1
+                              and e.outcome == E.OUTCOME_SUCCESS for e in manager.events), "ENDED success")

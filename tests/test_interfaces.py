@@ -9,11 +9,12 @@ from rclpy.serialization import deserialize_message, serialize_message
 
 try:
     from dsrl_interfaces.msg import (ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Noise,
-                                     Observation)
+                                     Observation, OperatorCommand, TeleopCommand)
 except ImportError as exc:  # pragma: no cover - a set-up problem, not a test failure
     raise ImportError(f"dsrl_interfaces is not built into this venv ({exc}): run `make venv`") from exc
 
-ALL = (ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Noise, Observation)
+ALL = (ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Noise, Observation, OperatorCommand,
+       TeleopCommand)
 
 
 def make_observation(seq: int = 7, size: int = 84) -> Observation:

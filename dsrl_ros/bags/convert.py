@@ -30,6 +30,7 @@ from dsrl_ros.bags.streams import EPISODE_TOPIC, BagStreams, read_streams, sourc
 from dsrl_ros.bags.typestore import make_typestore, register_from_bag
 from dsrl_ros.config import StackConfig
 from dsrl_ros.core.chunk_replay import SOURCE_EXTERNAL, ChunkEpisode
+from dsrl_ros.core.intervention import operator_executed
 from dsrl_ros.core.episode_recorder import EpisodeRecorder
 from dsrl_ros.core.steering import chunk_reward
 
@@ -113,7 +114,9 @@ class BagConverter:
             if progress is not None:
                 progress(1)
         messages.sort(key=lambda m: m[:2])      # receive order (files are read one after another)
-        recorder = EpisodeRecorder(self.shapes.chunk_dim, self.config.learner.reward)   # as the learner node
+        recorder = EpisodeRecorder(self.shapes.chunk_dim, self.config.learner.reward,        # as the learner node
+                                   action_dim=self.shapes.action_dim,
+                                   takeover_penalty=self.config.learner.takeover_penalty)
         event_type = store.types[SESSION_TOPICS[EPISODE_TOPIC]]
         for log_ns, _, topic, msgtype, raw in messages:
             msg = store.deserialize_cdr(raw, msgtype)
@@ -124,11 +127,14 @@ class BagConverter:
                 recorder.chunk(msg.episode, msg.seq, noise, self._floats(msg.actions, topic, "actions"),
                                int(msg.noise_source))
             elif topic == "/dsrl/chunk_result":
-                recorder.result(msg.episode, msg.seq, float(msg.reward), str(getattr(msg, "ended_by", "")))
+                recorder.result(msg.episode, msg.seq, float(msg.reward), str(getattr(msg, "ended_by", "")),
+                                operator_executed(msg.executed_indices, getattr(msg, "executed_sources", []),
+                                                  msg.executed_actions))
             elif msg.state == event_type.STATE_RUNNING:
                 recorder.start(msg.episode)
             elif msg.state == event_type.STATE_ENDED and msg.outcome in EVENT_OUTCOMES:
-                recorder.end(msg.episode, EVENT_OUTCOMES[msg.outcome], log_ns / 1e9, int(msg.chunks))
+                recorder.end(msg.episode, EVENT_OUTCOMES[msg.outcome], log_ns / 1e9, int(msg.chunks),
+                             str(msg.detail))
             self._collect(recorder.poll(log_ns / 1e9), result)
         self._collect(recorder.poll(math.inf), result)
         for episode in recorder.open_episodes:
@@ -137,7 +143,7 @@ class BagConverter:
     def _collect(self, done, result: BagResult) -> None:
         for d in done:
             if d.rows is None:
-                if d.reason == "aborted":
+                if d.reason.startswith("aborted"):
                     result.skip(f"episode {d.episode}", "aborted by the operator")
                 elif d.reason.startswith("incomplete after"):    # the learner's grace period, in bag time
                     result.skip(f"episode {d.episode}", f"incomplete in the bag: {d.reason.split(': ', 1)[-1]}")

@@ -2,8 +2,11 @@
 
 Prints one line per finished episode (episode, outcome, windowed success, actor version, learner updates/s,
 control rate); with --episodes it stops after that many, writes <run dir>/learning_curve.png and summary.json,
-and with --json prints the summary as the last line. The run directory (learner.run_dir, or --run-dir) holds
-the replay, checkpoints, the resolved config (stack_config.yaml) and each node's log (logs/<node>.log).
+and with --json prints the summary as the last line (with `interventions`: episodes in which the operator took
+over at least once, and `intervention_steps`: control steps the operator commanded). `--operator scripted` adds
+the simulated operator (teleop.device scripted, sim only); `--operator joy` a gamepad through sensor_msgs/Joy.
+The run directory (learner.run_dir, or --run-dir) holds the replay, checkpoints, the resolved config
+(stack_config.yaml) and each node's log (logs/<node>.log).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--record", action="store_true", help="record the session into a rosbag2 MCAP bag "
                    "(<run dir>/bags/; the config's recording: section)")
+    p.add_argument("--operator", choices=("none", "joy", "scripted"), default=None,
+                   help="the operator's device (teleop.device): scripted = the simulated operator on the sim")
     p.set_defaults(func=run)
 
 
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"episode.max_episodes={args.episodes}")
     if args.record:
         overrides.append("recording.enabled=true")
+    if args.operator:
+        overrides.append(f"teleop.device={args.operator}")
     config = load_config(args.config, overrides)
     run_dir = Path(config.learner.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -115,7 +122,7 @@ def _run_locked(args: argparse.Namespace, config, overrides: list[str], run_dir:
                 first_status = monitor.status
             while printed < len(monitor.records):
                 printed += 1
-                print(_progress_line(monitor.records[:printed], args, supervisor), flush=True)
+                print(_progress_line(monitor.records[:printed], args, supervisor, monitor.operator_steps), flush=True)
             if args.episodes and printed >= args.episodes:
                 _wait_for_learner(node, monitor, first_status, args.episodes)
                 break
@@ -144,7 +151,7 @@ def _window(records: list, size: int) -> int:
     return max(1, min(size, len(records) // 2 or 1))
 
 
-def _progress_line(records: list, args: argparse.Namespace, supervisor: Supervisor) -> str:
+def _progress_line(records: list, args: argparse.Namespace, supervisor: Supervisor, operator_steps: dict) -> str:
     r = records[-1]
     w = min(args.window, len(records))
     rate = sum(x.success for x in records[-w:]) / w
@@ -152,7 +159,8 @@ def _progress_line(records: list, args: argparse.Namespace, supervisor: Supervis
     restarts = {c.spec.name: c.restarts for c in supervisor.children if c.restarts}
     return (f"episode {len(records):4d}{total}  {r.outcome:8s} {r.steps:3d} steps  success(last {w}) {rate:4.0%}  "
             f"actor v{r.actor_version:<3d}  learner {r.learner_updates_per_s:5.1f} upd/s ({r.learner_updates} upd)  "
-            f"control {r.control_hz:5.1f} Hz" + (f"  restarts {restarts}" if restarts else ""))
+            f"control {r.control_hz:5.1f} Hz" + (f"  restarts {restarts}" if restarts else "")
+            + (f"  operator {operator_steps[r.episode]} steps" if operator_steps.get(r.episode) else ""))
 
 
 def _wait_for_learner(node, monitor, first_status, episodes: int, timeout_s: float = 20.0) -> None:
@@ -186,6 +194,8 @@ def _summary(monitor, args, wall_s: float, supervisor: Supervisor, run_dir: Path
         "stored_episodes": status.episodes if status else 0,
         "learner_updates": status.num_updates if status else 0,
         "control_hz_median": sorted(r.control_hz for r in records)[len(records) // 2] if records else None,
+        "interventions": sum(1 for r in records if monitor.operator_steps.get(r.episode)),
+        "intervention_steps": sum(monitor.operator_steps.get(r.episode, 0) for r in records),
         "restarts": {c.spec.name: c.restarts for c in supervisor.children},
         "wall_s": round(wall_s, 1),
         "run_dir": str(run_dir),

@@ -15,6 +15,8 @@ REWARD_MODES = ("success", "time_penalty")
 ENCODERS = ("base_features", "cnn")
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
+# Knobs added after agents were saved: a saved config without them gets their defaults (they change training only).
+ADDED_LATER = ("intervention_fraction", "takeover_penalty")
 ARCHITECTURE = ("algo", "noise_magnitude", "hidden_dim", "num_layers", "num_critics", "encoder", "encoder_dim")
 
 
@@ -41,6 +43,9 @@ class AgentConfig:
     reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
     encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own
     encoder_dim: int = 128               # feature size of the "cnn" encoder
+    intervention_fraction: float = 0.5   # share of each batch drawn from the intervention rows, once there are any
+                                         # (RLPD / HIL-SERL's 50/50; DSRL-SAC has none: they carry no noise)
+    takeover_penalty: float = 0.0        # RLIF-style: subtracted from the reward of the decision a takeover cut
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -64,7 +69,10 @@ class AgentConfig:
                 ("distill_noise_fraction", 0 <= self.distill_noise_fraction <= 1, "0..1"),
                 ("init_temperature", _positive(self.init_temperature), "a temperature > 0"),
                 ("init_log_std", -5 < self.init_log_std < 2, "-5 < log sigma < 2"),
-                ("encoder_dim", self.encoder_dim >= 1, "an integer >= 1")):
+                ("encoder_dim", self.encoder_dim >= 1, "an integer >= 1"),
+                ("intervention_fraction", 0 <= self.intervention_fraction <= 1, "a share of each batch in 0..1"),
+                ("takeover_penalty", _finite(self.takeover_penalty) and self.takeover_penalty >= 0,
+                 "a penalty >= 0 (0: off)")):
             if not ok:
                 raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r} "
                                  f"({type(getattr(self, name)).__name__})")
@@ -81,11 +89,11 @@ class AgentConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
         names = {f.name for f in fields(AgentConfig)}
-        missing = sorted(names - set(data))
+        missing = sorted(names - set(data) - set(ADDED_LATER))
         if missing:
             raise ValueError(f"{where}: missing {missing[0]!r}")
         try:
-            return AgentConfig(**{k: data[k] for k in names})
+            return AgentConfig(**{k: data[k] for k in names if k in data})
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from err
 
@@ -93,6 +101,10 @@ class AgentConfig:
     def of(cls, section) -> "AgentConfig":
         """The agent of a config section that extends this class (e.g. the robot config's `learner:`)."""
         return AgentConfig(**{f.name: getattr(section, f.name) for f in fields(AgentConfig)})
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _positive(value: float) -> bool:

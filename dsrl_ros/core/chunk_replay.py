@@ -6,7 +6,10 @@ row holds only the final observation (noise/action zero), so next_obs of row k i
 time-limit end bootstraps from a real observation. `source` says where the executed chunk came from:
 SOURCE_ACTOR (noise from the steering actor), SOURCE_BASE (noise w ~ N(0, I), the base policy's own choice) or
 SOURCE_EXTERNAL (human intervention / offline data: no noise exists). DSRL-SAC learns Q(s, w) only where w is
-known (actor + base rows); DSRL-NA's Q^A learns from every row.
+known (actor + base rows); DSRL-NA's Q^A learns from every row. `intervention` is a bit mask over the row's
+chunk steps: bit i set when the operator commanded step i (its action is then the operator's, as executed;
+core/intervention.py). Rows with any bit set are the intervention rows (`intervention_rows`), which the learner
+samples at its own ratio.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
 def chunk_schema(image_shape: tuple[int, ...], proprio_dim: int, chunk_dim: int) -> dict:
     return {"image": (tuple(image_shape), "uint8"), "proprio": ((proprio_dim,), "float32"),
             "noise": ((chunk_dim,), "float32"), "action": ((chunk_dim,), "float32"),
-            "reward": ((), "float32"), "terminal": ((), "float32"), "source": ((), "uint8")}
+            "reward": ((), "float32"), "terminal": ((), "float32"), "source": ((), "uint8"),
+            "intervention": ((), "uint64")}
 
 
 @dataclass
@@ -40,14 +44,20 @@ class ChunkEpisode:
 
     @classmethod
     def start(cls) -> "ChunkEpisode":
-        return cls({k: [] for k in ("image", "proprio", "noise", "action", "reward", "terminal", "source")})
+        return cls({k: [] for k in ("image", "proprio", "noise", "action", "reward", "terminal", "source",
+                                    "intervention")})
 
     def add_chunk(self, obs: dict[str, np.ndarray], noise: np.ndarray, action: np.ndarray, reward: float,
-                  terminal: bool, source: int) -> None:
+                  terminal: bool, source: int, intervention: int = 0) -> None:
+        """intervention: bit mask of the chunk steps the operator commanded (then source is SOURCE_EXTERNAL)."""
+        if intervention and source != SOURCE_EXTERNAL:
+            raise ValueError(f"source: a row with operator steps has no noise that made it: expected "
+                             f"{SOURCE_EXTERNAL} (external), got {source}")
         for key, value in (("image", obs["image"]), ("proprio", obs["proprio"]),
                            ("noise", np.asarray(noise, np.float32).ravel()),
                            ("action", np.asarray(action, np.float32).ravel()), ("reward", np.float32(reward)),
-                           ("terminal", np.float32(terminal)), ("source", np.uint8(source))):
+                           ("terminal", np.float32(terminal)), ("source", np.uint8(source)),
+                           ("intervention", np.uint64(intervention))):
             self.rows[key].append(value)
 
     def finish(self, final_obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -76,26 +86,30 @@ class ChunkReplay:
         new = self.encode(episode["image"], episode["proprio"])
         self.features = new if self.features.size == 0 else np.concatenate([self.features, new])
 
-    def transition_indices(self, noise_known_only: bool = False) -> np.ndarray:
-        """Rows k that have a next row in their episode (not an episode's final-observation row)."""
-        if noise_known_only not in self._indices:
-            self._indices[noise_known_only] = self._compute_transition_indices(noise_known_only)
-        return self._indices[noise_known_only]
+    def transition_indices(self, noise_known_only: bool = False, interventions_only: bool = False) -> np.ndarray:
+        """Rows k that have a next row in their episode (not an episode's final-observation row); of those, the
+        rows whose noise is known, or the intervention rows."""
+        key = (noise_known_only, interventions_only)
+        if key not in self._indices:
+            self._indices[key] = self._compute_transition_indices(*key)
+        return self._indices[key]
 
-    def _compute_transition_indices(self, noise_known_only: bool) -> np.ndarray:
+    def _compute_transition_indices(self, noise_known_only: bool, interventions_only: bool) -> np.ndarray:
         n = self.episodes.n_steps
         is_last = np.zeros(n, bool)
         is_last[self.episodes.episode_ends - 1] = True
         valid = ~is_last
         if noise_known_only:
             valid &= self.episodes.data["source"][:n] != SOURCE_EXTERNAL
+        if interventions_only:
+            valid &= self.episodes.data["intervention"][:n] != 0
         return np.flatnonzero(valid)
 
     def sample(self, batch_size: int, rng: np.random.Generator, noise_known_only: bool = False,
-               raw_obs: bool = False) -> dict:
+               raw_obs: bool = False, interventions_only: bool = False) -> dict:
         """obs / next_obs are the cached features, or with raw_obs {"image", "proprio"} tensors for an agent with
         its own encoder (the cached features then come as base_obs / base_next_obs, for the base policy)."""
-        candidates = self.transition_indices(noise_known_only)
+        candidates = self.transition_indices(noise_known_only, interventions_only)
         if len(candidates) == 0:
             raise ValueError("sample: no transitions in the replay yet")
         idx = candidates[rng.integers(0, len(candidates), batch_size)]
@@ -114,3 +128,25 @@ class ChunkReplay:
     @property
     def n_transitions(self) -> int:
         return self.episodes.n_steps - self.episodes.n_episodes
+
+    def intervention_rows(self) -> "InterventionRows":
+        return InterventionRows(self)
+
+
+class InterventionRows:
+    """The intervention rows of a replay as a replay of their own (a view: no copy), so `MixedReplay` can draw a
+    fixed share of every batch from them (the intervention buffer of HIL-SERL / RLPD)."""
+
+    def __init__(self, replay: ChunkReplay):
+        self.replay = replay
+
+    def transition_indices(self, noise_known_only: bool = False) -> np.ndarray:
+        return self.replay.transition_indices(noise_known_only, interventions_only=True)
+
+    def sample(self, batch_size: int, rng: np.random.Generator, noise_known_only: bool = False,
+               raw_obs: bool = False) -> dict:
+        return self.replay.sample(batch_size, rng, noise_known_only, raw_obs, interventions_only=True)
+
+    @property
+    def n_transitions(self) -> int:
+        return len(self.transition_indices())

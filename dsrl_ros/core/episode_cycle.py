@@ -9,6 +9,12 @@ atomic write per transition) before each event goes out, so a restarted manager 
 manager restarted while an episode was RUNNING first ends that episode as ABORTED ("interrupted"), so the
 learner discards it whole instead of merging its first half with whatever comes next.
 
+Operator sessions (auto_reset false). RESETTING lasts until the operator's START (a signed OperatorCommand or the
+start service) or, with `reset_time_s`, at most that long (then the next episode starts by itself, as LeRobot's
+reset time). On the sim (`sim_reset_on_start`) START first resets the sim and the episode starts when it answers.
+The operator ends an episode with a label (success / failure), an abort, or a re-record: the episode ends ABORTED
+(the learner stores nothing of it: never half-committed) and the next RESETTING asks for the same scene again.
+
 Stalls. A RUNNING episode with no chunk result for `stall_timeout_s` (the sim or a driver died, the policy is
 gone) is ended as ABORTED and the next one reset: any single node's crash costs at most that episode.
 """
@@ -27,6 +33,7 @@ OUTCOME_NAMES = {SUCCESS: "success", FAILURE: "failure", TIMEOUT: "timeout", ABO
 STATE_FILE = "episode_manager.json"
 FINAL_OBS_WAIT_S = 2.0
 RESET_RETRY_S = 1.0
+TELEOP_LOST = "teleop_lost"                       # = core/intervention.py END_TELEOP_LOST (ChunkResult.ended_by)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ class CycleSettings:
     stall_timeout_s: float = 10.0
     reset_pause_s: float = 0.0
     final_obs_wait_s: float = FINAL_OBS_WAIT_S
+    reset_time_s: float = 0.0        # operator sessions: RESETTING at most this long (0: until START)
+    sim_reset_on_start: bool = False # operator sessions on the sim: START resets the sim first
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class EpisodeCycle:
         self._retry_reset_at: float | None = None
         self._reset_sent_at: float | None = None
         self._last_progress = 0.0
+        self._resetting_since = 0.0
+        self.rerecord_of: int | None = None    # the episode the operator asked to record again
         self.notes: list[str] = []
         self.restored = self._restore()
 
@@ -111,7 +122,11 @@ class EpisodeCycle:
         self._reset_at = self._wait_final_until = None
         self.awaiting_start = True
         self.reset_wanted = self.s.auto_reset
-        return self._emit(RESETTING, NONE, "" if self.s.auto_reset else "reset the scene, then start")
+        self._resetting_since = now
+        detail = "" if self.s.auto_reset else "reset the scene, then start"
+        if self.rerecord_of is not None and not self.s.auto_reset:
+            detail = f"re-record episode {self.rerecord_of}: reset the same scene, then start"
+        return self._emit(RESETTING, NONE, detail)
 
     def reset_done(self, ok: bool, detail: str, now: float) -> list[Event]:
         """The sim reset answered: start the next episode, or retry in RESET_RETRY_S."""
@@ -124,6 +139,9 @@ class EpisodeCycle:
         return [self._start(detail, now)]
 
     def _start(self, detail: str, now: float) -> Event:
+        if self.rerecord_of is not None:
+            detail = f"{detail} (re-record of episode {self.rerecord_of})".strip()
+            self.rerecord_of = None
         self.episode += 1
         self.chunks = self.steps = 0
         self.awaiting_start = False
@@ -149,7 +167,11 @@ class EpisodeCycle:
         self._reset_at = now + self.s.reset_pause_s
 
     # ---- inputs ------------------------------------------------------------------------------------------------
-    def on_result(self, episode: int, steps: int, success: bool, truncated: bool, now: float) -> list[Event]:
+    def on_result(self, episode: int, steps: int, success: bool, truncated: bool, now: float,
+                  ended_by: str = "") -> list[Event]:
+        """ended_by (ChunkResult.ended_by) "teleop_lost": the operator's stream died during a takeover and the arm
+        holds; the episode ends as a time limit (its steps are real and recorded: the learner keeps it, bootstrapping
+        from where it stopped), its detail naming the loss."""
         if self.state != RUNNING or episode != self.episode:
             return []
         self.chunks += 1
@@ -157,6 +179,9 @@ class EpisodeCycle:
         self._last_progress = now
         if success:
             return [self._end(SUCCESS, "task success", now)]
+        if ended_by == TELEOP_LOST:
+            return [self._end(TIMEOUT, f"{TELEOP_LOST}: the operator's stream stopped during a takeover; the arm "
+                                       f"holds ({self.steps} steps)", now)]
         if truncated or self.steps >= self.s.max_episode_steps:
             return [self._end(TIMEOUT, f"{self.steps} steps", now)]
         return []
@@ -168,6 +193,10 @@ class EpisodeCycle:
 
     def operator_start(self, now: float) -> tuple[bool, str, list[Event]]:
         if self.state == RESETTING and self.awaiting_start and not self.s.auto_reset:
+            if self.s.sim_reset_on_start:
+                if self._reset_sent_at is None:
+                    self.reset_wanted = True
+                return True, f"resetting the sim; episode {self.episode + 1} starts when it answers", []
             event = self._start("started by the operator", now)
             return True, f"episode {self.episode} running", [event]
         why = f"cannot start: state is {STATE_NAMES[self.state]}"
@@ -180,10 +209,26 @@ class EpisodeCycle:
                           now)
         return True, f"episode {self.episode}: {OUTCOME_NAMES[outcome]}", [event]
 
+    def operator_rerecord(self, now: float) -> tuple[bool, str, list[Event]]:
+        """The running episode is discarded whole (ended ABORTED) and its scene recorded again."""
+        if self.state != RUNNING:
+            return False, f"no episode running (state {STATE_NAMES[self.state]})", []
+        self.rerecord_of = self.episode
+        event = self._end(ABORTED, "re-record: discarded by the operator, recorded again next", now)
+        return True, f"episode {self.episode}: discarded, record it again", [event]
+
     def tick(self, now: float) -> list[Event]:
-        """Timeouts: a stalled episode, a late final observation, the pause before a reset, a reset retry."""
+        """Timeouts: a stalled episode, a late final observation, the pause before a reset, a reset retry, the
+        operator's reset time."""
         if self.idle:
             return []
+        if (self.state == RESETTING and self.awaiting_start and not self.s.auto_reset and self.s.reset_time_s
+                and now - self._resetting_since >= self.s.reset_time_s):
+            self._resetting_since = float("inf")            # once
+            if self.s.sim_reset_on_start:
+                self.reset_wanted = True
+                return []
+            return [self._start(f"started after episode.reset_time_s ({self.s.reset_time_s:g} s)", now)]
         if self.state == RUNNING and now - self._last_progress > self.s.stall_timeout_s:
             return [self._end(ABORTED, f"stalled: no chunk result for {self.s.stall_timeout_s:g} s", now)]
         if self._wait_final_until is not None and now >= self._wait_final_until:

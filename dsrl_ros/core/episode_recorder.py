@@ -10,6 +10,11 @@ complete, hands back its rows in the `chunk_replay` layout; an episode still inc
 Complete means: the recorder saw the episode start (a recorder started during an episode saw only its second
 half), it holds at least as many executed decisions as the episode manager counted results, and every executed
 decision has its observation, chunk and result, plus the final observation.
+
+Interventions: a result whose steps the operator commanded (ChunkResult.executed_sources) makes its row the
+chunk with the operator's executed actions in place, its intervention mask set, zero noise and SOURCE_EXTERNAL
+(core/intervention.py). With a takeover penalty (RLIF-style, off by default) the decision the takeover judged is
+charged: the row the takeover began in if the policy executed some of it, else the policy's row before it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dsrl_ros.core.chunk_replay import ChunkEpisode
+from dsrl_ros.core.chunk_replay import SOURCE_EXTERNAL, ChunkEpisode
+from dsrl_ros.core.intervention import executed_row
 from dsrl_ros.core.steering import chunk_reward
 
 OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_TIMEOUT, OUTCOME_ABORTED = "success", "failure", "timeout", "aborted"
@@ -36,6 +42,7 @@ class _Decision:
     source: int | None = None
     reward: float | None = None
     cut_short: bool = False                 # stopped before its steps were done, the episode not over
+    executed: tuple | None = None           # (indices, sources, actions) when the operator commanded a step
 
 
 @dataclass
@@ -46,6 +53,7 @@ class _Episode:
     outcome: str | None = None
     ended_at: float | None = None
     counted_chunks: int = 0                 # results the episode manager counted for it
+    detail: str = ""
 
     def decision(self, seq: int) -> _Decision:
         return self.decisions.setdefault(seq, _Decision())
@@ -60,11 +68,19 @@ class Completed:
     outcome: str
     chunks: int
     reason: str = ""
+    intervention_rows: int = 0              # decisions with at least one operator step
+    operator_steps: int = 0                 # control steps the operator commanded
+    detail: str = ""                        # how the episode ended (EpisodeEvent.detail)
 
 
 class EpisodeRecorder:
-    def __init__(self, chunk_dim: int, reward_mode: str, grace_s: float = 3.0, max_open_episodes: int = 4):
+    def __init__(self, chunk_dim: int, reward_mode: str, grace_s: float = 3.0, max_open_episodes: int = 4,
+                 action_dim: int = 1, takeover_penalty: float = 0.0):
+        """action_dim: per step (operator steps replace whole steps of the chunk); takeover_penalty: >= 0."""
+        if chunk_dim % action_dim:
+            raise ValueError(f"action_dim: expected a divisor of the chunk size {chunk_dim}, got {action_dim}")
         self.chunk_dim, self.reward_mode, self.grace_s = chunk_dim, reward_mode, grace_s
+        self.action_dim, self.takeover_penalty = action_dim, float(takeover_penalty)
         self.max_open_episodes = max_open_episodes
         self._episodes: dict[int, _Episode] = {}
         self._forgotten: list[Completed] = []
@@ -92,19 +108,27 @@ class EpisodeRecorder:
         d = self._open(episode).decision(seq)
         d.noise, d.action, d.source = noise.astype(np.float32).ravel(), action.astype(np.float32).ravel(), source
 
-    def result(self, episode: int, seq: int, reward: float, ended_by: str = "") -> None:
+    def result(self, episode: int, seq: int, reward: float, ended_by: str = "", executed: tuple | None = None) -> None:
         """ended_by: why the robot stopped the chunk (ChunkResult.ended_by); one of CUT_SHORT discards the
         episode (late steps dropped at a chunk's start or steps the safety layer limited do not: the stored
-        chunk is what was commanded, and what the robot made of it is part of the environment)."""
+        chunk is what was commanded, and what the robot made of it is part of the environment).
+        executed: (indices, sources, actions (steps, D)) per executed step when any source is the operator's."""
         d = self._open(episode).decision(seq)
         d.reward, d.cut_short = float(reward), ended_by in CUT_SHORT
+        if executed is not None:
+            indices, sources, actions = executed
+            if len(indices) != len(sources) or np.asarray(actions).size != len(indices) * self.action_dim:
+                raise ValueError(f"chunk_result.executed_*: expected one index, source and {self.action_dim} "
+                                 f"numbers per executed step, got {len(indices)}, {len(sources)} and "
+                                 f"{np.asarray(actions).size} numbers")
+            d.executed = (list(indices), list(sources), np.asarray(actions, np.float32).copy())
 
-    def end(self, episode: int, outcome: str, now: float, chunks: int = 0) -> None:
+    def end(self, episode: int, outcome: str, now: float, chunks: int = 0, detail: str = "") -> None:
         """The episode ended; `chunks`: how many chunk results the episode manager counted for it."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome: expected one of {OUTCOMES}, got {outcome!r}")
         ep = self._open(episode)
-        ep.outcome, ep.ended_at, ep.counted_chunks = outcome, now, int(chunks)
+        ep.outcome, ep.ended_at, ep.counted_chunks, ep.detail = outcome, now, int(chunks), detail
 
     # ---- completion ------------------------------------------------------------------------------------------
     def poll(self, now: float) -> list[Completed]:
@@ -115,7 +139,8 @@ class EpisodeRecorder:
             if ep.outcome is None:
                 continue
             if ep.outcome == OUTCOME_ABORTED:
-                done.append(Completed(number, None, ep.outcome, 0, "aborted"))
+                done.append(Completed(number, None, ep.outcome, 0, f"aborted{': ' + ep.detail if ep.detail else ''}",
+                                      detail=ep.detail))
                 continue
             if not ep.started:
                 done.append(Completed(number, None, ep.outcome, 0, "its start was not seen (the learner started "
@@ -128,7 +153,11 @@ class EpisodeRecorder:
                 continue
             missing = self._missing(ep)
             if not missing:
-                done.append(Completed(number, self._rows(ep), ep.outcome, len(self._executed(ep))))
+                rows = self._rows(ep)
+                masks = rows["intervention"]
+                done.append(Completed(number, rows, ep.outcome, len(self._executed(ep)),
+                                      intervention_rows=int((masks != 0).sum()),
+                                      operator_steps=sum(bin(int(m)).count("1") for m in masks), detail=ep.detail))
             elif now - ep.ended_at >= self.grace_s:
                 done.append(Completed(number, None, ep.outcome, 0, f"incomplete after {self.grace_s:.0f} s: {missing}"))
         for c in done:
@@ -160,14 +189,36 @@ class EpisodeRecorder:
         return ""
 
     def _rows(self, ep: _Episode) -> dict[str, np.ndarray]:
-        rows = ChunkEpisode.start()
         executed = self._executed(ep)
+        rows = []                                # (noise, action, reward, terminal, source, mask) per decision
         for seq in executed:
             d = ep.decisions[seq]
             success = ep.outcome == OUTCOME_SUCCESS and seq == executed[-1]
-            rows.add_chunk(d.obs, d.noise, d.action, chunk_reward(d.reward, success, self.reward_mode),
-                           terminal=success, source=d.source)
-        return rows.finish(ep.final_obs)
+            noise, action, source, mask = d.noise, d.action, d.source, 0
+            if d.executed is not None:
+                action, mask = executed_row(d.action, self.action_dim, *d.executed)
+            if mask:
+                noise, source = np.zeros_like(d.noise), SOURCE_EXTERNAL
+            rows.append([noise, action, chunk_reward(d.reward, success, self.reward_mode), success, source, mask])
+        self._charge_takeovers(rows)
+        episode = ChunkEpisode.start()
+        for seq, (noise, action, reward, terminal, source, mask) in zip(executed, rows):
+            d = ep.decisions[seq]
+            episode.add_chunk(d.obs, noise, action, reward, terminal=terminal, source=source, intervention=mask)
+        return episode.finish(ep.final_obs)
+
+    def _charge_takeovers(self, rows: list[list]) -> None:
+        """RLIF-style: each takeover (a row with operator steps after one without) costs the decision it judged."""
+        if not self.takeover_penalty:
+            return
+        for k, row in enumerate(rows):
+            mask, before = row[5], rows[k - 1][5] if k else 0
+            if not mask:
+                continue
+            if not mask & 1:                      # the policy ran this row's first step(s), then the operator
+                rows[k][2] -= self.takeover_penalty
+            elif not before:                      # the operator took over at this decision's start
+                rows[max(k - 1, 0)][2] -= self.takeover_penalty
 
     def _open(self, episode: int) -> _Episode:
         if episode not in self._episodes and len(self._episodes) >= self.max_open_episodes:

@@ -62,7 +62,7 @@ class Learner:
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
         self.replay = open_replay(self.run_dir, schema, steering)
         self._reconcile_episode_log()
-        self.sampler = self.replay             # what batches come from (mix_prior: online + a prior replay)
+        self.sampler = self._mixed()           # what batches come from: online + its intervention rows (+ a prior)
         self.rng = np.random.default_rng(self.config.seed)
         self.trainer_extra: dict = {}
         self.resumed_extra: dict = {}
@@ -229,13 +229,27 @@ class Learner:
     def mix_prior(self, path: str | Path, prior_fraction: float) -> int:
         """Offline-to-online: from now on each batch takes prior_fraction of its transitions from the (read-only)
         replay store at `path` (core/replay_mix.py). Returns the prior's transition count."""
-        from dsrl_ros.core.replay_mix import MixedReplay, open_prior_replay
+        from dsrl_ros.core.replay_mix import open_prior_replay
 
         prior = open_prior_replay(path, self.replay.episodes.schema, self.steering.features,
                                   self.steering.normalize_actions)
         with self._lock:
-            self.sampler = MixedReplay(self.replay, prior, prior_fraction)
+            self.sampler = self._mixed(prior, prior_fraction)
         return prior.n_transitions
+
+    def _mixed(self, prior=None, prior_fraction: float = 0.0):
+        """The online replay, with `prior_fraction` of each batch from a prior replay and `intervention_fraction`
+        (at most what the prior leaves) from the online replay's intervention rows (the operator's takeovers;
+        core/replay_mix.py)."""
+        from dsrl_ros.core.replay_mix import MixedReplay
+
+        if prior is None and self.config.intervention_fraction == 0:
+            return self.replay
+        mixed = MixedReplay(self.replay, prior, prior_fraction)
+        if self.config.intervention_fraction > 0:
+            share = min(self.config.intervention_fraction, 1.0 - (prior_fraction if prior is not None else 0.0))
+            mixed.add_part(self.replay.intervention_rows(), share, "learner.intervention_fraction")
+        return mixed
 
     def _one_update(self) -> None:
         config = self.config

@@ -1,10 +1,12 @@
 """Who may steer this robot: a per-run key that authenticates actor weights and episode events (no ROS import).
 
 The pip ROS wheels have no DDS security (node creation fails with security enabled), so any process on the DDS
-domain can publish on any topic. Two messages change what the arm does or what the learner stores:
-`ActorWeights` (the steering actor) and `EpisodeEvent` (episode start / end / outcome). Their publishers (the
-learner, the episode manager) sign them with HMAC-SHA256 under a key kept in the run directory (`run_key.json`,
-mode 0600); their readers (steering, policy, learner, the supervisor's monitor) drop what does not verify.
+domain can publish on any topic. Four messages change what the arm does or what the learner stores:
+`ActorWeights` (the steering actor), `EpisodeEvent` (episode start / end / outcome), `TeleopCommand` (the operator
+drives the arm) and `OperatorCommand` (start, label, abort, re-record, home). Their publishers (the learner, the
+episode manager, the teleop node and the console) sign them with HMAC-SHA256 under a key kept in the run directory
+(`run_key.json`, mode 0600); their readers drop what does not verify. Operator commands are also dropped when
+stale or repeated (`CommandGate`), so a recorded session replayed later cannot drive the arm.
 
 This protects against a second stack on the same domain, a replayed bag of another run, and a stray publisher
 that does not hold the key. It does not encrypt anything and does not stop a process that can read the run
@@ -99,3 +101,43 @@ def episode_event_fields(episode: int, state: int, outcome: int, chunks: int, st
 
 ACTOR_WEIGHTS_KIND = "dsrl_interfaces/ActorWeights"
 EPISODE_EVENT_KIND = "dsrl_interfaces/EpisodeEvent"
+
+
+# Operator commands (the teleop node and the console sign them; sim_robot, chunk_executor, episode_manager read).
+def teleop_command_fields(sender: str, seq: int, stamp_ns: int, intervene: bool, action_bytes: bytes) -> tuple:
+    return sender, int(seq), int(stamp_ns), int(bool(intervene)), hashlib.sha256(bytes(action_bytes)).hexdigest()
+
+
+def operator_command_fields(sender: str, seq: int, stamp_ns: int, command: int) -> tuple:
+    return sender, int(seq), int(stamp_ns), int(command)
+
+
+TELEOP_COMMAND_KIND = "dsrl_interfaces/TeleopCommand"
+OPERATOR_COMMAND_KIND = "dsrl_interfaces/OperatorCommand"
+
+
+class CommandGate:
+    """Replay protection for signed operator commands (the signature itself is checked by the caller): a command
+    counts only while fresh (its stamp within max_age_ns of now, either way: clocks of one machine or PTP-synced
+    ones) and only once (its seq above the last one accepted from its sender). A captured command replayed later
+    is stale; replayed at once it repeats a seq. Senders are remembered up to `max_senders` (oldest forgotten)."""
+
+    def __init__(self, max_age_ns: int, max_senders: int = 64):
+        self.max_age_ns, self.max_senders = int(max_age_ns), max_senders
+        self.last_seq: dict[str, int] = {}
+
+    def check(self, sender: str, seq: int, stamp_ns: int, now_ns: int) -> str:
+        """"" when the command counts (and records it), else why not."""
+        if not sender:
+            return "sender: expected a sender id, got ''"
+        if abs(now_ns - stamp_ns) > self.max_age_ns:
+            return (f"header.stamp: expected within {self.max_age_ns / 1e9:g} s of now, got "
+                    f"{(now_ns - stamp_ns) / 1e9:.3g} s old")
+        last = self.last_seq.get(sender)
+        if last is not None and seq <= last:
+            return f"seq: expected > {last} from {sender}, got {seq} (a repeat)"
+        self.last_seq.pop(sender, None)
+        self.last_seq[sender] = int(seq)
+        while len(self.last_seq) > self.max_senders:
+            self.last_seq.pop(next(iter(self.last_seq)))
+        return ""

@@ -7,8 +7,12 @@ timeout), when the executed steps reach control.max_episode_steps (timeout), whe
 episode.stall_timeout_s (aborted), or by the operator through the services below.
 
 In the sim (episode.auto_reset: true) it resets through /sim_robot/reset and starts the next episode by itself.
-On a real arm it waits in RESETTING for the operator, who resets the scene and calls `start`.
-Services (what teleop calls):
+On a real arm (or the sim with auto_reset false) it waits in RESETTING for the operator, who resets the scene
+(driving the arm with the teleop device: nothing is recorded while no episode runs) and presses start; with
+episode.reset_time_s the next episode starts by itself after that long. The operator's buttons arrive as signed
+OperatorCommands on /dsrl/operator_command (nodes/teleop.py; acted on once, only while fresh): start, success,
+failure, abort, rerecord (the running episode is discarded whole and the same scene asked for again).
+Services (the same, unsigned; the chunk executor calls abort on an e-stop):
   /episode_manager/start  std_srvs/Trigger  RESETTING -> RUNNING (next episode)
   /episode_manager/label  std_srvs/SetBool  RUNNING -> ENDED, outcome success (true) or failure (false)
   /episode_manager/abort  std_srvs/Trigger  RUNNING -> ENDED, outcome aborted (the learner does not store it)
@@ -24,13 +28,14 @@ import time
 
 from std_srvs.srv import SetBool, Trigger
 
-from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus, Observation
+from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus, Observation, OperatorCommand
 from dsrl_ros.core.episode_cycle import ABORTED, FAILURE, STATE_NAMES, SUCCESS, CycleSettings, EpisodeCycle, Event
-from dsrl_ros.core.run_identity import load_or_create_run_key
+from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.nodes.operator_io import COMMAND_NAMES, accept
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, LEARNER_STATUS,
-                                   OBSERVATION, RATE_CAP_HZ, SIM_RESET_SERVICE, guarded, outcome_name, qos, run_node,
-                                   sign)
+                                   OBSERVATION, OPERATOR_COMMAND, RATE_CAP_HZ, SIM_RESET_SERVICE, guarded,
+                                   outcome_name, qos, run_node, sign)
 from dsrl_ros.ros_env import SESSION_ENV
 
 # The learner's 1 Hz status is its heartbeat: a learner killed with SIGKILL stays in the DDS graph until its
@@ -48,7 +53,9 @@ class EpisodeManagerNode(ConfiguredNode):
                                                 max_episode_steps=c.control.max_episode_steps,
                                                 max_episodes=c.episode.max_episodes,
                                                 stall_timeout_s=c.episode.stall_timeout_s,
-                                                reset_pause_s=c.episode.reset_pause_s),
+                                                reset_pause_s=c.episode.reset_pause_s,
+                                                reset_time_s=c.episode.reset_time_s,
+                                                sim_reset_on_start=self.sim and not c.episode.auto_reset),
                                   c.learner.run_dir, os.environ.get(SESSION_ENV, ""))
         q = qos()
         self.event_pub = self.create_publisher(EpisodeEvent, EPISODE, q["events"])
@@ -59,6 +66,10 @@ class EpisodeManagerNode(ConfiguredNode):
         self.learner_seen = float("-inf")       # monotonic time of the learner's last status
         self.create_subscription(LearnerStatus, LEARNER_STATUS, guarded(self.drop, LEARNER_STATUS, self._on_status,
                                                                         RATE_CAP_HZ["decision"]), q["status"])
+        self.gate = CommandGate(int(c.teleop.command_max_age_s * 1e9))
+        self.create_subscription(OperatorCommand, OPERATOR_COMMAND, guarded(self.drop, OPERATOR_COMMAND,
+                                                                            self._on_command, RATE_CAP_HZ["event"]),
+                                 q["decision"])
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(SetBool, "~/label", self._on_label)
         self.create_service(Trigger, "~/abort", self._on_abort)
@@ -126,7 +137,7 @@ class EpisodeManagerNode(ConfiguredNode):
     # ---- inputs --------------------------------------------------------------------------------------------------
     def _on_result(self, msg: ChunkResult) -> None:
         self._publish(self.cycle.on_result(msg.episode, msg.steps_executed, msg.success, msg.truncated,
-                                           time.monotonic()))
+                                           time.monotonic(), msg.ended_by))
 
     def _on_status(self, msg: LearnerStatus) -> None:
         self.learner_seen = time.monotonic()
@@ -135,14 +146,31 @@ class EpisodeManagerNode(ConfiguredNode):
         if msg.final:
             self.cycle.on_final_observation(msg.episode, time.monotonic())
 
-    def _on_start(self, request, response):
-        now = time.monotonic()
+    def _on_command(self, msg: OperatorCommand) -> None:
+        accept(msg, self.key, self.gate)
+        name, now = COMMAND_NAMES.get(msg.command, f"unknown ({msg.command})"), time.monotonic()
+        if name == "start":
+            ok, message = self._start(now)
+        elif name in ("success", "failure", "abort"):
+            ok, message, events = self.cycle.operator_end({"success": SUCCESS, "failure": FAILURE,
+                                                           "abort": ABORTED}[name], now)
+            self._publish(events)
+        elif name == "rerecord":
+            ok, message, events = self.cycle.operator_rerecord(now)
+            self._publish(events)
+        else:
+            ok, message = False, "not an episode manager command"
+        self.get_logger().info(f"operator {name} from {msg.sender}: {message if ok else 'refused: ' + message}")
+
+    def _start(self, now: float) -> tuple[bool, str]:
         if not self._nodes_ready(now):
-            response.success = False
-            response.message = f"cannot start: waiting for nodes {sorted(self.waiting_for)} to be up"
-            return response
-        response.success, response.message, events = self.cycle.operator_start(now)
+            return False, f"cannot start: waiting for nodes {sorted(self.waiting_for)} to be up"
+        ok, message, events = self.cycle.operator_start(now)
         self._publish(events)
+        return ok, message
+
+    def _on_start(self, request, response):
+        response.success, response.message = self._start(time.monotonic())
         return response
 
     def _on_label(self, request, response):

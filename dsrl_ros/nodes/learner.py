@@ -20,6 +20,7 @@ import torch
 from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, LearnerStatus, Observation
 from dsrl_ros.core.checkpoint import resolve_device
 from dsrl_ros.core.episode_recorder import EpisodeRecorder
+from dsrl_ros.core.intervention import operator_executed
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.run_identity import load_or_create_run_key
@@ -47,7 +48,8 @@ class LearnerNode(ConfiguredNode):
         self.learner = Learner(PolicySteering(self.policy, AgentConfig.of(lc)), lc.run_dir, self._publish_actor,
                                log=self.get_logger().info, checkpoint_every_s=lc.checkpoint_every_s)
         pc = self.policy.config
-        self.recorder = EpisodeRecorder(pc.chunk_len * pc.action_dim, lc.reward)
+        self.recorder = EpisodeRecorder(pc.chunk_len * pc.action_dim, lc.reward, action_dim=pc.action_dim,
+                                        takeover_penalty=lc.takeover_penalty)
 
         def sub(msg_type, topic, handler, role):
             self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role]),
@@ -78,24 +80,30 @@ class LearnerNode(ConfiguredNode):
                             float32_array(msg.actions, "action_chunk.actions", n).copy(), int(msg.noise_source))
 
     def _on_result(self, msg: ChunkResult) -> None:
-        self.recorder.result(msg.episode, msg.seq, msg.reward, msg.ended_by)
+        executed = operator_executed(msg.executed_indices, msg.executed_sources,
+                                     float32_array(msg.executed_actions, "chunk_result.executed_actions"))
+        self.recorder.result(msg.episode, msg.seq, msg.reward, msg.ended_by, executed)
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         check_signed(msg, self.key)
         if msg.state == EpisodeEvent.STATE_RUNNING:
             self.recorder.start(msg.episode)
         elif msg.state == EpisodeEvent.STATE_ENDED and outcome_name(msg.outcome):
-            self.recorder.end(msg.episode, outcome_name(msg.outcome), time.monotonic(), msg.chunks)
+            self.recorder.end(msg.episode, outcome_name(msg.outcome), time.monotonic(), msg.chunks, msg.detail)
 
     def _commit_finished(self) -> None:
         for done in self.recorder.poll(time.monotonic()):
             if done.rows is None:
                 self.get_logger().warning(f"episode {done.episode} not stored: {done.reason}")
                 continue
-            index = self.learner.add_episode(done.rows, {"robot_episode": done.episode, "outcome": done.outcome,
-                                                         "chunks": done.chunks})
+            info = {"robot_episode": done.episode, "outcome": done.outcome, "chunks": done.chunks,
+                    "intervention_rows": done.intervention_rows, "operator_steps": done.operator_steps}
+            if done.detail:
+                info["detail"] = done.detail          # e.g. the operator's stream lost during a takeover
+            index = self.learner.add_episode(done.rows, info)
             self.get_logger().info(f"stored episode {done.episode} as #{index} ({done.outcome}, {done.chunks} "
-                                   f"chunks); {self.learner.n_transitions} transitions")
+                                   f"chunks, {done.operator_steps} operator steps); {self.learner.n_transitions} "
+                                   f"transitions")
 
     # ---- outputs -----------------------------------------------------------------------------------------------
     def _publish_actor(self, version: int, num_updates: int, payload: bytes, config_json: str) -> None:

@@ -17,8 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from dsrl_ros.core.run_identity import (ACTOR_WEIGHTS_KIND, EPISODE_EVENT_KIND, RunKey, actor_weights_fields,
-                                        episode_event_fields)
+from dsrl_ros.core.run_identity import (ACTOR_WEIGHTS_KIND, EPISODE_EVENT_KIND, OPERATOR_COMMAND_KIND,
+                                        TELEOP_COMMAND_KIND, RunKey, actor_weights_fields, episode_event_fields,
+                                        operator_command_fields, teleop_command_fields)
 from dsrl_ros.ros_env import CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT, die_with_supervisor, ros_environment
 
 # Topics of the graph (docs/architecture.md lists types and QoS).
@@ -29,7 +30,11 @@ CHUNK_RESULT = "/dsrl/chunk_result"
 EPISODE = "/dsrl/episode"
 ACTOR_WEIGHTS = "/dsrl/actor_weights"
 LEARNER_STATUS = "/dsrl/learner_status"
+TELEOP_COMMAND = "/dsrl/teleop_command"          # the operator drives the arm (signed)
+OPERATOR_COMMAND = "/dsrl/operator_command"      # the operator's buttons: start, label, abort, ... (signed)
+OPERATOR_REPLY = "/dsrl/operator_reply"          # the episode manager's answer to each, for the console
 SIM_RESET_SERVICE = "/sim_robot/reset"
+SIM_EXPERT_STATE = "/sim_robot/expert_state"     # privileged sim state for the scripted operator (teleop scripted)
 # Seeing another node's endpoints does not mean every participant has matched ours yet (~0.35 s each, more under
 # load): a node that must not lose its first messages waits this long after it sees its peers (or starts).
 DISCOVERY_SETTLE_S = 1.5
@@ -172,7 +177,7 @@ class RateCap:
 
 # Input rate caps per role, messages per second. Far above what the graph sends (decisions: a few per second;
 # sensors: the driver's rate), so only a flood hits them; over the cap, messages are dropped unread.
-RATE_CAP_HZ = {"sensor": 1000.0, "decision": 100.0, "event": 50.0, "weights": 20.0}
+RATE_CAP_HZ = {"sensor": 1000.0, "decision": 100.0, "event": 50.0, "weights": 20.0, "teleop": 500.0}
 
 
 def guarded(drop: DropLog, topic: str, handler: Callable, rate_cap_hz: float | None = None) -> Callable:
@@ -199,11 +204,20 @@ _SIGNED = {
         m.episode, m.state, m.outcome, m.chunks, m.steps, stamp_ns(m.header.stamp), m.detail)),
     "ActorWeights": (ACTOR_WEIGHTS_KIND, "actor_weights", lambda m: actor_weights_fields(
         m.version, m.num_updates, m.config_json, bytes(m.safetensors))),
+    "TeleopCommand": (TELEOP_COMMAND_KIND, "teleop_command", lambda m: teleop_command_fields(
+        m.sender, m.seq, stamp_ns(m.header.stamp), m.intervene, _float32_bytes(m.action))),
+    "OperatorCommand": (OPERATOR_COMMAND_KIND, "operator_command", lambda m: operator_command_fields(
+        m.sender, m.seq, stamp_ns(m.header.stamp), m.command)),
 }
 
 
+def _float32_bytes(field) -> bytes:
+    return field.tobytes() if isinstance(field, array.array) else np.asarray(field, np.float32).tobytes()
+
+
 def sign(msg, key: RunKey) -> None:
-    """Sets run_id and signature of an EpisodeEvent or ActorWeights under this run's key."""
+    """Sets run_id and signature of a signed message type (EpisodeEvent, ActorWeights, TeleopCommand,
+    OperatorCommand) under this run's key."""
     kind, _, fields = _SIGNED[type(msg).__name__]
     msg.run_id = key.run_id
     msg.signature = array.array("B", key.sign(kind, *fields(msg)))

@@ -11,23 +11,42 @@ Like a real arm's executor, it holds every chunk to the robot config's `action.l
 published it: out-of-bound actions are clipped (each dimension's hit logged once per episode), non-finite chunks
 are dropped.
 
+Interventions (core/intervention.py): signed TeleopCommands on /dsrl/teleop_command (this run's, fresh, in
+order) let the operator take over: from the next control tick the running chunk's steps are the operator's
+actions (clipped to the action limits), until a hand-back takes effect at the next decision. The result then lists
+every executed step with its source and action (executed_indices / executed_sources / executed_actions). If the
+operator's stream goes stale during a takeover the arm holds: the chunk ends with ended_by "teleop_lost" and
+truncated set, and the episode manager ends the episode as a time limit with the loss in its detail (the learner
+keeps it: every step in it was executed as recorded). The physics still pauses between chunks of an episode;
+between episodes (after its end, before the next reset: an operator session's RESETTING) a live operator stream
+with intervene set drives the arm, and nothing of it is recorded (no chunk, no result). With
+teleop.device `scripted` it also publishes the privileged state the scripted operator needs on
+/sim_robot/expert_state every tick (sim/scripted_operator.py).
+
 Parameter `realtime_factor` (default 1.0): control ticks run at control.rate_hz x this factor of wall time.
 """
 
 from __future__ import annotations
 
+import array
+import time
 from collections import deque
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from dsrl_interfaces.msg import ActionChunk, ChunkResult
+from dsrl_interfaces.msg import ActionChunk, ChunkResult, TeleopCommand
 from dsrl_ros.core.action_limits import clip_actions
+from dsrl_ros.core.intervention import END_TELEOP_LOST, LOST, OPERATOR, OperatorStream
+from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, RATE_CAP_HZ, SIM_RESET_SERVICE, array_to_image,
-                                   float32_array, guarded, qos, run_node)
+from dsrl_ros.nodes.operator_io import accept, action_array
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, RATE_CAP_HZ, SIM_EXPERT_STATE, SIM_RESET_SERVICE,
+                                   TELEOP_COMMAND, array_to_image, float32_array, float32_field, guarded, qos,
+                                   run_node)
 
 GRIPPER_JOINT = "gripper"
 
@@ -63,6 +82,15 @@ class SimRobotNode(ConfiguredNode):
         self.low, self.high = np.array(c.action.low, np.float32), np.array(c.action.high, np.float32)
         self.limit_hits_logged: set[str] = set()     # action dimensions whose limit hit was logged this episode
         self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
+        self.key = load_or_create_run_key(c.learner.run_dir)
+        self.gate = CommandGate(int(c.teleop.command_max_age_s * 1e9))
+        self.operator = OperatorStream(int(c.teleop.max_age_s * 1e9), self.low, self.high)
+        self.create_subscription(TeleopCommand, TELEOP_COMMAND, guarded(self.drop, TELEOP_COMMAND, self._on_teleop,
+                                                                        RATE_CAP_HZ["teleop"]), q["decision"])
+        self.executed: list[tuple[int, int, np.ndarray]] = []   # (index, source, action) of the chunk's steps
+        # The scripted operator (teleop.device scripted) reads the privileged state; nobody else gets it.
+        self.expert_pub = (self.create_publisher(Float64MultiArray, SIM_EXPERT_STATE, q["decision"])
+                           if c.teleop.device == "scripted" else None)
         self.resets = 0
         self.queue: deque[np.ndarray] = deque()
         self.chunk: ActionChunk | None = None
@@ -80,6 +108,7 @@ class SimRobotNode(ConfiguredNode):
         self.queue.clear()
         self.chunk, self.episode_over = None, False
         self.limit_hits_logged.clear()
+        self.operator.new_episode()
         self._publish_obs()
         response.success, response.message = True, f"reset with seed {seed}"
         return response
@@ -107,13 +136,34 @@ class SimRobotNode(ConfiguredNode):
             self._publish_result(self.get_clock().now().to_msg(), success=False, truncated=False, ended_by="replaced")
         self.queue = deque(actions)
         self.chunk, self.chunk_steps, self.chunk_reward = msg, 0, 0.0
+        self.executed = []
+
+    def _on_teleop(self, msg: TeleopCommand) -> None:
+        accept(msg, self.key, self.gate)
+        self.operator.on_command(msg.intervene, action_array(msg), time.monotonic_ns())
 
     # ---- the control tick --------------------------------------------------------------------------------------
     def _tick(self) -> None:
+        now = time.monotonic_ns()
         if not self.queue:
-            self._publish_obs()            # holding still; the sensors keep streaming
+            if self.episode_over and self.operator.intervene and self.operator.fresh(now):
+                self.obs, *_ = self.env.step(self.operator.action)   # between episodes the operator drives
+            self._publish_obs()            # (nothing is recorded: no chunk, no result); else holding still
             return
-        self.obs, reward, terminated, truncated, _ = self.env.step(self.queue.popleft())
+        step = self.operator.next_step(now, at_decision_start=self.chunk_steps == 0)
+        if step.source == LOST:            # the operator's stream died mid-takeover: hold, end the episode
+            self.queue.clear()
+            self.episode_over = True
+            self.get_logger().warning(f"teleop stream lost during a takeover (no command for "
+                                      f"{self.config.teleop.max_age_s:g} s): holding; episode {self.chunk.episode} "
+                                      f"ends")
+            self._publish_result(self._publish_obs(), False, True, END_TELEOP_LOST)
+            return
+        action = self.queue.popleft()
+        if step.source == OPERATOR:
+            action = step.action
+        self.executed.append((self.chunk_steps, step.source, np.asarray(action, np.float32)))
+        self.obs, reward, terminated, truncated, _ = self.env.step(action)
         self.chunk_steps += 1
         self.chunk_reward += reward
         stamp = self._publish_obs()
@@ -131,6 +181,10 @@ class SimRobotNode(ConfiguredNode):
         result = ChunkResult(seq=self.chunk.seq, episode=self.chunk.episode, steps_executed=self.chunk_steps,
                              reward=float(self.chunk_reward), success=success, truncated=truncated,
                              ended_by=ended_by)
+        if any(source == OPERATOR for _, source, _ in self.executed):   # what was executed, step by step
+            result.executed_indices = array.array("H", [i for i, _, _ in self.executed])
+            result.executed_sources = array.array("B", [s for _, s, _ in self.executed])
+            result.executed_actions = float32_field(np.array([a for _, _, a in self.executed], np.float32))
         result.header.stamp = stamp
         self.result_pub.publish(result)
 
@@ -150,6 +204,10 @@ class SimRobotNode(ConfiguredNode):
             o = pose.pose.orientation
             o.w, o.x, o.y, o.z = self.env.ee_quaternion().tolist()
             self.pose_pub.publish(pose)
+        if self.expert_pub is not None:
+            from dsrl_ros.sim.scripted_operator import state_vector
+
+            self.expert_pub.publish(Float64MultiArray(data=state_vector(self.env, self.resets)))
         return stamp
 
     def close(self) -> None:

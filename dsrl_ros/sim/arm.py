@@ -187,6 +187,11 @@ class ArmEnv:
         mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._grip_site])
         return quat
 
+    @property
+    def steps(self) -> int:
+        """Control steps executed since the last reset."""
+        return self._steps
+
     def gripper_width(self) -> float:
         return float(self.data.qpos[self._finger_qpos].sum())
 

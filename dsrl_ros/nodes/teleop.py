@@ -1,0 +1,149 @@
+"""teleop: the operator's device -> signed TeleopCommands (drive the arm) and OperatorCommands (buttons).
+
+Devices (`teleop.device`, or the node parameter `device`):
+- `joy`: sensor_msgs/Joy on teleop.joy_topic from any ROS joy driver (core/teleop_input.py: JoyMapper), commands
+  streamed at teleop.rate_hz;
+- `keyboard`: this process's terminal (run it by hand in a terminal: `python -m dsrl_ros.nodes.teleop --ros-args
+  -p robot_config:=<yaml> -p device:=keyboard`; keys in core/teleop_input.py), streamed at teleop.rate_hz;
+- `scripted` (direct sim only): the simulated operator (sim/scripted_operator.py) on the sim's privileged state,
+  one command per sim control tick, deciding on every policy chunk whether to take over.
+Every command is signed with the run's key, numbered and stamped (nodes/operator_io.py); the robot side acts only
+on fresh ones, so if this node dies mid-takeover the arm holds (sim_robot: ended_by teleop_lost) and the episode
+ends marked, with every executed step recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import termios
+import threading
+import time
+import tty
+
+import numpy as np
+from std_msgs.msg import Float64MultiArray
+
+from dsrl_interfaces.msg import ActionChunk
+from dsrl_ros.core.run_identity import load_or_create_run_key
+from dsrl_ros.nodes.base import ConfiguredNode
+from dsrl_ros.nodes.operator_io import OperatorSender
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, RATE_CAP_HZ, SIM_EXPERT_STATE, float32_array, guarded, qos,
+                                   run_node)
+
+DEVICES = ("joy", "keyboard", "scripted")
+
+
+class TeleopNode(ConfiguredNode):
+    def __init__(self):
+        super().__init__("teleop")
+        c, t = self.config, self.config.teleop
+        self.device = self.declare_parameter("device", "").value or t.device
+        if self.device not in DEVICES:
+            raise ValueError(f"teleop.device: expected one of {list(DEVICES)} for the teleop node, got "
+                             f"{self.device!r}")
+        self.sender = OperatorSender(self, load_or_create_run_key(c.learner.run_dir), "teleop")
+        self.intervening = False
+        q = qos()
+        limits = dict(names=c.action.names, low=c.action.low, high=c.action.high, speed=t.speed,
+                      deadband=t.deadband, release_s=t.release_s)
+        if self.device == "scripted":
+            from dsrl_ros.sim.scripted_operator import ScriptedOperator
+
+            if c.robot.kind != "sim" or c.robot.sim_interface != "direct":
+                raise ValueError("teleop.device: 'scripted' needs the direct sim (robot.kind sim, sim_interface "
+                                 "direct)")
+            self.operator = ScriptedOperator(c.robot.sim_task, t.scripted_threshold, t.scripted_attention,
+                                             t.scripted_takeover_steps, t.scripted_episodes, t.seed)
+            self.create_subscription(Float64MultiArray, SIM_EXPERT_STATE,
+                                     guarded(self.drop, SIM_EXPERT_STATE, self._on_state, RATE_CAP_HZ["teleop"]),
+                                     q["decision"])
+            self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
+                                                                        RATE_CAP_HZ["decision"]), q["decision"])
+        elif self.device == "joy":
+            from sensor_msgs.msg import Joy
+
+            from dsrl_ros.core.teleop_input import JoyMapper
+
+            buttons = {"start": t.joy_start_button, "success": t.joy_success_button,
+                       "failure": t.joy_failure_button, "abort": t.joy_abort_button,
+                       "rerecord": t.joy_rerecord_button}
+            self.mapper = JoyMapper(axes=t.joy_axes, signs=t.joy_axis_signs, buttons=buttons,
+                                    grip_button=t.joy_grip_button, intervene_button=t.joy_intervene_button, **limits)
+            self.create_subscription(Joy, t.joy_topic, guarded(self.drop, t.joy_topic, self._on_joy,
+                                                               RATE_CAP_HZ["teleop"]), q["sensor"])
+            self.create_timer(1.0 / t.rate_hz, self._stream)
+        else:
+            from dsrl_ros.core.teleop_input import KeyMapper
+
+            if not sys.stdin.isatty():
+                raise ValueError("device: 'keyboard' reads this process's terminal; run the node by hand in one")
+            self.mapper = KeyMapper(**limits)
+            self._keys_lock = threading.Lock()
+            threading.Thread(target=self._read_keys, daemon=True).start()
+            self.create_timer(1.0 / t.rate_hz, self._stream)
+        self.get_logger().info(f"teleop device {self.device}")
+        if not (c.robot.kind == "sim" and c.robot.sim_interface == "direct"):
+            self.get_logger().warning("the chunk executor does not take operator steps yet: takeovers change nothing "
+                                      "on this robot; the buttons (start, labels, abort, re-record) work")
+
+    # ---- scripted operator ---------------------------------------------------------------------------------------
+    def _on_state(self, msg: Float64MultiArray) -> None:
+        out = self.operator.on_state(np.asarray(msg.data, np.float64))
+        if out is not None:
+            self._send(*out)
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        actions = float32_array(msg.actions, "action_chunk.actions", msg.chunk_len * msg.action_dim)
+        actions = actions.reshape(msg.chunk_len, msg.action_dim)[: max(1, msg.execute_steps)]
+        if self.operator.on_chunk(actions):
+            self._send(True, self.operator.action)      # at once: the takeover lands on the next control tick
+
+    # ---- joy / keyboard --------------------------------------------------------------------------------------------
+    def _on_joy(self, msg) -> None:
+        for button in self.mapper.update(list(msg.axes), list(msg.buttons), time.monotonic()):
+            self._button(button)
+
+    def _stream(self) -> None:
+        now = time.monotonic()
+        if self.device == "keyboard":
+            with self._keys_lock:
+                intervene, action, buttons = self.mapper.tick(now)
+            for button in buttons:
+                self._button(button)
+        else:
+            intervene, action = self.mapper.tick(now)
+        self._send(intervene, action)
+
+    def _read_keys(self) -> None:
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        try:
+            tty.setcbreak(fd)
+            while True:
+                if select.select([fd], [], [], 0.1)[0]:
+                    char = os.read(fd, 1).decode(errors="ignore")
+                    with self._keys_lock:
+                        self.mapper.key(char, time.monotonic())
+        finally:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    # ---- out ---------------------------------------------------------------------------------------------------------
+    def _send(self, intervene: bool, action) -> None:
+        if intervene != self.intervening:
+            self.intervening = intervene
+            self.get_logger().info("takeover: the operator drives" if intervene else "hand back to the policy")
+        self.sender.teleop(intervene, np.asarray(action, np.float32))
+
+    def _button(self, name: str) -> None:
+        self.get_logger().info(f"button {name}")
+        self.sender.button(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(TeleopNode, "teleop", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
