@@ -247,3 +247,106 @@ def test_no_hostile_sequence_gets_a_target_past_any_limit(kin, seed):
             prev = target
         run(ex, t + 500 * MS, t, step_ns=50 * MS)
         t += 500 * MS
+
+
+# ---- operator takeovers (core/intervention.py's OperatorStream inside the executor) --------------------------------
+def drive(ex, until_ns, start_ns, action=None, intervene=True, step_ns=5 * MS):
+    """Ticks the executor with fresh joint states; while `action` is given the operator streams it every 10 ms."""
+    outs = []
+    for t in range(start_ns, until_ns, step_ns):
+        ex.on_joint_state(HOME, 0.08, t)
+        if action is not None and t % (10 * MS) == 0:
+            ex.on_operator(intervene, np.asarray(action, np.float32), t)
+        outs.append(ex.tick(t))
+    return outs
+
+
+def test_a_takeover_gets_the_next_due_step_chains_from_the_commanded_pose_and_hands_back_at_the_next_chunk(kin):
+    ex = make(kin)
+    policy = np.full((8, 5), 0.1, np.float32)
+    op = np.array([0.0, 0.4, -0.2, 0.0, 0.5], np.float32)
+    send(ex, 1, 1, policy, 1000 * MS)                                     # steps due 1050, 1100, ..., 1400
+    drive(ex, 1120 * MS, 1000 * MS)                                       # steps 0, 1: the policy's
+    drive(ex, 1300 * MS, 1120 * MS, op)                                   # takeover at 1120: steps 2.. (1150 on)
+    outs = drive(ex, 1460 * MS, 1300 * MS, np.zeros(5), intervene=False)  # hand-back: the rest stays the operator's
+    (r,) = reports(outs)
+    assert r.indices == list(range(8)) and r.sources == [0, 0, 1, 1, 1, 1, 1, 1] and r.ended_by == "complete"
+    np.testing.assert_array_equal(r.actions[:2], policy[:2])
+    np.testing.assert_array_equal(r.actions[2:5], np.tile(op, (3, 1)))    # due 1150, 1200, 1250
+    np.testing.assert_array_equal(r.actions[5:], np.zeros((3, 5)))        # due 1300 on: the operator's last action
+    # Each operator step builds on the previous commanded target: no jump at the takeover.
+    done = [s.target.pose.xyz for s in ex.schedule.active.steps] if ex.schedule.active else None
+    assert done is None
+    t2 = ex.anchor.pose.xyz
+    np.testing.assert_allclose(t2 - kin.fk(HOME).xyz, 2 * 0.1 * SCALE[:3] + 3 * op[:3] * SCALE[:3], atol=1e-9)
+    # The next chunk is the policy's again from its first step, starting from the operator's last target.
+    send(ex, 2, 1, policy, 1460 * MS)
+    assert not ex.schedule.active.planned                                 # the operator still held the arm
+    (r2,) = reports(drive(ex, 1960 * MS, 1460 * MS))
+    assert r2.sources == [0] * 8
+    np.testing.assert_array_equal(r2.actions, policy)
+    np.testing.assert_allclose(ex.anchor.pose.xyz - t2, 8 * 0.1 * SCALE[:3], atol=1e-9)
+
+
+def test_a_chunk_arriving_while_the_operator_drives_never_reaches_the_controller(kin):
+    ex = make(kin, backend="joint_trajectory")
+    op = np.array([0.3, 0.0, 0.0, 0.0, 1.0], np.float32)
+    drive(ex, 1000 * MS, 900 * MS, op)                                    # no chunk yet: nothing runs (no events)
+    out = send(ex, 1, 1, np.full((8, 5), -0.5, np.float32), 1000 * MS)
+    assert not [c for c in out.commands if isinstance(c, TrajectoryCommand)]
+    outs = drive(ex, 1460 * MS, 1000 * MS, op)
+    trajectories = [c for o in outs for c in o.commands if isinstance(c, TrajectoryCommand)]
+    assert len(trajectories) == 8 and all(len(t.times_ns) == 1 for t in trajectories)   # one step per plan
+    (r,) = reports(outs)
+    assert r.sources == [1] * 8
+    np.testing.assert_array_equal(r.actions, np.tile(op, (8, 1)))
+    np.testing.assert_allclose(ex.anchor.pose.xyz - kin.fk(HOME).xyz, 8 * 0.3 * SCALE[:3] * [1, 0, 0], atol=1e-9)
+
+
+def test_operator_steps_pass_the_safety_layer(kin):
+    ex = make(kin)
+    with pytest.raises(ValueError, match="finite"):
+        ex.on_operator(True, np.array([np.nan, 0, 0, 0, 0], np.float32), 0)
+    with pytest.raises(ValueError, match="5 numbers"):
+        ex.on_operator(True, np.zeros(3, np.float32), 0)
+    low_z = 0.012
+    for k in range(8):                                                   # pushing down, far too fast, for 64 steps
+        send(ex, k, 1, np.zeros((8, 5), np.float32), (1000 + 500 * k) * MS)
+        outs = drive(ex, (1500 + 500 * k) * MS, (1000 + 500 * k) * MS, [0.0, 0.0, -9.0, 0.0, 0.0])
+        for r in reports(outs):
+            assert set(r.sources) == {1} and (r.actions[:, 2] >= -1.0).all()    # clipped to action.low
+    assert ex.anchor.pose.xyz[2] >= low_z - 1e-9 and ex.limit_log.counts.get("workspace.low[z]", 0) > 0
+
+
+def test_a_lost_operator_stream_holds_ends_the_chunk_and_refuses_chunks_until_the_next_episode(kin):
+    ex = make(kin)
+    send(ex, 1, 1, np.zeros((8, 5), np.float32), 1000 * MS)
+    drive(ex, 1120 * MS, 1000 * MS, np.full(5, 0.2))                    # takes over at 1050; last command at 1110
+    outs = drive(ex, 1460 * MS, 1120 * MS)                              # stale after 1360: step 7 (1400) has nobody
+    (r,) = reports(outs)
+    assert r.ended_by == "teleop_lost" and r.truncated and r.indices == list(range(7)) and r.sources == [1] * 7
+    assert ex.backend.motion.holding is not None                        # held where it is measured
+    with pytest.raises(ChunkRefused, match="lost"):
+        send(ex, 2, 1, np.zeros((8, 5), np.float32), 1500 * MS)
+    send(ex, 3, 2, np.full((8, 5), 0.1, np.float32), 2000 * MS)          # the next episode: the policy's again
+    (r3,) = reports(drive(ex, 2460 * MS, 2000 * MS))
+    assert r3.sources == [0] * 8 and r3.ended_by == "complete"
+
+
+def test_between_episodes_the_operator_drives_the_arm_and_nothing_is_reported(kin):
+    ex = make(kin)
+    ex.on_episode(1, True, 900 * MS)
+    send(ex, 1, 1, np.zeros((8, 5), np.float32), 1000 * MS)
+    drive(ex, 1460 * MS, 1000 * MS)
+    before = ex.anchor.pose.xyz.copy()
+    drive(ex, 1700 * MS, 1460 * MS, [0.5, 0.0, 0.0, 0.0, 0.0])          # mid-episode, no chunk running: nothing
+    np.testing.assert_array_equal(ex.anchor.pose.xyz, before)
+    ex.on_episode(1, False, 1700 * MS)                                 # the episode ends: holds, anchor measured
+    outs = drive(ex, 2200 * MS, 1700 * MS, [0.5, 0.0, 0.0, 0.0, 0.0])
+    assert not reports(outs)
+    moved = ex.anchor.pose.xyz - kin.fk(HOME).xyz
+    np.testing.assert_allclose(moved, [10 * 0.5 * SCALE[0], 0, 0], atol=1e-9)   # one step per 50 ms period
+    ex.on_episode(2, True, 2200 * MS)                                  # still intervening: the first step is theirs
+    send(ex, 2, 2, np.zeros((8, 5), np.float32), 2200 * MS)
+    (r,) = reports(drive(ex, 2710 * MS, 2200 * MS, [0.0, 0.5, 0.0, 0.0, 0.0]))
+    assert r.sources == [1] * 8

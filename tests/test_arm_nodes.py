@@ -308,3 +308,53 @@ def test_watchdog_holds_when_joint_states_stop_and_when_chunks_stop(tmp_path):
     finally:
         probe.close()
         nodes.stop()
+
+
+# ---- an operator takes over a real arm's chunk ----------------------------------------------------------------------
+def test_an_operator_takeover_drives_the_arm_through_the_executor_and_a_lost_stream_holds_it(tmp_path):
+    from std_msgs.msg import Float64MultiArray
+
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.operator_io import OperatorSender
+
+    config = write_config(tmp_path)                                       # forward_position at 100 Hz, 20 Hz steps
+    nodes = Nodes(tmp_path, config, ["sim_hardware", "chunk_executor"])
+    probe = ArmProbe(Float64MultiArray, "/forward_position_controller/commands")
+    try:
+        probe.executor_ready()
+        sender = OperatorSender(probe.node, load_or_create_run_key(tmp_path / "run"), "test-operator")
+        stranger = OperatorSender(probe.node, load_or_create_run_key(tmp_path / "other_run"), "stranger")
+        probe.wait(lambda: sender.teleop_pub.get_subscription_count() > 0, 10, "the executor's teleop subscription")
+        # Another run's takeover changes nothing: the chunk of zeros runs as the policy's, the arm stays.
+        seq = probe.send(chunk([0, 0, 0, 0, 0], steps=8))
+        for _ in range(20):
+            stranger.teleop(True, np.array([0, 0, 1.0, 0, 0], np.float32))
+            probe.spin(0.02)
+        probe.wait(lambda: probe.result(seq) is not None, 5, "the first chunk's result")
+        assert len(probe.result(seq).executed_sources) == 0 and probe.result(seq).ended_by == "complete"
+        # This run's operator takes over a 20-step chunk of zeros (1 s), pushes up for 0.3 s, then falls silent.
+        start = time.time_ns()
+        seq = probe.send(chunk([0, 0, 0, 0, 0], steps=20))
+        for _ in range(15):
+            sender.teleop(True, np.array([0, 0, 0.8, 0, 0], np.float32))
+            probe.spin(0.02)
+        probe.wait(lambda: probe.result(seq) is not None, 5, "the taken-over chunk's result")
+        r = probe.result(seq)
+        sources = list(r.executed_sources)
+        actions = np.frombuffer(r.executed_actions, np.float32).reshape(-1, 5)
+        assert r.ended_by == "teleop_lost" and r.truncated and 1 in sources and r.steps_executed < 20, (r, sources)
+        assert all(actions[k, 2] > 0.5 for k, s in enumerate(sources) if s == 1)
+        assert all(not actions[k].any() for k, s in enumerate(sources) if s == 0)
+        moved = np.abs(probe.positions(start)[-1] - probe.positions(start)[0]).max()
+        assert moved > 0.02, moved                                        # a chunk of zeros alone: no motion
+        assert "operator stream lost" in nodes.log("chunk_executor")
+        # Holding: the same episode's next chunk is refused; the next episode runs.
+        refused = probe.send(chunk([0, 0, 1.0, 0, 0], steps=8))
+        probe.spin(1.0)
+        assert probe.result(refused) is None and "was lost during a takeover" in nodes.log("chunk_executor")
+        seq = probe.send(chunk([0, 0, 0, 0, 0], steps=8), episode=2)
+        probe.wait(lambda: probe.result(seq) is not None, 5, "the next episode's chunk")
+        assert probe.result(seq).ended_by == "complete" and len(probe.result(seq).executed_sources) == 0
+    finally:
+        probe.close()
+        nodes.stop()

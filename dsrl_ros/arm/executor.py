@@ -13,6 +13,15 @@ units; untouched steps report the chunk's own action, bit for bit.
 
 The anchor (the commanded target chunks build on) starts from the measured joints at an episode's first chunk and
 after every hold (e-stop, watchdog, episode end): the arm is then where it is measured.
+
+Operator takeovers (`on_operator`; who commands each step is `core/intervention.py`'s `OperatorStream`, as in
+sim_robot): from the first step due after a takeover, the running chunk's steps are the operator's actions, each
+through the same safety layer and chained from the last commanded target (no jump at takeover or hand-back); a
+hand-back takes effect at the next chunk's first step. A chunk that arrives while the operator drives is not handed
+to the controller unless the operator has handed back by its first step. Reports list each step's source. If the
+operator's stream goes stale mid-takeover the arm holds, the chunk ends `teleop_lost` (truncated) and chunks are
+refused until the next episode. Between episodes (episode events seen, none running) a fresh intervening stream
+drives the arm on the action grid and nothing is reported: an operator's reset.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from dsrl_ros.arm.safety import (EStop, Hit, LimitLog, SafetyLimits, Watchdog, c
                                  clamp_rotation_step)
 from dsrl_ros.arm.schedule import (END_COMPLETE, END_EPISODE, END_ESTOP, END_SUCCESS, END_WATCHDOG, ChunkSchedule,
                                    ScheduledChunk)
+from dsrl_ros.core.intervention import END_TELEOP_LOST, LOST, OPERATOR, POLICY, OperatorStream
 
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
 POSE_TOLERANCE_M, POSE_TOLERANCE_RAD = 1e-3, 1e-3    # slack for a clamped step's pose against the Cartesian limits
@@ -51,6 +61,7 @@ class ExecutorSettings:
     chunk_timeout_ns: int
     grip_action: tuple[float, float] = (0.0, 1.0)   # action values meaning open, closed
     grip_width: tuple[float, float] = (0.08, 0.0)   # gripper opening (m) when open, closed
+    operator_max_age_ns: int = 250_000_000          # an operator stream older than this is lost (teleop.max_age_s)
 
     def __post_init__(self):
         if self.action_space not in ACTION_SPACES:
@@ -80,6 +91,7 @@ class ChunkReport:
     end_ns: int
     success: bool = False
     truncated: bool = False
+    sources: list[int] = field(default_factory=list)   # per executed step: POLICY or OPERATOR
 
 
 @dataclass
@@ -113,6 +125,8 @@ class ChunkExecutor:
         self.episode_steps = 0
         self.success_episode = -1             # episode whose success came in between chunks
         self.hold_reason = ""                 # why the watchdog holds ("" when it does not)
+        self.operator = OperatorStream(settings.operator_max_age_ns, settings.action_low, settings.action_high)
+        self.free_drive_due_ns = -1           # between episodes: when the operator's next step is due
         self._ix = {n: settings.index(n) for n in ("dx", "dy", "dz", "dyaw", "grip")}
 
     # ---- inputs --------------------------------------------------------------------------------------------
@@ -127,11 +141,18 @@ class ChunkExecutor:
         """A gripper opening published on its own (drivers that publish the gripper separately)."""
         self.measured_grip = grip
 
+    def on_operator(self, intervene: bool, action, now_ns: int) -> None:
+        """A verified operator command (the node checks signature, freshness and order); ValueError if the action
+        is not finite or of the wrong size."""
+        self.operator.on_command(intervene, action, now_ns)
+
     def on_episode(self, episode: int, running: bool, now_ns: int) -> Output:
         out = Output()
         self.events_seen = True
         if running:
             if episode > self.ended_episode:
+                if episode != self.running_episode:
+                    self.operator.new_episode()
                 self.running, self.running_episode = True, episode
                 self.watchdog.on_chunk(now_ns)        # the chunk timeout counts from the start
             return out
@@ -171,6 +192,11 @@ class ChunkExecutor:
             out.add(self._stop(END_EPISODE, now_ns, hold_if_idle=False))
             self.episode, self.episode_steps, self.anchor = episode, 0, None
             self.limit_log.new_episode()
+            if not self.events_seen:
+                self.operator.new_episode()
+        if self.operator.lost:
+            raise ChunkRefused(f"chunk {seq}: the operator's stream was lost during a takeover in episode "
+                               f"{episode}: holding until the next episode")
         out.add(self.tick(now_ns))
         budget = self.s.max_episode_steps - self.episode_steps
         if self.success_episode == episode or budget <= 0:   # success came between chunks / no steps left
@@ -189,7 +215,9 @@ class ChunkExecutor:
         if chunk.dropped_late:
             out.logs.append(f"chunk {seq}: {chunk.dropped_late} late steps dropped (due before it arrived; "
                             f"{self.schedule.late_total} so far)")
-        if targets:
+        if targets and self.operator.wants_arm(now_ns):
+            chunk.planned = False                      # the operator drives: the policy's plan waits (_operator_tick)
+        elif targets:
             out.commands += self.backend.run(start, targets)
         else:
             out.reports.append(self._report(chunk))
@@ -221,6 +249,7 @@ class ChunkExecutor:
                 out.logs.append(f"watchdog: {why}: holding position")
             elif not why and self.hold_reason and not self.watchdog.joint_states_stale(now_ns):
                 self.hold_reason = ""
+        out.add(self._operator_tick(now_ns))
         self._advance(now_ns)
         finished = self.schedule.take_finished(now_ns)
         if finished is not None:
@@ -228,20 +257,68 @@ class ChunkExecutor:
         out.commands += self.backend.tick(now_ns)
         return out
 
+    # ---- operator steps ------------------------------------------------------------------------------------
+    def _operator_tick(self, now_ns: int) -> Output:
+        """Decides who commands each step of the running chunk that is due now (before `_advance` runs it)."""
+        chunk, out = self.schedule.active, Output()
+        if chunk is None:
+            return self._free_drive(now_ns) if self.events_seen and not self.running else out
+        prev, dt = self.anchor, self.s.period_ns / 1e9
+        for step in chunk.pending:
+            if step.due_ns > now_ns:
+                break
+            who = self.operator.next_step(now_ns, at_decision_start=step is chunk.steps[0])
+            if who.source == LOST:
+                out.add(self._stop(END_TELEOP_LOST, now_ns, ran_until_ns=step.due_ns - 1))   # this step never ran
+                out.logs.append(f"operator stream lost during a takeover (episode {chunk.episode}, chunk "
+                                f"{chunk.seq}): holding; chunks refused until the next episode")
+                return out
+            if prev is None:
+                prev = self._anchor(now_ns)
+            if who.source == POLICY:
+                if not chunk.planned:                  # handed back at the chunk's first step: its plan runs now
+                    chunk.planned = True
+                    out.commands += self.backend.run(prev, [st.target for st in chunk.pending])
+            else:
+                hits: list[Hit] = []
+                target = self._step_target(who.action, prev, step.due_ns, dt, hits)
+                step.action, step.target, step.source, step.limited = who.action, target, OPERATOR, bool(hits)
+                step.executed = who.action.copy() if not hits else self._as_action(who.action, prev, target)
+                out.commands += self.backend.run(prev, [target])
+                out.logs += self.limit_log.report(hits)
+            prev = step.target
+        return out
+
+    def _free_drive(self, now_ns: int) -> Output:
+        """Between episodes: a fresh intervening operator stream moves the arm one step per action period."""
+        op = self.operator
+        if (not (op.intervene and op.fresh(now_ns)) or now_ns < self.free_drive_due_ns or self.estop_latch.engaged
+                or self.hold_reason or self.measured_q is None or self.watchdog.joint_states_stale(now_ns)):
+            return Output()
+        due = self.schedule.grid_ceil(now_ns)
+        self.free_drive_due_ns = due + self.s.period_ns
+        prev, hits = self._anchor(now_ns), []
+        self.anchor = self._step_target(op.action, prev, due, self.s.period_ns / 1e9, hits)
+        return Output(commands=self.backend.run(prev, [self.anchor]), logs=self.limit_log.report(hits))
+
     # ---- internals -----------------------------------------------------------------------------------------
     def _advance(self, now_ns: int) -> None:
         for step in self.schedule.advance(now_ns):
             self.anchor = step.target
             self.episode_steps += 1
 
-    def _stop(self, reason: str, now_ns: int, success: bool = False, hold_if_idle: bool = True) -> Output:
-        """Ends the running chunk (if any) and holds where the arm is measured."""
+    def _stop(self, reason: str, now_ns: int, success: bool = False, hold_if_idle: bool = True,
+              ran_until_ns: int | None = None) -> Output:
+        """Ends the running chunk (if any; its steps due by ran_until_ns, default now, count as executed) and holds
+        where the arm is measured."""
         out = Output()
-        self._advance(now_ns)
-        stopped = self.schedule.stop(reason, now_ns)
+        ran_until_ns = now_ns if ran_until_ns is None else ran_until_ns
+        self._advance(ran_until_ns)
+        stopped = self.schedule.stop(reason, ran_until_ns)
         if stopped is None and not hold_if_idle:
             return out
         if stopped is not None:
+            stopped.end_ns = now_ns
             out.reports.append(self._report(stopped, success=success))
         measured = self._measured_target(now_ns)
         if measured is not None:
@@ -359,7 +436,8 @@ class ChunkExecutor:
         return ChunkReport(chunk.seq, chunk.episode, [st.index for st in done], [st.due_ns for st in done], actions,
                            chunk.dropped_late, sum(st.limited for st in done),
                            chunk.ended_by, chunk.end_ns, success or chunk.ended_by == END_SUCCESS,
-                           self.episode_steps >= self.s.max_episode_steps)
+                           self.episode_steps >= self.s.max_episode_steps or chunk.ended_by == END_TELEOP_LOST,
+                           [st.source for st in done])
 
 
 def build_executor(config, urdf: str) -> ChunkExecutor:
@@ -377,6 +455,7 @@ def build_executor(config, urdf: str) -> ChunkExecutor:
         c.action.space, tuple(c.action.names), np.array(c.action.low, np.float32), np.array(c.action.high, np.float32),
         np.array(e.action_scale or [1.0] * len(c.action.names)), period_ns, round(e.latency_margin_s * 1e9),
         c.control.max_episode_steps, limits, round(e.joint_state_timeout_s * 1e9), round(e.chunk_timeout_s * 1e9),
-        (e.grip_open_action, e.grip_closed_action), (e.gripper_open_width, e.gripper_closed_width))
+        (e.grip_open_action, e.grip_closed_action), (e.gripper_open_width, e.gripper_closed_width),
+        round(c.teleop.max_age_s * 1e9))
     backend = make_backend(e.backend, list(c.joints.names), period_ns, e.gripper_mode, e.gripper_joint)
     return ChunkExecutor(settings, backend, ArmKinematics(urdf, list(c.joints.names), e.tip_frame))

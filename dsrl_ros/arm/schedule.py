@@ -29,6 +29,7 @@ class Step:
     executed: np.ndarray | None = None   # as the executor commanded it (after the safety layer), (D,)
     target: object = None         # the executor's target for it (backends.Target)
     limited: bool = False         # the safety layer changed it
+    source: int = 0               # who commanded it: 0 the policy, 1 the operator (core/intervention.py)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ScheduledChunk:
     done_steps: int = 0           # steps whose due time has come (executed)
     ended_by: str = ""            # set when it stops: END_*
     end_ns: int | None = None
+    planned: bool = True          # its policy steps were handed to the backend (False: held for the operator)
 
     @property
     def executed(self) -> list[Step]:

@@ -108,5 +108,7 @@ def chunk_result_msg(report):
                       executed_stamps=[ns_stamp(t) for t in report.stamps_ns],
                       executed_actions=float32_field(report.actions.ravel()),
                       steps_late=report.dropped_late, steps_limited=report.limited_steps, ended_by=report.ended_by)
+    if any(source != 0 for source in report.sources):     # an operator step: say who commanded each
+        msg.executed_sources = array.array("B", report.sources)
     msg.header.stamp = ns_stamp(report.end_ns)
     return msg

@@ -8,6 +8,10 @@ the joint states and, if set, executor.success_topic (std_msgs/Bool).
 Publishes the backend's controller commands (executor.command_topic; gripper on executor.gripper_topic in topic
 mode) and /dsrl/chunk_result with the actions actually executed and when.
 
+Operator takeovers: signed TeleopCommands on /dsrl/teleop_command (this run's, fresh, in order; the teleop node's
+stream) reach the executor core, which gives the operator the arm from the next due step, through the same safety
+layer, and drives it between episodes for an operator's reset (dsrl_ros/arm/executor.py).
+
 E-stop: service /dsrl/estop (std_srvs/SetBool: true engages, false is the explicit reset) and topic
 /dsrl/estop_request (std_msgs/Bool: true engages). Engaging halts at once (the hold command is published in the
 request's own callback, not at the next tick), ends the running chunk, aborts the running episode
@@ -32,15 +36,16 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent
+from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent, TeleopCommand
 from dsrl_ros.arm.backends import GripperCommand, PoseCommand, PositionCommand, TrajectoryCommand, TwistCommand
 from dsrl_ros.arm.executor import ChunkRefused, Output, build_executor
 from dsrl_ros.config import uses_executor
-from dsrl_ros.core.run_identity import load_or_create_run_key
+from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes import arm_io
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, check_signed, guarded, qos,
-                                   run_node, stamp_ns)
+from dsrl_ros.nodes.operator_io import accept, action_array
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, TELEOP_COMMAND, check_signed,
+                                   guarded, qos, run_node, stamp_ns)
 
 COMMAND_TYPES = {"joint_trajectory": JointTrajectory, "forward_position": Float64MultiArray,
                  "cartesian_pose": PoseStamped, "cartesian_twist": TwistStamped}
@@ -56,6 +61,7 @@ class ChunkExecutorNode(ConfiguredNode):
                              f"this config has robot.kind {c.robot.kind!r}, sim_interface {c.robot.sim_interface!r}")
         e = c.executor
         self.key = load_or_create_run_key(c.learner.run_dir)
+        self.teleop_gate = CommandGate(int(c.teleop.command_max_age_s * 1e9))
         self.lock = threading.RLock()
         self.core = None                                   # built when the URDF arrives
         self.estop_before_core = ""                        # an e-stop that came before it: engaged on arrival
@@ -113,6 +119,7 @@ class ChunkExecutorNode(ConfiguredNode):
         # chunk reaches an executor that could not run it.
         self.sub(ActionChunk, ACTION_CHUNK, self._on_chunk, "decision", "decision")
         self.sub(EpisodeEvent, EPISODE, self._on_episode, "event", "decision")
+        self.sub(TeleopCommand, TELEOP_COMMAND, self._on_teleop, "teleop", "decision")
         self.get_logger().info(f"kinematics from {self.config.executor.robot_description_topic} "
                                f"(tip {self.config.executor.tip_frame}): ready")
 
@@ -150,6 +157,11 @@ class ChunkExecutorNode(ConfiguredNode):
             return
         with self.lock:
             self._emit(self.core.on_episode(msg.episode, msg.state == EpisodeEvent.STATE_RUNNING, time.time_ns()))
+
+    def _on_teleop(self, msg: TeleopCommand) -> None:
+        accept(msg, self.key, self.teleop_gate)
+        with self.lock:
+            self.core.on_operator(msg.intervene, action_array(msg), time.time_ns())
 
     def _on_success(self, msg: Bool) -> None:
         if msg.data and self.core is not None:

@@ -84,9 +84,6 @@ class TeleopNode(ConfiguredNode):
             threading.Thread(target=self._read_keys, daemon=True).start()
             self.create_timer(1.0 / t.rate_hz, self._stream)
         self.get_logger().info(f"teleop device {self.device}")
-        if not (c.robot.kind == "sim" and c.robot.sim_interface == "direct"):
-            self.get_logger().warning("the chunk executor does not take operator steps yet: takeovers change nothing "
-                                      "on this robot; the buttons (start, labels, abort, re-record) work")
 
     # ---- scripted operator ---------------------------------------------------------------------------------------
     def _on_state(self, msg: Float64MultiArray) -> None:
