@@ -215,3 +215,12 @@ def test_train_steer_offline_learns_from_a_converted_bag_alone(mcap_bag, tmp_pat
     assert main(["train-steer", "--offline", str(tmp_path / "demos.zarr"), "--out", str(tmp_path / "sac"),
                  "--algo", "sac", *torch_threads]) == 2
     assert "has no transition with a known noise w" in capsys.readouterr().err
+    # Offline-to-online headless, as the learner node does it: the converted store mixed into every batch.
+    online = ["train-steer", "--out", str(tmp_path / "o2o"), "--episodes", "2", "--warmup-episodes", "1", "--utd",
+              "1", "--eval-episodes", "0", "--json", *torch_threads]
+    assert main([*online, "--set", f"learner.prior_replay={tmp_path / 'demos.zarr'}"]) == 0
+    out = capsys.readouterr().out
+    assert "prior replay" in out and json.loads(out.strip().splitlines()[-1])["prior_transitions"] == 12
+    assert main([*online[:2], str(tmp_path / "o2o_bad"), *online[3:], "--set",
+                 f"learner.prior_replay={tmp_path / 'nope.zarr'}"]) == 2
+    assert "learner.prior_replay: " in capsys.readouterr().err

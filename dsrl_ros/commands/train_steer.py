@@ -6,7 +6,9 @@ recipe and `dsrl-ros up` train the same agent with the same engine (`core/learne
 directory: replay.zarr/, checkpoint -> ckpt_*/ (resume), actor/ (the final actor), episodes.jsonl; plus
 evaluations.jsonl (deterministic actor on held-out seeds, every --eval-every episodes), tb/ and
 learning_curve.png. Warm-up episodes run the base policy with w ~ N(0, I); then the actor picks w per chunk, and
-after each episode the engine runs the updates it owes (learner.utd per executed chunk).
+after each episode the engine runs the updates it owes (learner.utd per executed chunk). Offline-to-online, as
+the learner node: `--set learner.prior_replay=REPLAY.zarr` (dsrl-ros bag2zarr output) mixes that store into every
+batch at learner.prior_fraction.
 """
 
 from __future__ import annotations
@@ -90,6 +92,14 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(policy_dir)
     steering = PolicySteering(policy, agent)
     learner = Learner(steering, out, log=tqdm.write, checkpoint_every_s=float("inf"))
+    prior = 0
+    if config.learner.prior_replay:             # offline-to-online: the learner node's rule, the same engine
+        try:
+            prior = learner.mix_prior(config.learner.prior_replay, config.learner.prior_fraction)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"learner.prior_replay: {err}") from err
+        print(f"prior replay {config.learner.prior_replay}: {prior} transitions, "
+              f"{config.learner.prior_fraction:.0%} of each batch")
     rollout_rng = np.random.default_rng(args.seed)
     if learner.resumed_from is not None:
         rollout_rng = rng_from_json(learner.resumed_extra["rollout_rng"])
@@ -146,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                         title=f"DSRL-{agent.algo.upper()} ({task})")
     summary = {"algo": agent.algo, "episodes": len(records), "final_window_success": float(np.mean(window)),
                "final_eval_success": evals[-1][1] if evals else None, "updates": learner.num_updates,
-               "actor": str(out / "actor"), "wall_s": round(time.time() - start, 1)}
+               "actor": str(out / "actor"), "wall_s": round(time.time() - start, 1), "prior_transitions": prior}
     print(f"done: {summary}")
     if args.json:
         print(json.dumps(summary))
