@@ -184,7 +184,9 @@ def test_up_with_the_scripted_operator_stores_its_takeovers_exactly_as_executed(
 
 
 def test_a_teleop_node_killed_mid_takeover_holds_the_arm_marks_the_episode_and_loses_nothing(tmp_path, probe):
-    up = Up(tmp_path / "run", "--operator", "scripted", "--episodes", "3", "--json", "--realtime-factor", "1",
+    # The sim at 0.3 x real time: the expert's takeover (~22 steps to a lift) lasts ~3.7 s, so the kill below lands
+    # inside it even on a loaded machine (at 1 x it can finish the episode first).
+    up = Up(tmp_path / "run", "--operator", "scripted", "--episodes", "3", "--json", "--realtime-factor", "0.3",
             "--set", "teleop.scripted_threshold=0.05", "--set", "teleop.scripted_takeover_steps=100000")
     try:
         wait_for(lambda: (up.run_dir / "logs" / "teleop.log").exists()

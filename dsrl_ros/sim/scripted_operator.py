@@ -36,7 +36,12 @@ class SimStateView:
     """What ScriptedExpert reads of an ArmEnv, filled from a state vector."""
 
     def __init__(self, task: str):
+        from dsrl_ros.sim.arm_scene import OBJECT_HALF
+
+        if task not in OBJECT_HALF:
+            raise ValueError(f"robot.sim_task: expected one of {sorted(OBJECT_HALF)}, got {task!r}")
         self.task = task
+        self.object_half = np.array(OBJECT_HALF[task])   # the expert grasps a block across its narrow side
         self.vector = np.full(STATE_SIZE, np.nan)
 
     def update(self, vector) -> None:
