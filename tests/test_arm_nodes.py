@@ -347,11 +347,12 @@ def test_an_operator_takeover_drives_the_arm_through_the_executor_and_a_lost_str
         assert all(not actions[k].any() for k, s in enumerate(sources) if s == 0)
         moved = np.abs(probe.positions(start)[-1] - probe.positions(start)[0]).max()
         assert moved > 0.02, moved                                        # a chunk of zeros alone: no motion
-        assert "operator stream lost" in nodes.log("chunk_executor")
+        probe.wait(lambda: "operator stream lost" in nodes.log("chunk_executor"), 5, "the executor's log line")
         # Holding: the same episode's next chunk is refused; the next episode runs.
         refused = probe.send(chunk([0, 0, 1.0, 0, 0], steps=8))
-        probe.spin(1.0)
-        assert probe.result(refused) is None and "was lost during a takeover" in nodes.log("chunk_executor")
+        probe.wait(lambda: "was lost during a takeover" in nodes.log("chunk_executor"), 5, "the refusal's log line")
+        probe.spin(0.5)
+        assert probe.result(refused) is None
         seq = probe.send(chunk([0, 0, 0, 0, 0], steps=8), episode=2)
         probe.wait(lambda: probe.result(seq) is not None, 5, "the next episode's chunk")
         assert probe.result(seq).ended_by == "complete" and len(probe.result(seq).executed_sources) == 0

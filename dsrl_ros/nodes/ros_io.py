@@ -273,7 +273,8 @@ def run_node(node_class: Callable[[], object], name: str, argv: list[str] | None
             try:
                 node.close()
             except OSError as err:                       # e.g. the final checkpoint on a full disk
-                print(f"{name}: error: while closing: {err}", file=sys.stderr, flush=True)
+                full = "disk full: " if err.errno == errno.ENOSPC else ""   # the supervisor reports the last line
+                print(f"{name}: error: while closing: {full}{err}", file=sys.stderr, flush=True)
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
