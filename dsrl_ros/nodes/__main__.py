@@ -2,12 +2,15 @@
 runs; `ros2 run dsrl_ros <name>` runs the same `main`).
 
 Importing a node takes seconds (torch, rclpy, MuJoCo). A stop (SIGINT) that arrives during the import is a clean
-stop of a node that had not started yet: exit 0, not a KeyboardInterrupt traceback that reads as a crash.
+stop of a node that had not started yet: exit 0, not a KeyboardInterrupt traceback that reads as a crash. The
+signal is only noted while importing: a KeyboardInterrupt raised inside an extension module's initialisation
+(numpy's) can leave it half-initialised and fail later with an unrelated error.
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 
@@ -16,9 +19,13 @@ def main() -> int:
         print("usage: python -m dsrl_ros.nodes <node name> [--ros-args ...]", file=sys.stderr)
         return 2
     name, argv = sys.argv[1], [sys.argv[0], *sys.argv[2:]]
+    stop_requested = []
+    previous = signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))
     try:
         module = importlib.import_module(f"dsrl_ros.nodes.{name}")
-    except KeyboardInterrupt:
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop_requested:
         return 0
     return module.main(argv)
 
