@@ -51,3 +51,21 @@ def robot_obs(batch: int, seed: int = 0, config: PolicyConfig = TINY) -> dict[st
 def noise(batch: int, seed: int = 1, config: PolicyConfig = TINY) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     return torch.as_tensor(rng.standard_normal((batch, config.chunk_len, config.action_dim)).astype(np.float32))
+
+
+def batches_drawn_by(learner, updates: int, timeout_s: float = 60.0) -> list[dict]:
+    """Starts `learner` (core/learner.Learner) until it has run `updates` updates (or failed, or timed out) and
+    stops it; returns every batch its sampler drew meanwhile, in order."""
+    import time
+
+    drawn = []
+    original = learner.sampler.sample
+    learner.sampler.sample = lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1]
+    learner.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while learner.num_updates < updates and learner.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        learner.stop()
+    return drawn

@@ -6,7 +6,6 @@ mappings, and the episode cycle's end on a lost teleop stream."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.steering import PolicySteering
 from dsrl_ros.core.teleop_input import JoyMapper, KeyMapper
+from policy_helpers import batches_drawn_by
 
 MS = 1_000_000
 LOW, HIGH = [-0.5, -0.5, -0.5, -1.0, -1.0], [0.5, 0.5, 0.5, 1.0, 1.0]
@@ -149,18 +149,9 @@ def batches_drawn(tmp_path, **agent) -> list[dict]:
     torch.manual_seed(0)
     config = AgentConfig(hidden_dim=16, num_layers=2, batch_size=20, warmup_episodes=1, utd=1.0, **agent)
     learner = Learner(PolicySteering(DiffusionPolicy(TINY).eval(), config), tmp_path, log=lambda s: None)
-    drawn = []
-    original = learner.sampler.sample
-    learner.sampler.sample = lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1]
     learner.add_episode(mixed_episode(), {})
     learner.add_episode(mixed_episode(), {})            # 10 transitions x utd 1 = 10 updates owed
-    learner.start()
-    try:
-        deadline = time.monotonic() + 60
-        while learner.num_updates < 10 and learner.error is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        learner.stop()
+    drawn = batches_drawn_by(learner, 10)
     assert learner.error is None and len(drawn) == 10
     return drawn
 

@@ -3,7 +3,6 @@ learner engine drawing from the mix, and `train-steer --offline` learning from a
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.ram_episodes import RamEpisodes
 from dsrl_ros.core.replay_mix import MixedReplay, open_prior_replay
 from dsrl_ros.core.steering import PolicySteering
+from policy_helpers import batches_drawn_by
 
 SCHEMA = chunk_schema((8, 8, 3), 3, 4)
 
@@ -105,16 +105,7 @@ def test_the_learner_engine_trains_on_the_mix_once_a_prior_is_attached(tmp_path)
     assert learner.mix_prior(prior_path, 0.25) == 15
     learner.add_episode(episode(ONLINE, SOURCE_BASE), {})       # the warm-up episode: earns no updates
     learner.add_episode(episode(ONLINE, SOURCE_BASE), {})       # 5 transitions x utd 2 = 10 updates owed
-    drawn = []
-    original = learner.sampler.sample
-    learner.sampler.sample = lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1]
-    learner.start()
-    try:
-        deadline = time.monotonic() + 60
-        while learner.num_updates < 10 and learner.error is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        learner.stop()
+    drawn = batches_drawn_by(learner, 10)
     assert learner.error is None and learner.num_updates == 10          # owed by online data only
     assert len(drawn) == 10
     assert all(int((b["reward"] == PRIOR).sum()) == 5 for b in drawn)   # 25 % of each batch of 20
