@@ -37,6 +37,23 @@ def die_with_supervisor() -> None:
         os._exit(1)
 
 
+_stop_requests: list[int] = []
+
+
+def note_stop_requests() -> None:
+    """SIGINT (Ctrl-C, the supervisor's stop) is noted, never raised as KeyboardInterrupt, for the whole life of a
+    node process. Raised, it lands wherever the main thread is, often inside an extension module: numpy left
+    half-initialised, or CPython's "unhandled KeyboardInterrupt" flag set by code run through PyRun_String even
+    though the node caught the exception, so a clean stop exited killed-by-SIGINT. rclpy chains its own handler
+    to this one, so a stop during spin still shuts the context down (rclpy.spin ends with
+    ExternalShutdownException); a stop before spin is read with `stop_requested()`. Idempotent."""
+    signal.signal(signal.SIGINT, lambda signum, _frame: _stop_requests.append(signum))
+
+
+def stop_requested() -> bool:
+    return bool(_stop_requests)
+
+
 def ros_environment(config=None, base: dict | None = None) -> dict[str, str]:
     """Environment for a node process: DDS on localhost unless the config says otherwise, large-data transport
     for images, one torch/BLAS thread per process (several nodes share the cores). Values already set win.

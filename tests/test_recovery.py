@@ -323,3 +323,36 @@ def test_a_node_stopped_while_it_imports_exits_cleanly(tmp_path):
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in output, output
+
+
+# A node whose stop lands while it is being built, or while it spins. Its construction runs Python code through
+# PyRun_String (as extension modules do): a KeyboardInterrupt raised in there set CPython's "unhandled
+# KeyboardInterrupt" flag even though the node caught it, and the clean stop exited killed-by-SIGINT (-2).
+_STOPPED_NODE = textwrap.dedent("""
+    import ctypes, os, signal, sys
+    from rclpy.node import Node
+    from dsrl_ros.nodes.ros_io import run_node
+
+    class StoppedNode(Node):
+        def __init__(self):
+            super().__init__("stopped_node")
+            if sys.argv[1] == "building":
+                ctypes.pythonapi.PyRun_SimpleString(b"import os, signal; os.kill(os.getpid(), signal.SIGINT); "
+                                                    b"total = sum(i * i for i in range(2_000_000))")
+            else:
+                self.create_timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+
+        def close(self):
+            print("closed", flush=True)
+
+    raise SystemExit(run_node(StoppedNode, "stopped_node", sys.argv[:1]))
+""")
+
+
+@pytest.mark.parametrize("when", ["building", "spinning"])
+def test_a_node_stopped_while_it_is_built_or_spins_exits_cleanly_and_closes(tmp_path, when):
+    env = os.environ | {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    done = subprocess.run([sys.executable, "-c", _STOPPED_NODE, when], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    assert done.stdout.strip() == "closed" and "KeyboardInterrupt" not in done.stderr, (done.stdout, done.stderr)

@@ -20,7 +20,8 @@ import numpy as np
 from dsrl_ros.core.run_identity import (ACTOR_WEIGHTS_KIND, EPISODE_EVENT_KIND, OPERATOR_COMMAND_KIND,
                                         TELEOP_COMMAND_KIND, RunKey, actor_weights_fields, episode_event_fields,
                                         operator_command_fields, teleop_command_fields)
-from dsrl_ros.ros_env import CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT, die_with_supervisor, ros_environment
+from dsrl_ros.ros_env import (CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT, die_with_supervisor, note_stop_requests,
+                              ros_environment, stop_requested)
 
 # Topics of the graph (docs/architecture.md lists types and QoS).
 OBSERVATION = "/dsrl/observation"
@@ -233,9 +234,12 @@ def check_signed(msg, key: RunKey) -> None:
 
 # ---- process entry ----------------------------------------------------------------------------------------------
 def run_node(node_class: Callable[[], object], name: str, argv: list[str] | None = None) -> int:
-    """Common `main`: DDS environment, rclpy init, spin until Ctrl-C / SIGTERM, clean shutdown.
-    A bad config, checkpoint or corrupt file at start: one line on stderr, exit CONFIG_ERROR_EXIT; the disk full
-    at any time: one line, exit RESOURCE_ERROR_EXIT. The supervisor restarts neither (ros_env.py)."""
+    """Common `main`: DDS environment, rclpy init, spin until Ctrl-C / SIGINT, clean shutdown, exit 0.
+    A stop is noted, never raised (`ros_env.note_stop_requests`): one during start-up skips the spin, one during
+    spin ends it through rclpy's context shutdown. A bad config, checkpoint or corrupt file at start: one line on
+    stderr, exit CONFIG_ERROR_EXIT; the disk full at any time: one line, exit RESOURCE_ERROR_EXIT. The supervisor
+    restarts neither (ros_env.py)."""
+    note_stop_requests()
     die_with_supervisor()
     for key, value in ros_environment().items():   # before rclpy loads the rmw
         os.environ.setdefault(key, value)
@@ -258,16 +262,18 @@ def run_node(node_class: Callable[[], object], name: str, argv: list[str] | None
                 return fail(CONFIG_ERROR_EXIT, f"ros.security: DDS security could not start ({err}); the pip ROS "
                             "wheels have no Fast DDS security libraries: use an apt ROS 2 install with SROS2, or "
                             "set ros.security: false")
-            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-                return fail(RESOURCE_ERROR_EXIT, f"disk full: {err}")
             raise
-        rclpy.spin(node)                                  # anything raised here is a crash: exit 1, restarted
-    except (KeyboardInterrupt, ExternalShutdownException):
+        if not stop_requested():
+            rclpy.spin(node)                              # anything else raised here is a crash: exit 1, restarted
+    except ExternalShutdownException:
         pass
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return fail(RESOURCE_ERROR_EXIT, f"disk full: {err}")
+        if not stop_requested():
             raise
-        return fail(RESOURCE_ERROR_EXIT, f"disk full: {err}")
+        # a stop shuts the context down under whatever rclpy was doing ("context is not valid" from a node being
+        # built or from the executor's wait): still a clean stop
     finally:
         if node is not None:
             try:
