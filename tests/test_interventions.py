@@ -199,6 +199,68 @@ def test_the_scripted_operator_takes_over_when_the_policy_drifts_and_hands_back_
     assert not first_only.on_chunk(-np.tile(expert, (8, 1)))
 
 
+class _RecordingEnv:
+    """The real sim arm, remembering every action it was stepped with."""
+
+    def __init__(self, env):
+        self.env, self.stepped = env, []
+
+    def reset(self, seed=None):
+        self.stepped.clear()
+        return self.env.reset(seed=seed)
+
+    def step(self, action):
+        self.stepped.append(np.array(action, np.float32))
+        return self.env.step(action)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
+class _DriftOncePolicy:
+    """A base policy whose first chunk moves up, away from the cube (the expert reaches for it), and whose later
+    chunks are what the expert does now (no drift): one takeover, then the policy again."""
+
+    def __init__(self, takeovers, chunk_len: int = 8):
+        self.config, self.calls, self.chunk_len = type("C", (), {"n_obs_steps": 1})(), 0, chunk_len
+        self.takeovers = takeovers
+
+    def act(self, stacked, noise):
+        self.calls += 1
+        step = np.array([0.0, 0.0, 1.0, 0.0, -1.0], np.float32) if self.calls == 1 else self.takeovers.operator.action
+        return np.tile(step, (self.chunk_len, 1)).astype(np.float32)
+
+
+def test_headless_takeovers_follow_the_graphs_rules_and_rows_hold_what_the_arm_executed():
+    from dsrl_ros.core.episode_recorder import episode_rows
+    from dsrl_ros.rollout import run_episode
+    from dsrl_ros.sim import make_env
+    from dsrl_ros.sim.scripted_operator import ScriptedOperator, ScriptedTakeovers
+
+    env = _RecordingEnv(make_env("lift", image_size=16, render=False, max_steps=24))
+    takeovers = ScriptedTakeovers(ScriptedOperator("lift", threshold=0.5, takeover_steps=5), env,
+                                  [-1.0] * 5, [1.0] * 5)
+    policy = _DriftOncePolicy(takeovers)
+    decisions = []
+    result = run_episode(env, policy, lambda _obs: np.ones((8, 5), np.float32), seed=3, operator=takeovers,
+                         on_chunk=lambda *d: decisions.append(type("D", (), dict(zip(
+                             ("obs", "noise", "action", "reward", "success", "executed"), d), source=SOURCE_ACTOR))))
+    # The first chunk drifts: the operator drives its 5 takeover steps and, handed back, the rest of that decision
+    # (3 steps); the policy has the arm from the next decision on.
+    assert decisions[0].executed[1] == [OPERATOR] * 8 and decisions[1].executed is None
+    assert result.operator_steps == 8 and takeovers.operator.takeovers == 1
+    rows = episode_rows(decisions, result.final_obs, result.success, "time_penalty", action_dim=5)
+    executed = np.concatenate([rows["action"][k].reshape(8, 5) for k in range(len(decisions))])[:result.steps]
+    np.testing.assert_array_equal(executed, np.stack(env.stepped))         # the rows hold what the arm did
+    assert not np.allclose(env.stepped[0], [0, 0, 1, 0, -1])                # ... which was not the policy's chunk
+    assert list(rows["source"][:2]) == [SOURCE_EXTERNAL, SOURCE_ACTOR] and rows["intervention"][0] == 0xFF
+    assert not rows["noise"][0].any() and rows["noise"][1].any()
+    patient = ScriptedTakeovers(ScriptedOperator("lift", threshold=10.0), env, [-1.0] * 5, [1.0] * 5)
+    episode_two = run_episode(env, _DriftOncePolicy(patient), lambda _obs: np.ones((8, 5), np.float32), seed=4,
+                              operator=patient)
+    assert episode_two.operator_steps == 0                                 # an operator who never steps in
+
+
 # ---- devices -------------------------------------------------------------------------------------------------------
 NAMES = ["dx", "dy", "dz", "dyaw", "grip"]
 

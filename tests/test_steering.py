@@ -177,3 +177,22 @@ def test_actor_update_leaves_the_encoder_alone():
     agent._update_actor_and_temperature(features)
     for k, v in agent.encoder.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_train_steer_with_the_scripted_operator_stores_its_takeovers_and_reports_them(tiny_policy_dir, tmp_path,
+                                                                                       capsys):
+    from dsrl_ros.core.episode_store import EpisodeStore
+
+    out = tmp_path / "r"
+    assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--out", str(out), "--episodes", "3",
+                     "--warmup-episodes", "1", "--utd", "1", "--batch-size", "8", "--hidden-dim", "32",
+                     "--eval-episodes", "0", "--threads", "1", "--operator", "scripted",
+                     "--set", "teleop.scripted_threshold=0.05", "--set", "teleop.scripted_episodes=2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    data, _ = EpisodeStore.open(out / "replay.zarr").load_all()
+    operator_steps = sum(bin(int(mask)).count("1") for mask in data["intervention"])
+    assert summary["intervention_steps"] == operator_steps == sum(r["operator_steps"] for r in records) > 0
+    assert summary["interventions"] == 2 and records[2]["operator_steps"] == 0     # the first two episodes only
+    rows = data["intervention"] != 0
+    assert (data["source"][rows] == SOURCE_EXTERNAL).all() and not data["noise"][rows].any()

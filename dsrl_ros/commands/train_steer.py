@@ -8,7 +8,9 @@ evaluations.jsonl (deterministic actor on held-out seeds, every --eval-every epi
 learning_curve.png. Warm-up episodes run the base policy with w ~ N(0, I); then the actor picks w per chunk, and
 after each episode the engine runs the updates it owes (learner.utd per executed chunk). Offline-to-online, as
 the learner node: `--set learner.prior_replay=REPLAY.zarr` (dsrl-ros bag2zarr output) mixes that store into every
-batch at learner.prior_fraction.
+batch at learner.prior_fraction. `--operator scripted`: the simulated operator (the config's teleop.scripted_*)
+takes over training episodes as in `dsrl-ros up --operator scripted`; its steps are stored as the graph stores
+them (core/episode_recorder.py: episode_rows) and sampled at learner.intervention_fraction.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -28,7 +31,8 @@ from tqdm import tqdm
 from dsrl_ros.config import load_config
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.checkpoint import load_policy, policy_task, resolve_checkpoint
-from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, ChunkEpisode
+from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE
+from dsrl_ros.core.episode_recorder import episode_rows
 from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.steering import PolicySteering, chunk_reward, rng_from_json, rng_state_json
 from dsrl_ros.plotting import plot_learning_curve
@@ -54,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"= --set learner.{name}=...")
     p.add_argument("--eval-every", type=int, default=10, help="episodes between deterministic evaluations")
     p.add_argument("--eval-episodes", type=int, default=10, help="held-out seeds per evaluation (0: none)")
+    p.add_argument("--operator", choices=("none", "scripted"), default=None,
+                   help="teleop.device: scripted = the simulated operator takes over training episodes")
     p.add_argument("--seed", type=int, default=0, help="= learner.seed; also picks the training env seeds")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--threads", type=int, default=None)
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     overrides += [f"learner.seed={args.seed}", f"learner.run_dir={out}"]
     if args.policy:
         overrides.append(f"policy.checkpoint={args.policy}")
+    if args.operator:
+        overrides.append(f"teleop.device={args.operator}")
     config = load_config(args.config, overrides)
     agent = AgentConfig.of(config.learner)
     if args.offline:
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     env = make_env(task, image_size=policy.config.image_shape[0], max_steps=config.control.max_episode_steps,
                    control_hz=config.control.rate_hz)
     execute = config.control.execute_steps
+    operator = _scripted_takeovers(config, env, task) if config.teleop.device == "scripted" else None
     records = _read_jsonl(out / "episodes.jsonl")
     evaluations = _read_jsonl(out / "evaluations.jsonl")
     writer = _tensorboard(out / "tb")
@@ -119,12 +128,14 @@ def run(args: argparse.Namespace) -> int:
         episode = learner.n_episodes
         warmup = episode < agent.warmup_episodes
         result = _run_episode(env, policy, steering, rollout_rng, seed=args.seed * 1_000_003 + episode,
-                              warmup=warmup, reward_mode=agent.reward, execute_steps=execute)
+                              warmup=warmup, reward_mode=agent.reward, execute_steps=execute, operator=operator,
+                              action_dim=policy.config.action_dim, takeover_penalty=agent.takeover_penalty)
         learner.trainer_extra = {"rollout_rng": rng_state_json(rollout_rng)}
         window.append(result["success"])
         learner.add_episode(result["rows"], {"robot_episode": episode, "outcome": "success" if result["success"]
                                              else "timeout", "chunks": result["chunks"], "steps": result["steps"],
                                              "warmup": warmup, "window_success": float(np.mean(window)),
+                                             "operator_steps": result["operator_steps"],
                                              "wall_s": time.time() - start})
         t0 = time.time()
         updates = learner.train_due()
@@ -156,28 +167,42 @@ def run(args: argparse.Namespace) -> int:
                         title=f"DSRL-{agent.algo.upper()} ({task})")
     summary = {"algo": agent.algo, "episodes": len(records), "final_window_success": float(np.mean(window)),
                "final_eval_success": evals[-1][1] if evals else None, "updates": learner.num_updates,
-               "actor": str(out / "actor"), "wall_s": round(time.time() - start, 1), "prior_transitions": prior}
+               "actor": str(out / "actor"), "wall_s": round(time.time() - start, 1), "prior_transitions": prior,
+               "interventions": sum(r.get("operator_steps", 0) > 0 for r in records),
+               "intervention_steps": sum(r.get("operator_steps", 0) for r in records)}
     print(f"done: {summary}")
     if args.json:
         print(json.dumps(summary))
     return 0
 
 
+def _scripted_takeovers(config, env, task: str):
+    from dsrl_ros.sim.scripted_operator import ScriptedOperator, ScriptedTakeovers
+
+    t = config.teleop
+    operator = ScriptedOperator(task, t.scripted_threshold, t.scripted_attention, t.scripted_takeover_steps,
+                                t.scripted_episodes, seed=t.seed)
+    return ScriptedTakeovers(operator, env, config.action.low, config.action.high)
+
+
 def _run_episode(env, policy, steering: PolicySteering, rng: np.random.Generator, seed: int, warmup: bool,
-                 reward_mode: str, execute_steps: int, deterministic: bool = False) -> dict:
-    """One episode with w ~ N(0, I) (warm-up) or the actor's w, recorded as chunk-level rows."""
-    rows = ChunkEpisode.start()
+                 reward_mode: str, execute_steps: int, deterministic: bool = False, operator=None,
+                 action_dim: int = 1, takeover_penalty: float = 0.0) -> dict:
+    """One episode with w ~ N(0, I) (warm-up) or the actor's w, recorded as chunk-level rows; with an operator,
+    the steps it commanded are stored as executed (episode_rows)."""
+    decisions = []
     source = SOURCE_BASE if warmup else SOURCE_ACTOR
     choose = gaussian_noise(policy, rng) if warmup else (
         lambda stacked: steering.choose_noise({k: v[-1] for k, v in stacked.items()}, deterministic))
 
-    def record(start_obs, noise, chunk, env_reward, success):
-        rows.add_chunk(start_obs, noise, chunk, chunk_reward(env_reward, success, reward_mode), terminal=success,
-                       source=source)
+    def record(start_obs, noise, chunk, env_reward, success, executed):
+        decisions.append(SimpleNamespace(obs=start_obs, noise=noise, action=chunk, source=source, reward=env_reward,
+                                         executed=executed))
 
-    result = run_episode(env, policy, choose, seed, on_chunk=record, execute_steps=execute_steps)
-    return {"rows": rows.finish(result.final_obs), "success": result.success, "steps": result.steps,
-            "chunks": result.chunks}
+    result = run_episode(env, policy, choose, seed, on_chunk=record, execute_steps=execute_steps, operator=operator)
+    rows = episode_rows(decisions, result.final_obs, result.success, reward_mode, action_dim, takeover_penalty)
+    return {"rows": rows, "success": result.success, "steps": result.steps, "chunks": result.chunks,
+            "operator_steps": result.operator_steps}
 
 
 def _evaluate_actor(env, policy, steering: PolicySteering, episodes: int, reward_mode: str,

@@ -189,36 +189,8 @@ class EpisodeRecorder:
         return ""
 
     def _rows(self, ep: _Episode) -> dict[str, np.ndarray]:
-        executed = self._executed(ep)
-        rows = []                                # (noise, action, reward, terminal, source, mask) per decision
-        for seq in executed:
-            d = ep.decisions[seq]
-            success = ep.outcome == OUTCOME_SUCCESS and seq == executed[-1]
-            noise, action, source, mask = d.noise, d.action, d.source, 0
-            if d.executed is not None:
-                action, mask = executed_row(d.action, self.action_dim, *d.executed)
-            if mask:
-                noise, source = np.zeros_like(d.noise), SOURCE_EXTERNAL
-            rows.append([noise, action, chunk_reward(d.reward, success, self.reward_mode), success, source, mask])
-        self._charge_takeovers(rows)
-        episode = ChunkEpisode.start()
-        for seq, (noise, action, reward, terminal, source, mask) in zip(executed, rows):
-            d = ep.decisions[seq]
-            episode.add_chunk(d.obs, noise, action, reward, terminal=terminal, source=source, intervention=mask)
-        return episode.finish(ep.final_obs)
-
-    def _charge_takeovers(self, rows: list[list]) -> None:
-        """RLIF-style: each takeover (a row with operator steps after one without) costs the decision it judged."""
-        if not self.takeover_penalty:
-            return
-        for k, row in enumerate(rows):
-            mask, before = row[5], rows[k - 1][5] if k else 0
-            if not mask:
-                continue
-            if not mask & 1:                      # the policy ran this row's first step(s), then the operator
-                rows[k][2] -= self.takeover_penalty
-            elif not before:                      # the operator took over at this decision's start
-                rows[max(k - 1, 0)][2] -= self.takeover_penalty
+        return episode_rows([ep.decisions[seq] for seq in self._executed(ep)], ep.final_obs,
+                            ep.outcome == OUTCOME_SUCCESS, self.reward_mode, self.action_dim, self.takeover_penalty)
 
     def _open(self, episode: int) -> _Episode:
         if episode not in self._episodes and len(self._episodes) >= self.max_open_episodes:
@@ -232,3 +204,38 @@ class EpisodeRecorder:
     def open_episodes(self) -> list[int]:
         return sorted(self._episodes)
 
+
+def episode_rows(decisions: list, final_obs: dict[str, np.ndarray], success: bool, reward_mode: str,
+                 action_dim: int, takeover_penalty: float = 0.0) -> dict[str, np.ndarray]:
+    """An episode's executed decisions -> its replay rows (chunk_replay layout); the one place for what a row holds,
+    used by the recorder (the graph) and by train-steer (headless). Each decision has .obs, .noise, .action (the
+    chunk as published), .source, .reward (env reward over its executed steps) and .executed ((indices, sources,
+    actions) when the operator commanded a step, else None). success: the last decision ended the episode in
+    success."""
+    rows = []                                # [noise, action, reward, terminal, source, mask] per decision
+    for k, d in enumerate(decisions):
+        terminal = success and k == len(decisions) - 1
+        noise, action, source, mask = d.noise, d.action, d.source, 0
+        if d.executed is not None:
+            action, mask = executed_row(d.action, action_dim, *d.executed)
+        if mask:
+            noise, source = np.zeros_like(d.noise), SOURCE_EXTERNAL
+        rows.append([noise, action, chunk_reward(d.reward, terminal, reward_mode), terminal, source, mask])
+    if takeover_penalty:
+        _charge_takeovers(rows, takeover_penalty)
+    episode = ChunkEpisode.start()
+    for d, (noise, action, reward, terminal, source, mask) in zip(decisions, rows):
+        episode.add_chunk(d.obs, noise, action, reward, terminal=terminal, source=source, intervention=mask)
+    return episode.finish(final_obs)
+
+
+def _charge_takeovers(rows: list[list], penalty: float) -> None:
+    """RLIF-style: each takeover (a row with operator steps after one without) costs the decision it judged."""
+    for k, row in enumerate(rows):
+        mask, before = row[5], rows[k - 1][5] if k else 0
+        if not mask:
+            continue
+        if not mask & 1:                      # the policy ran this row's first step(s), then the operator
+            rows[k][2] -= penalty
+        elif not before:                      # the operator took over at this decision's start
+            rows[max(k - 1, 0)][2] -= penalty

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dsrl_ros.core.intervention import OPERATOR, POLICY, OperatorStream
 from dsrl_ros.sim.scripted import ScriptedExpert
 
 # The privileged state vector: resets, steps, ee xyz, ee yaw, cube xyz, cube yaw, target xy (NaN: no target).
@@ -114,3 +115,37 @@ class ScriptedOperator:
         self.intervene, self._takeover_from = True, self.view.steps
         self.takeovers += 1
         return True
+
+
+class ScriptedTakeovers:
+    """The scripted operator on an ArmEnv in the same process (train-steer --operator scripted, no ROS): the same
+    rule (ScriptedOperator) and the same who-commands-a-step logic as the graph (OperatorStream), with no transport
+    between them. It sees the sim's state before every step and judges each chunk before its first step (in the
+    graph a takeover lands at the next control tick after the chunk is published). A `rollout.StepOperator`."""
+
+    def __init__(self, operator: ScriptedOperator, env, action_low, action_high):
+        self.operator, self.env = operator, env
+        self.stream = OperatorStream(max_age_ns=1, action_low=action_low, action_high=action_high)
+        self.resets = 0
+        self._tick = 0                          # one per observation: every command is fresh when asked
+
+    def start_episode(self) -> None:
+        self.resets += 1
+        self.stream.new_episode()
+        self._observe()
+
+    def judge(self, chunk: np.ndarray) -> None:
+        self._observe()
+        if self.operator.on_chunk(chunk):
+            self.stream.on_command(True, self.operator.action, self._tick)
+
+    def step(self, policy_action: np.ndarray, at_decision_start: bool) -> tuple[int, np.ndarray]:
+        self._observe()
+        command = self.stream.next_step(self._tick, at_decision_start)
+        return (OPERATOR, command.action) if command.source == OPERATOR else (POLICY, policy_action)
+
+    def _observe(self) -> None:
+        self._tick += 1
+        command = self.operator.on_state(state_vector(self.env, self.resets))
+        if command is not None:
+            self.stream.on_command(*command, now_ns=self._tick)
