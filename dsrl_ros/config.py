@@ -40,7 +40,7 @@ SIM_TASKS = ("lift_block", "lift", "place")   # the embedded sim's tasks (dsrl_r
 DEVICES = ("auto", "cpu", "cuda")
 BAG_COMPRESSIONS = ("none", "lz4", "zstd")
 BAG_STAMPS = ("receive", "header")
-TELEOP_DEVICES = ("none", "joy", "scripted")
+TELEOP_DEVICES = ("none", "joy", "spacemouse", "scripted")
 
 
 class ConfigError(ValueError):
@@ -204,7 +204,7 @@ class EpisodeSection:
 class TeleopSection:
     """Operator input: nodes/teleop.py (gamepad via sensor_msgs/Joy, the scripted sim operator; a terminal keyboard
     when run by hand). It sends signed TeleopCommand / OperatorCommand (nodes/operator_io.py)."""
-    device: str = "none"                    # none (no teleop node in the graph) | joy | scripted (direct sim only)
+    device: str = "none"                    # none (no teleop node) | joy | spacemouse | scripted (direct sim only)
     rate_hz: float = 50.0                   # the command stream while a device is live
     max_age_s: float = 0.25                 # robot side: a takeover with no command this long -> LOST, the arm holds
     command_max_age_s: float = 1.0          # a signed command counts only within this of its stamp
@@ -221,6 +221,15 @@ class TeleopSection:
     joy_failure_button: int = 1
     joy_abort_button: int = 6
     joy_rerecord_button: int = 2
+    # spacemouse (3Dconnexion, USB HID through hidapi): axes x y z rx ry rz of the device (core/teleop_input.py).
+    # Defaults: the operator behind the arm, looking along its x: push away = +dx, left = +dy, pull up = +dz,
+    # twist counter-clockwise = +dyaw. Two-button models: start / labels come from `dsrl-ros console`.
+    spacemouse_path: str = ""               # a path from hid.enumerate() ("": the first SpaceMouse found)
+    spacemouse_axes: list[int] = field(default_factory=lambda: [1, 0, 2, 5])  # device axis per non-grip action
+    spacemouse_axis_signs: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0, -1.0])
+    spacemouse_full_scale: float = 350.0    # raw count of a full deflection
+    spacemouse_grip_button: int = 0         # toggles the gripper
+    spacemouse_intervene_button: int = 1    # held: the operator drives (deflecting does too)
     # scripted: take over when the chunk's mean xyz action is this far from the expert's (action units). With the
     # shipped lift policy and 16 takeover steps the operator drove 83 % / 55 % / 20 % of the steps at 0.8 / 1.2 /
     # 1.6 (8 seeds each, no learning): 1.2 is an operator who steps in often but not always.
@@ -534,6 +543,16 @@ def _check_teleop(c: StackConfig, require) -> None:
     require(len(t.joy_axes) == arm, "teleop.joy_axes", f"{arm} Joy axis indices (one per non-grip action, -1: none)",
             t.joy_axes)
     require(len(t.joy_axis_signs) == arm, "teleop.joy_axis_signs", f"{arm} values", t.joy_axis_signs)
+    if t.device == "spacemouse":
+        require(len(t.spacemouse_axes) == arm and all(-1 <= a <= 5 for a in t.spacemouse_axes),
+                "teleop.spacemouse_axes", f"{arm} device axes in 0..5 (x y z rx ry rz; -1: none), one per non-grip "
+                "action", t.spacemouse_axes)
+        require(len(t.spacemouse_axis_signs) == arm, "teleop.spacemouse_axis_signs", f"{arm} values",
+                t.spacemouse_axis_signs)
+        require(t.spacemouse_full_scale > 0, "teleop.spacemouse_full_scale", "> 0", t.spacemouse_full_scale)
+        require(t.spacemouse_grip_button != t.spacemouse_intervene_button or t.spacemouse_grip_button < 0,
+                "teleop.spacemouse_grip_button", "a button other than teleop.spacemouse_intervene_button",
+                t.spacemouse_grip_button)
     require(t.scripted_threshold > 0, "teleop.scripted_threshold", "> 0", t.scripted_threshold)
     require(0 < t.scripted_attention <= 1, "teleop.scripted_attention", "a probability in (0, 1]",
             t.scripted_attention)

@@ -4,7 +4,8 @@ Prints one line per finished episode (episode, outcome, windowed success, actor 
 control rate); with --episodes it stops after that many, writes <run dir>/learning_curve.png and summary.json,
 and with --json prints the summary as the last line (with `interventions`: episodes in which the operator took
 over at least once, and `intervention_steps`: control steps the operator commanded). `--operator scripted` adds
-the simulated operator (teleop.device scripted, sim only); `--operator joy` a gamepad through sensor_msgs/Joy.
+the simulated operator (teleop.device scripted, sim only); `--operator joy` a gamepad through sensor_msgs/Joy;
+`--operator spacemouse` a 3Dconnexion SpaceMouse on USB.
 The run directory (learner.run_dir, or --run-dir) holds the replay, checkpoints, the resolved config
 (stack_config.yaml) and each node's log (logs/<node>.log).
 """
@@ -46,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--record", action="store_true", help="record the session into a rosbag2 MCAP bag "
                    "(<run dir>/bags/; the config's recording: section)")
-    p.add_argument("--operator", choices=("none", "joy", "scripted"), default=None,
+    p.add_argument("--operator", choices=("none", "joy", "spacemouse", "scripted"), default=None,
                    help="the operator's device (teleop.device): scripted = the simulated operator on the sim")
     p.set_defaults(func=run)
 

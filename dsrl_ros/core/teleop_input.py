@@ -119,3 +119,56 @@ class KeyMapper(_Mapper):
                 del self._pressed_at[k]
         buttons, self._buttons = self._buttons, []
         return self.intervene, self._action(deflection), buttons
+
+
+# ---- SpaceMouse (3Dconnexion) HID reports -------------------------------------------------------------------------
+# (vendor id, product id) -> model: the USB ids 3Dconnexion devices enumerate with (older ones under Logitech's).
+SPACEMOUSE_IDS = {
+    (0x046D, 0xC603): "SpaceMouse Plus XT", (0x046D, 0xC605): "CADman", (0x046D, 0xC606): "SpaceMouse Classic",
+    (0x046D, 0xC621): "SpaceBall 5000", (0x046D, 0xC623): "SpaceTraveler", (0x046D, 0xC625): "SpacePilot",
+    (0x046D, 0xC626): "SpaceNavigator", (0x046D, 0xC627): "SpaceExplorer",
+    (0x046D, 0xC628): "SpaceNavigator for Notebooks", (0x046D, 0xC629): "SpacePilot Pro",
+    (0x046D, 0xC62B): "SpaceMouse Pro", (0x256F, 0xC62E): "SpaceMouse Wireless (cable)",
+    (0x256F, 0xC62F): "SpaceMouse Wireless (receiver)", (0x256F, 0xC631): "SpaceMouse Pro Wireless (cable)",
+    (0x256F, 0xC632): "SpaceMouse Pro Wireless (receiver)", (0x256F, 0xC633): "SpaceMouse Enterprise",
+    (0x256F, 0xC635): "SpaceMouse Compact", (0x256F, 0xC652): "3Dconnexion Universal Receiver",
+}
+SPACEMOUSE_AXES = ("x", "y", "z", "rx", "ry", "rz")   # the device's own frame, as its reports give them
+
+
+class SpaceMouseState:
+    """A SpaceMouse's six axes and its buttons from its raw HID input reports:
+    - report 1: x, y, z as little-endian int16 (bytes 1-6); newer models append rx, ry, rz (bytes 7-12);
+    - report 2: rx, ry, rz (older models);
+    - report 3: the buttons, a little-endian bit mask (bytes 1...);
+    other reports (battery, LEDs) are ignored. Axes come as deflections in [-1, 1] (raw / `full_scale`), in
+    SPACEMOUSE_AXES order, buttons as 0/1 by index: what `JoyMapper.update` takes, so a SpaceMouse maps to the
+    action space exactly like a gamepad (teleop.spacemouse_axes / _signs / _*_button)."""
+
+    def __init__(self, full_scale: float = 350.0, n_buttons: int = 32):
+        if not full_scale > 0:
+            raise ValueError(f"teleop.spacemouse_full_scale: expected > 0, got {full_scale}")
+        self.full_scale, self.n_buttons = float(full_scale), int(n_buttons)
+        self.axes = np.zeros(6, np.float32)
+        self.buttons = [0] * self.n_buttons
+
+    def parse(self, report) -> bool:
+        """One report (bytes or a list of ints 0-255, report id first); True when it changed the state.
+        ValueError for a report too short for its id."""
+        data = bytes(report)
+        if not data:
+            raise ValueError("spacemouse report: expected at least a report id, got 0 bytes")
+        rid = data[0]
+        if rid in (1, 2):
+            if len(data) < 7:
+                raise ValueError(f"spacemouse report {rid}: expected >= 7 bytes, got {len(data)}")
+            count = 6 if rid == 1 and len(data) >= 13 else 3
+            values = np.frombuffer(data[1:1 + 2 * count], "<i2").astype(np.float32) / self.full_scale
+            first = 0 if rid == 1 else 3
+            self.axes[first:first + count] = np.clip(values, -1.0, 1.0)
+            return True
+        if rid == 3:
+            mask = int.from_bytes(data[1:], "little")
+            self.buttons = [(mask >> i) & 1 for i in range(self.n_buttons)]
+            return True
+        return False

@@ -3,6 +3,9 @@
 Devices (`teleop.device`, or the node parameter `device`):
 - `joy`: sensor_msgs/Joy on teleop.joy_topic from any ROS joy driver (core/teleop_input.py: JoyMapper), commands
   streamed at teleop.rate_hz;
+- `spacemouse`: a 3Dconnexion SpaceMouse on USB (sensors/spacemouse.py, hidapi), its six axes mapped like a
+  gamepad's (JoyMapper with teleop.spacemouse_*), streamed at teleop.rate_hz; nothing is sent while it is
+  unplugged (a takeover in progress goes stale: the arm holds);
 - `keyboard`: this process's terminal (run it by hand in a terminal: `python -m dsrl_ros.nodes.teleop --ros-args
   -p robot_config:=<yaml> -p device:=keyboard`; keys in core/teleop_input.py), streamed at teleop.rate_hz;
 - `scripted` (direct sim only): the simulated operator (sim/scripted_operator.py) on the sim's privileged state,
@@ -32,7 +35,7 @@ from dsrl_ros.nodes.operator_io import OperatorSender
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, RATE_CAP_HZ, SIM_EXPERT_STATE, float32_array, guarded, qos,
                                    run_node)
 
-DEVICES = ("joy", "keyboard", "scripted")
+DEVICES = ("joy", "spacemouse", "keyboard", "scripted")
 
 
 class TeleopNode(ConfiguredNode):
@@ -45,6 +48,8 @@ class TeleopNode(ConfiguredNode):
                              f"{self.device!r}")
         self.sender = OperatorSender(self, load_or_create_run_key(c.learner.run_dir), "teleop")
         self.intervening = False
+        self.reader = None                       # spacemouse
+        self._input_lock = threading.Lock()      # device threads (keyboard, spacemouse) vs the stream timer
         q = qos()
         limits = dict(names=c.action.names, low=c.action.low, high=c.action.high, speed=t.speed,
                       deadband=t.deadband, release_s=t.release_s)
@@ -74,13 +79,24 @@ class TeleopNode(ConfiguredNode):
             self.create_subscription(Joy, t.joy_topic, guarded(self.drop, t.joy_topic, self._on_joy,
                                                                RATE_CAP_HZ["teleop"]), q["sensor"])
             self.create_timer(1.0 / t.rate_hz, self._stream)
+        elif self.device == "spacemouse":
+            from dsrl_ros.core.teleop_input import JoyMapper
+            from dsrl_ros.sensors.spacemouse import SpaceMouseReader
+
+            self.mapper = JoyMapper(axes=t.spacemouse_axes, signs=t.spacemouse_axis_signs, buttons={},
+                                    grip_button=t.spacemouse_grip_button,
+                                    intervene_button=t.spacemouse_intervene_button, **limits)
+            self.reader = SpaceMouseReader(self._on_spacemouse, self.get_logger().warning, t.spacemouse_path,
+                                           t.spacemouse_full_scale)
+            self.get_logger().info(f"spacemouse: {self.reader.open()}")   # none, or no access: one error at start
+            self.reader.start()
+            self.create_timer(1.0 / t.rate_hz, self._stream)
         else:
             from dsrl_ros.core.teleop_input import KeyMapper
 
             if not sys.stdin.isatty():
                 raise ValueError("device: 'keyboard' reads this process's terminal; run the node by hand in one")
             self.mapper = KeyMapper(**limits)
-            self._keys_lock = threading.Lock()
             threading.Thread(target=self._read_keys, daemon=True).start()
             self.create_timer(1.0 / t.rate_hz, self._stream)
         self.get_logger().info(f"teleop device {self.device}")
@@ -97,20 +113,27 @@ class TeleopNode(ConfiguredNode):
         if self.operator.on_chunk(actions):
             self._send(True, self.operator.action)      # at once: the takeover lands on the next control tick
 
-    # ---- joy / keyboard --------------------------------------------------------------------------------------------
+    # ---- joy / spacemouse / keyboard ---------------------------------------------------------------------------------
     def _on_joy(self, msg) -> None:
         for button in self.mapper.update(list(msg.axes), list(msg.buttons), time.monotonic()):
             self._button(button)
 
+    def _on_spacemouse(self, axes: np.ndarray, buttons: list[int]) -> None:   # the reader's thread
+        with self._input_lock:
+            self.mapper.update(axes, buttons, time.monotonic())
+
     def _stream(self) -> None:
         now = time.monotonic()
-        if self.device == "keyboard":
-            with self._keys_lock:
+        buttons = []
+        if self.reader is not None and not self.reader.connected:
+            return                                  # unplugged: silence, so a takeover in progress holds the arm
+        with self._input_lock:
+            if self.device == "keyboard":
                 intervene, action, buttons = self.mapper.tick(now)
-            for button in buttons:
-                self._button(button)
-        else:
-            intervene, action = self.mapper.tick(now)
+            else:
+                intervene, action = self.mapper.tick(now)
+        for button in buttons:
+            self._button(button)
         self._send(intervene, action)
 
     def _read_keys(self) -> None:
@@ -121,7 +144,7 @@ class TeleopNode(ConfiguredNode):
             while True:
                 if select.select([fd], [], [], 0.1)[0]:
                     char = os.read(fd, 1).decode(errors="ignore")
-                    with self._keys_lock:
+                    with self._input_lock:
                         self.mapper.key(char, time.monotonic())
         finally:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
@@ -136,6 +159,11 @@ class TeleopNode(ConfiguredNode):
     def _button(self, name: str) -> None:
         self.get_logger().info(f"button {name}")
         self.sender.button(name)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+        super().close()
 
 
 def main(argv: list[str] | None = None) -> int:
