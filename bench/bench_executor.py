@@ -242,7 +242,7 @@ def bench_jitter(tmp: Path, rate_hz: float, seconds: float, realtime: int) -> di
 def bench_ik(steps: int) -> dict:
     from dsrl_ros.arm.kinematics import ArmKinematics, Pose, rotate_about_z
     from dsrl_ros.config import load_config
-    from dsrl_ros.arm.executor import build_executor
+    from dsrl_ros.arm.executor_settings import build_executor
     from dsrl_ros.sim_hw.urdf import sim_arm_urdf
 
     urdf = sim_arm_urdf([4.0] * 7)

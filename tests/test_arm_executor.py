@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dsrl_ros.arm.backends import PositionCommand, TrajectoryCommand, make_backend
-from dsrl_ros.arm.executor import ChunkExecutor, ChunkRefused, ExecutorSettings
+from dsrl_ros.arm.executor import ChunkExecutor, ChunkRefused
+from dsrl_ros.arm.executor_settings import ExecutorSettings
 from dsrl_ros.arm.kinematics import ArmKinematics
 from dsrl_ros.arm.safety import SafetyLimits
 from dsrl_ros.sim_hw.urdf import sim_arm_urdf

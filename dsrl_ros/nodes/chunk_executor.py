@@ -38,7 +38,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent, TeleopCommand
 from dsrl_ros.arm.backends import GripperCommand, PoseCommand, PositionCommand, TrajectoryCommand, TwistCommand
-from dsrl_ros.arm.executor import ChunkRefused, Output, build_executor
+from dsrl_ros.arm.executor import ChunkRefused, Output
+from dsrl_ros.arm.executor_settings import build_executor
 from dsrl_ros.config import uses_executor
 from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes import arm_io
