@@ -89,10 +89,13 @@ def test_log_prob_matches_torch_transformed_distribution():
     assert torch.allclose(logp, expected, atol=1e-3)
 
 
-def test_td_target_bootstraps_only_when_not_terminal():
+def test_td_target_bootstraps_only_when_not_terminal_with_gamma_or_the_batch_discount():
     agent = make_agent("sac")
-    target = agent._td_target(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]), torch.tensor([10.0, 10.0]))
-    assert target.tolist() == pytest.approx([1.0, 1.0 + 0.99 * 10.0])
+    batch = {"reward": torch.tensor([1.0, 1.0]), "terminal": torch.tensor([1.0, 0.0])}
+    target = agent._td_target(batch, torch.tensor([10.0, 10.0]))
+    assert target.tolist() == pytest.approx([1.0, 1.0 + agent.config.gamma * 10.0])
+    n_step = agent._td_target(batch | {"discount": torch.tensor([0.5, 0.25])}, torch.tensor([10.0, 10.0]))
+    assert n_step.tolist() == pytest.approx([1.0, 1.0 + 0.25 * 10.0])
 
 
 def test_config_errors_name_the_field():

@@ -87,6 +87,31 @@ def test_replay_pairs_each_row_with_the_next_row_of_its_episode():
     assert known["obs"].min() >= 10                                   # SAC never sees external rows
 
 
+def test_n_step_returns_sum_discounted_rewards_within_the_episode_and_stop_at_success():
+    schema = chunk_schema((84, 84, 3), 11, 20)
+    replay = ChunkReplay(RamEpisodes(schema), lambda img, pro: pro[:, :1].copy(), lambda a: a)
+    for e, (rewards, success) in enumerate([([1.0, 2.0, 4.0, 8.0], False), ([1.0, 2.0, 4.0], True)]):
+        ep = ChunkEpisode.start()
+        for k, r in enumerate(rewards):
+            obs = {"image": np.zeros((84, 84, 3), np.uint8), "proprio": np.full(11, 10 * e + k, np.float32)}
+            ep.add_chunk(obs, np.ones(20), np.ones(20), reward=r, terminal=success and k == len(rewards) - 1,
+                         source=SOURCE_ACTOR)
+        replay.add_episode(ep.finish({"image": np.zeros((84, 84, 3), np.uint8),
+                                      "proprio": np.full(11, 10 * e + len(rewards), np.float32)}))
+    replay.set_returns(3, 0.5)
+    rows = np.array([0, 1, 2, 3, 5, 6, 7])            # episode 0: rows 0-3 (+ final 4); episode 1: 5-7 (+ final 8)
+    reward, terminal, next_row, discount = replay.n_step_returns(rows)
+    assert reward.tolist() == pytest.approx([1 + 1 + 1, 2 + 2 + 2, 4 + 4, 8, 1 + 1 + 1, 2 + 2, 4])
+    assert next_row.tolist() == [3, 4, 4, 4, 8, 8, 8]            # n chunks on, never past the final observation
+    assert discount.tolist() == pytest.approx([0.125, 0.125, 0.25, 0.5, 0.125, 0.25, 0.5])
+    assert terminal.tolist() == [0, 0, 0, 0, 1, 1, 1]             # a success ends the sum: nothing to bootstrap
+    batch = replay.sample(64, np.random.default_rng(0))
+    starts = batch["obs"][:, 0].numpy()
+    assert torch.equal(batch["next_obs"][:, 0], torch.as_tensor(np.minimum(starts + 3, np.where(starts < 10, 4, 13))))
+    replay.set_returns(1, 0.5)
+    assert "discount" not in replay.sample(8, np.random.default_rng(0))   # one-step: the agent's own gamma
+
+
 def test_resume_reproduces_the_uninterrupted_run(tiny_policy_dir, tmp_path):
     common = ["train-steer", "--policy", str(tiny_policy_dir), "--warmup-episodes", "2", "--utd", "2",
               "--batch-size", "16", "--hidden-dim", "32", "--seed", "3", "--threads", "1"]

@@ -16,7 +16,7 @@ ENCODERS = ("base_features", "cnn")
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
 # Knobs added after agents were saved: a saved config without them gets their defaults (they change training only).
-ADDED_LATER = ("intervention_fraction", "takeover_penalty")
+ADDED_LATER = ("intervention_fraction", "takeover_penalty", "n_step")
 ARCHITECTURE = ("algo", "noise_magnitude", "hidden_dim", "num_layers", "num_critics", "encoder", "encoder_dim")
 
 
@@ -32,6 +32,7 @@ class AgentConfig:
     warmup_episodes: int = 10            # base-policy episodes (w ~ N(0, I)) before the first update
     publish_every_updates: int = 10      # a new actor version every N updates (a lagging actor hurts)
     gamma: float = 0.99                  # per chunk (one RL step)
+    n_step: int = 1                      # TD targets over n chunks of the episode (rewards summed, gamma^k)
     tau: float = 0.005
     lr: float = 3e-4
     actor_lr: float = 0.0                # 0: same as lr
@@ -62,6 +63,7 @@ class AgentConfig:
                 ("warmup_episodes", self.warmup_episodes >= 0, "an integer >= 0"),
                 ("publish_every_updates", self.publish_every_updates >= 1, "an integer >= 1"),
                 ("gamma", 0 <= self.gamma <= 1, "0..1"),
+                ("n_step", isinstance(self.n_step, int) and self.n_step >= 1, "an integer >= 1 (1: one-step TD)"),
                 ("tau", 0 < self.tau <= 1, "0 < tau <= 1"),
                 ("lr", _positive(self.lr), "a learning rate > 0"),
                 ("actor_lr", self.actor_lr >= 0, "a learning rate > 0, or 0 for lr"),

@@ -71,6 +71,7 @@ class ChunkReplay:
 
     def __init__(self, episodes: RamEpisodes, encode: Encoder, action_normalize: Callable[[np.ndarray], np.ndarray]):
         self.episodes, self.encode, self.action_normalize = episodes, encode, action_normalize
+        self.n_step, self.gamma = 1, 1.0            # set_returns: n-step TD targets
         self._indices: dict[bool, np.ndarray] = {}
         data = episodes.data
         self.features = (encode(data["image"], data["proprio"]) if episodes.n_steps
@@ -85,6 +86,34 @@ class ChunkReplay:
         self._indices.clear()   # transition indices change only here; sampling reuses them between episodes
         new = self.encode(episode["image"], episode["proprio"])
         self.features = new if self.features.size == 0 else np.concatenate([self.features, new])
+
+    def set_returns(self, n_step: int, gamma: float) -> None:
+        """Batches carry n-step returns from now on (n_step > 1): learner.n_step, learner.gamma."""
+        self.n_step, self.gamma = int(n_step), float(gamma)
+
+    def n_step_returns(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For transition rows idx: (reward, terminal, next row, discount) over up to n_step chunks, never past
+        the episode's final-observation row or a terminal (success) transition: reward = sum_j gamma^j r_(idx+j),
+        discount = gamma^k for the k chunks summed, next row = idx + k (what the target bootstraps from)."""
+        ends = self.episodes.episode_ends
+        final = ends[np.searchsorted(ends, idx, side="right")] - 1      # the episode's final-observation row
+        d = self.episodes.data
+        reward = np.zeros(len(idx), np.float64)
+        terminal = np.zeros(len(idx), np.float32)
+        discount = np.ones(len(idx), np.float64)
+        next_row = idx + 1
+        active = np.ones(len(idx), bool)
+        for j in range(self.n_step):
+            row = idx + j
+            active &= row < final
+            safe = np.where(active, row, idx)
+            reward += np.where(active, discount * d["reward"][safe], 0.0)
+            discount = np.where(active, discount * self.gamma, discount)
+            next_row = np.where(active, row + 1, next_row)
+            ended = active & (d["terminal"][safe] > 0)
+            terminal = np.where(ended, 1.0, terminal).astype(np.float32)
+            active &= ~ended
+        return reward.astype(np.float32), terminal, next_row, discount.astype(np.float32)
 
     def transition_indices(self, noise_known_only: bool = False, interventions_only: bool = False) -> np.ndarray:
         """Rows k that have a next row in their episode (not an episode's final-observation row); of those, the
@@ -114,13 +143,17 @@ class ChunkReplay:
             raise ValueError("sample: no transitions in the replay yet")
         idx = candidates[rng.integers(0, len(candidates), batch_size)]
         d = self.episodes.data
-        batch = {"obs": self.features[idx], "next_obs": self.features[idx + 1], "noise": d["noise"][idx],
-                 "action": self.action_normalize(d["action"][idx]), "reward": d["reward"][idx],
-                 "terminal": d["terminal"][idx]}
+        reward, terminal, next_row = d["reward"][idx], d["terminal"][idx], idx + 1
+        extra = {}
+        if self.n_step > 1:
+            reward, terminal, next_row, extra["discount"] = self.n_step_returns(idx)
+        batch = {"obs": self.features[idx], "next_obs": self.features[next_row], "noise": d["noise"][idx],
+                 "action": self.action_normalize(d["action"][idx]), "reward": reward, "terminal": terminal,
+                 **extra}
         batch = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in batch.items()}
         if raw_obs:
             batch["base_obs"], batch["base_next_obs"] = batch["obs"], batch["next_obs"]
-            for key, rows in (("obs", idx), ("next_obs", idx + 1)):
+            for key, rows in (("obs", idx), ("next_obs", next_row)):
                 batch[key] = {"image": torch.from_numpy(d["image"][rows]),
                               "proprio": torch.from_numpy(d["proprio"][rows])}
         return batch

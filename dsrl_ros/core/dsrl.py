@@ -205,7 +205,7 @@ class DSRL(nn.Module):
         """batch: obs / next_obs (B, obs_dim) features, or raw observations when the agent has an encoder;
         base_obs / base_next_obs the base policy's features for pi_dp (NA; default: obs / next_obs);
         noise (B, noise_dim); action (B, action_dim) normalised executed chunk; reward (B,) summed over the chunk;
-        terminal (B,) 1.0 only on success."""
+        terminal (B,) 1.0 only on success; optional discount (B,): gamma^k of an n-step return (default gamma)."""
         b = dict(batch)
         b.setdefault("base_obs", batch["obs"])
         b.setdefault("base_next_obs", batch["next_obs"])
@@ -222,8 +222,9 @@ class DSRL(nn.Module):
         self.num_updates += 1
         return metrics
 
-    def _td_target(self, reward: torch.Tensor, terminal: torch.Tensor, next_value: torch.Tensor) -> torch.Tensor:
-        return reward + self.config.gamma * (1.0 - terminal) * next_value
+    def _td_target(self, b: dict[str, torch.Tensor], next_value: torch.Tensor) -> torch.Tensor:
+        discount = b.get("discount", self.config.gamma)
+        return b["reward"] + discount * (1.0 - b["terminal"]) * next_value
 
     def _tanh_space(self, logp: torch.Tensor) -> torch.Tensor:
         """log pi(w|s) -> the log density of tanh(u) = w / b (the space the target entropy is measured in)."""
@@ -233,7 +234,7 @@ class DSRL(nn.Module):
         with torch.no_grad():
             w_next, logp_next = self.actor(b["next_obs"])
             q_next = self.q_target(b["next_obs"], w_next).min(0).values - self.alpha * logp_next
-            target = self._td_target(b["reward"], b["terminal"], q_next)
+            target = self._td_target(b, q_next)
         q = self.q_noise(b["obs"], b["noise"])
         loss = F.mse_loss(q, target.expand_as(q))
         self._step(self.critic_opts[0], loss)
@@ -245,7 +246,7 @@ class DSRL(nn.Module):
             w_next, logp_next = self.actor(b["next_obs"])
             a_next = self.decode(b["base_next_obs"], w_next)
             q_next = self.q_target(b["next_obs"], a_next).min(0).values - self.alpha * logp_next
-            target = self._td_target(b["reward"], b["terminal"], q_next)
+            target = self._td_target(b, q_next)
         q_a = self.q_action(b["obs"], b["action"])
         loss_a = F.mse_loss(q_a, target.expand_as(q_a))
         self._step(self.critic_opts[0], loss_a)

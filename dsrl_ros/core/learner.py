@@ -61,6 +61,7 @@ class Learner:
         c = steering.policy.config
         schema = chunk_schema(c.image_shape, c.proprio_dim, c.chunk_len * c.action_dim)
         self.replay = open_replay(self.run_dir, schema, steering)
+        self.replay.set_returns(self.config.n_step, self.config.gamma)
         self._reconcile_episode_log()
         self.sampler = self._mixed()           # what batches come from: online + its intervention rows (+ a prior)
         self.rng = np.random.default_rng(self.config.seed)
@@ -233,6 +234,7 @@ class Learner:
 
         prior = open_prior_replay(path, self.replay.episodes.schema, self.steering.features,
                                   self.steering.normalize_actions)
+        prior.set_returns(self.config.n_step, self.config.gamma)
         with self._lock:
             self.sampler = self._mixed(prior, prior_fraction)
         return prior.n_transitions
