@@ -127,16 +127,22 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         probe.wait(lambda: up.log("steering").count(" in use (") > adopted_before, 120,
                    "the learner's next version to be adopted")
 
-        # 3. A chunk from a stray publisher is held to the robot config's action limits by the sim itself; a NaN
-        #    chunk is dropped.
-        big = ActionChunk(seq=1, episode=0, chunk_len=8, action_dim=5, execute_steps=8,
+        # 3. Chunks from a stray publisher: one for another episode is refused; one naming the running episode is
+        #    held to the robot config's action limits by the sim itself (and its result, filed under that episode,
+        #    keeps the episode out of the replay: the check at the end); a NaN chunk is dropped.
+        episode = _mid_episode(probe)
+        stray = ActionChunk(seq=3, episode=episode + 1000, chunk_len=8, action_dim=5, execute_steps=8,
+                            noise=array.array("f", [0.0] * 40), actions=array.array("f", [0.2, 0, 0, 0, 0] * 8))
+        big = ActionChunk(seq=1, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
                           noise=array.array("f", [0.0] * 40), actions=array.array("f", [1e6, 0, 0, 0, 0] * 8))
-        nan = ActionChunk(seq=2, episode=0, chunk_len=8, action_dim=5, execute_steps=8,
+        nan = ActionChunk(seq=2, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
                           noise=array.array("f", [0.0] * 40), actions=array.array("f", [float("nan")] * 40))
-        expected = ["clipped to action limits: dx 1e+06 > 0.5", "actions: expected finite values, got NaN or inf"]
-        probe.publish(ActionChunk, ACTION_CHUNK, [big, nan], "decision", seconds=20,
+        expected = [f"action_chunk.episode: expected the running episode ({episode}), got {episode + 1000} (chunk 3)",
+                    "clipped to action limits: dx 1e+06 > 0.5", "actions: expected finite values, got NaN or inf"]
+        probe.publish(ActionChunk, ACTION_CHUNK, [stray, big, nan], "decision", seconds=20,
                       until=lambda: all(e in up.log("sim_robot") for e in expected))
         assert all(e in up.log("sim_robot") for e in expected), up.log("sim_robot")
+        assert not any(r.seq == 3 for r in probe.results)              # the stray chunk never ran
 
         # 4. Forged episode events (an ENDED success for the running episode, then a flood of random ones):
         #    ignored by every reader, and the stack goes on making episodes.
@@ -163,7 +169,7 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         # Nothing unsafe was ever published, and every node is still the one that started.
         for c in probe.chunks:
             actions = np.frombuffer(c.actions, np.float32)
-            if c.seq > 2:                                        # ours (seq 1, 2) are the hostile ones
+            if c.seq > 3:                                        # ours (seq 1-3) are the hostile ones
                 actions = actions.reshape(-1, 5)
                 assert np.isfinite(actions).all() and np.abs(actions).max() <= 1.0
                 assert actions[:, 0].max() <= 0.5                       # the config's limit, not the sim's

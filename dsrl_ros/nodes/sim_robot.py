@@ -9,7 +9,9 @@ with seed robot.sim_seed + i.
 
 Like a real arm's executor, it holds every chunk to the robot config's `action.low/high` itself, whoever
 published it: out-of-bound actions are clipped (each dimension's hit logged once per episode), non-finite chunks
-are dropped.
+are dropped; and, once it has seen this run's (signed) episode events, it runs only chunks of the running episode:
+a stray chunk of another episode or run is refused, and one that names the running episode gets its result
+filed under that episode, which the learner then does not store (a decision it never saw).
 
 Interventions (core/intervention.py): signed TeleopCommands on /dsrl/teleop_command (this run's, fresh, in
 order) let the operator take over: from the next control tick the running chunk's steps are the operator's
@@ -38,15 +40,15 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from dsrl_interfaces.msg import ActionChunk, ChunkResult, TeleopCommand
+from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent, TeleopCommand
 from dsrl_ros.core.action_limits import clip_actions
 from dsrl_ros.core.intervention import END_TELEOP_LOST, LOST, OPERATOR, OperatorStream
 from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import accept, action_array
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, RATE_CAP_HZ, SIM_EXPERT_STATE, SIM_RESET_SERVICE,
-                                   TELEOP_COMMAND, array_to_image, float32_array, float32_field, guarded, qos,
-                                   run_node)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, SIM_EXPERT_STATE,
+                                   SIM_RESET_SERVICE, TELEOP_COMMAND, array_to_image, check_signed, float32_array,
+                                   float32_field, guarded, qos, run_node)
 
 GRIPPER_JOINT = "gripper"
 
@@ -77,6 +79,12 @@ class SimRobotNode(ConfiguredNode):
         self.pose_pub = (self.create_publisher(PoseStamped, c.proprio.ee_pose_topic, q["status"])
                          if c.proprio.ee_pose_topic else None)
         self.result_pub = self.create_publisher(ChunkResult, CHUNK_RESULT, q["decision"])
+        self.running_episode: int | None = None      # from this run's episode events ...
+        self.events_seen = False                     # ... once there was one (else every chunk is taken)
+        # Subscribed before the chunks: when an episode's start and its first chunk wait together, the executor
+        # takes them in this order.
+        self.create_subscription(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode,
+                                                                RATE_CAP_HZ["event"]), q["events"])
         self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
                                                                     RATE_CAP_HZ["decision"]), q["decision"])
         self.low, self.high = np.array(c.action.low, np.float32), np.array(c.action.high, np.float32)
@@ -121,6 +129,11 @@ class SimRobotNode(ConfiguredNode):
         actions = float32_array(msg.actions, "action_chunk.actions", msg.chunk_len * dim).reshape(-1, dim)
         if not 1 <= msg.execute_steps <= msg.chunk_len:
             raise ValueError(f"action_chunk.execute_steps: expected 1..{msg.chunk_len}, got {msg.execute_steps}")
+        if self.events_seen and msg.episode != self.running_episode:
+            running = self.running_episode if self.running_episode is not None else "none"
+            self.drop(ACTION_CHUNK, f"action_chunk.episode: expected the running episode ({running}), got "
+                                    f"{msg.episode} (chunk {msg.seq})", "a refused chunk")
+            return
         if self.episode_over:
             self.get_logger().warning(f"chunk {msg.seq} arrived after the episode ended: ignored")
             return
@@ -137,6 +150,13 @@ class SimRobotNode(ConfiguredNode):
         self.queue = deque(actions)
         self.chunk, self.chunk_steps, self.chunk_reward = msg, 0, 0.0
         self.executed = []
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        check_signed(msg, self.key)
+        if msg.state == EpisodeEvent.STATE_RUNNING:
+            self.running_episode, self.events_seen = msg.episode, True
+        elif msg.state == EpisodeEvent.STATE_ENDED and msg.episode == self.running_episode:
+            self.running_episode = None
 
     def _on_teleop(self, msg: TeleopCommand) -> None:
         accept(msg, self.key, self.gate)
