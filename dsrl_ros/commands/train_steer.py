@@ -179,10 +179,8 @@ def run(args: argparse.Namespace) -> int:
 def _scripted_takeovers(config, env, task: str):
     from dsrl_ros.sim.scripted_operator import ScriptedOperator, ScriptedTakeovers
 
-    t = config.teleop
-    operator = ScriptedOperator(task, t.scripted_threshold, t.scripted_attention, t.scripted_takeover_steps,
-                                t.scripted_episodes, seed=t.seed)
-    return ScriptedTakeovers(operator, env, config.action.low, config.action.high)
+    return ScriptedTakeovers(ScriptedOperator.from_teleop(task, config.teleop), env, config.action.low,
+                             config.action.high)
 
 
 def _run_episode(env, policy, steering: PolicySteering, rng: np.random.Generator, seed: int, warmup: bool,

@@ -59,8 +59,7 @@ class TeleopNode(ConfiguredNode):
             if c.robot.kind != "sim" or c.robot.sim_interface != "direct":
                 raise ValueError("teleop.device: 'scripted' needs the direct sim (robot.kind sim, sim_interface "
                                  "direct)")
-            self.operator = ScriptedOperator(c.robot.sim_task, t.scripted_threshold, t.scripted_attention,
-                                             t.scripted_takeover_steps, t.scripted_episodes, t.seed)
+            self.operator = ScriptedOperator.from_teleop(c.robot.sim_task, t)
             self.create_subscription(Float64MultiArray, SIM_EXPERT_STATE,
                                      guarded(self.drop, SIM_EXPERT_STATE, self._on_state, RATE_CAP_HZ["teleop"]),
                                      q["decision"])

@@ -88,6 +88,12 @@ class ScriptedOperator:
         self._takeover_from = 0
         self.takeovers = 0                       # in this process's life
 
+    @classmethod
+    def from_teleop(cls, task: str, teleop) -> "ScriptedOperator":
+        """The operator a robot config's `teleop:` section describes (teleop.scripted_*, teleop.seed)."""
+        return cls(task, teleop.scripted_threshold, teleop.scripted_attention, teleop.scripted_takeover_steps,
+                   teleop.scripted_episodes, teleop.seed)
+
     def on_state(self, vector) -> tuple[bool, np.ndarray] | None:
         """A new sim state: (intervene, action) to send now, or None before the first state of an episode."""
         self.view.update(vector)
