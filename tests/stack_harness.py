@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+import die_with_test
+
 ROOT = Path(__file__).resolve().parent.parent
 SIM = str(ROOT / "robot_configs" / "sim_arm.yaml")
 # Small, fast learner settings: the point is the plumbing, not the learning (docs/results.md is).
@@ -35,10 +37,10 @@ class Up:
         n = len(list(out_dir.glob(f"{self.run_dir.name}.*.out")))
         self.out_path = out_dir / f"{self.run_dir.name}.{n}.out"            # one per start, none overwritten
         self._out = open(self.out_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.cli", "up", config, *(FAST if fast else []),
-                                      "--run-dir", str(self.run_dir), *args], cwd=self.run_dir.parent,
-                                     stdout=self._out, stderr=subprocess.STDOUT, text=True,
-                                     env=os.environ | {"OMP_NUM_THREADS": "1"})
+        command = [sys.executable, "-m", "dsrl_ros.cli", "up", config, *(FAST if fast else []),
+                   "--run-dir", str(self.run_dir), *args]
+        self.proc = subprocess.Popen(die_with_test.command(command), cwd=self.run_dir.parent, stdout=self._out,
+                                     stderr=subprocess.STDOUT, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
     def output(self) -> str:
         return self.out_path.read_text()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+import die_with_test
 from stack_harness import ROOT, wait_for
 
 pytestmark = pytest.mark.stack
@@ -39,7 +40,8 @@ class Nodes:
         for name in names:
             self.logs[name] = tmp_path / f"{name}.log"
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"dsrl_ros.nodes.{name}", "--ros-args", "-p", f"robot_config:={config}"],
+                die_with_test.command([sys.executable, "-m", f"dsrl_ros.nodes.{name}", "--ros-args",
+                                       "-p", f"robot_config:={config}"]),
                 stdout=open(self.logs[name], "w"), stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
     def log(self, name: str) -> str:

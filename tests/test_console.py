@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import die_with_test
 from stack_harness import ROOT, wait_for
 from test_episode_manager import fr3_config
 
@@ -41,9 +42,9 @@ class Terminal:
 def test_console_keys_start_label_abort_and_rerecord_episodes(tmp_path):
     config = fr3_config(tmp_path)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    manager = subprocess.Popen([sys.executable, "-m", "dsrl_ros.nodes.episode_manager", "--ros-args", "-p",
-                                f"robot_config:={config}"], stdout=open(tmp_path / "manager.log", "w"),
-                               stderr=subprocess.STDOUT, env=env)
+    manager = subprocess.Popen(die_with_test.command([sys.executable, "-m", "dsrl_ros.nodes.episode_manager",
+                                                      "--ros-args", "-p", f"robot_config:={config}"]),
+                               stdout=open(tmp_path / "manager.log", "w"), stderr=subprocess.STDOUT, env=env)
     exported = " ".join(f"{k}={env[k]}" for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE") if k in env)
     term = Terminal(f"cd {ROOT} && env {exported} {sys.executable} -m dsrl_ros.cli console {config} "
                     f"2> {tmp_path / 'console.err'}; sleep 30")

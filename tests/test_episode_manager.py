@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import die_with_test
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.stack          # the node as a real process over DDS
 
@@ -33,8 +35,9 @@ def manager(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("manager")
     log = open(tmp / "episode_manager.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.nodes.episode_manager", "--ros-args", "-p",
-                             f"robot_config:={fr3_config(tmp)}"], stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(die_with_test.command([sys.executable, "-m", "dsrl_ros.nodes.episode_manager",
+                                                   "--ros-args", "-p", f"robot_config:={fr3_config(tmp)}"]),
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     rclpy.init()
     node = rclpy.create_node("teleop_probe")
     events: list = []

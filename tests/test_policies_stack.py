@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import die_with_test
 from stack_harness import Up, assert_stored_episodes_are_whole, stored_episodes
 
 pytestmark = pytest.mark.stack
@@ -68,8 +69,9 @@ def test_remote_policy_as_the_base_serves_the_graph(tmp_path, probe):
     from dsrl_ros.policies import load_base_policy
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dsrl_ros.cli", "serve-policy", "--policy",
-                               "shipped:base_policy_lift", "--port", str(port), "--device", "cpu", "--threads", "1"],
+    server = subprocess.Popen(die_with_test.command([sys.executable, "-m", "dsrl_ros.cli", "serve-policy", "--policy",
+                                                     "shipped:base_policy_lift", "--port", str(port),
+                                                     "--device", "cpu", "--threads", "1"]),
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert json.loads(server.stdout.readline())["url"] == f"ws://127.0.0.1:{port}"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+import die_with_test
 from stack_harness import ROOT, wait_for
 
 try:
@@ -103,8 +104,9 @@ def config_file(tmp_path, **realsense) -> str:
 
 def start_node(tmp_path, config: str) -> tuple[subprocess.Popen, object]:
     log = open(tmp_path / "realsense_camera.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.nodes.realsense_camera", "--ros-args", "-p",
-                             f"robot_config:={config}"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    proc = subprocess.Popen(die_with_test.command([sys.executable, "-m", "dsrl_ros.nodes.realsense_camera",
+                                                   "--ros-args", "-p", f"robot_config:={config}"]),
+                            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     return proc, log
 
 

@@ -18,6 +18,8 @@ from websockets.sync.client import connect
 from dsrl_ros.policies import load_base_policy, wire
 from dsrl_ros.policies.remote import PolicyUnavailable, RemotePolicy
 from dsrl_ros.policies.server import PolicyServer
+
+import die_with_test
 from policy_helpers import noise, robot_obs, tiny_ours
 
 torch.set_num_threads(1)
@@ -104,8 +106,9 @@ def _free_port() -> int:
 
 
 def _start_server(directory, port: int, delay_s: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "dsrl_ros.cli", "serve-policy", "--policy", str(directory),
-                             "--port", str(port), "--device", "cpu", "--threads", "1", "--delay-s", str(delay_s)],
+    proc = subprocess.Popen(die_with_test.command([sys.executable, "-m", "dsrl_ros.cli", "serve-policy",
+                                                   "--policy", str(directory), "--port", str(port), "--device", "cpu",
+                                                   "--threads", "1", "--delay-s", str(delay_s)]),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     assert json.loads(line)["url"] == f"ws://127.0.0.1:{port}", line

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+import die_with_test
 from stack_harness import ROOT, Probe
 
 pytestmark = pytest.mark.stack
@@ -58,8 +59,8 @@ class Operator(Probe):
 def start_node(tmp_path: Path, device: str, stdin=None) -> subprocess.Popen:
     """joy: from the config; keyboard: the node parameter (a terminal device, never in the supervised graph)."""
     path = config(tmp_path, "joy" if device == "joy" else "none")
-    return subprocess.Popen([sys.executable, "-m", "dsrl_ros.nodes.teleop", "--ros-args", "-p",
-                             f"robot_config:={path}"] + (["-p", f"device:={device}"] if device != "joy" else []),
+    args = ["-p", f"robot_config:={path}"] + (["-p", f"device:={device}"] if device != "joy" else [])
+    return subprocess.Popen(die_with_test.command([sys.executable, "-m", "dsrl_ros.nodes.teleop", "--ros-args", *args]),
                             stdin=stdin, stdout=open(tmp_path / "teleop.log", "w"), stderr=subprocess.STDOUT,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
 
