@@ -33,7 +33,7 @@ def ours_updates_per_s(hidden: int, device: str, algo: str, seconds: float) -> f
     if algo == "na":
         agent = PolicySteering(load_policy(device=device), config).agent
     else:
-        agent = DSRL(dsrl_config(config, OBS_DIM, NOISE_DIM))
+        agent = DSRL(dsrl_config(config, OBS_DIM, NOISE_DIM, NOISE_DIM))
     agent.to(device)
     n = 10_000  # replay of random transitions; sampling is part of the timed loop, as in SB3's train()
     data = {"obs": torch.randn(n, OBS_DIM), "next_obs": torch.randn(n, OBS_DIM), "noise": torch.randn(n, NOISE_DIM),

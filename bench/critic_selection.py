@@ -44,8 +44,8 @@ def load_run(run_dir: Path) -> tuple[PolicySteering, object, str]:
 
 @torch.no_grad()
 def best_of_k(steering: PolicySteering, k: int, source: str, rng: np.random.Generator):
-    """A noise chooser: k candidates (the actor's mean + k-1 of its samples, or k draws of N(0, I)), the one with
-    the highest mean Q^W executed."""
+    """A noise chooser: k candidates (the actor's mean + k-1 of its samples, or k draws of N(0, I) in the agent's
+    steering space), the one with the highest mean Q^W executed."""
     agent, shape = steering.agent, steering.noise_shape
 
     def choose(stacked: dict) -> np.ndarray:
@@ -55,9 +55,9 @@ def best_of_k(steering: PolicySteering, k: int, source: str, rng: np.random.Gene
             s_k = s.expand(k - 1, -1)
             w = torch.cat([agent.act(s, deterministic=True), agent.act(s_k, deterministic=False)])
         else:
-            w = torch.as_tensor(rng.standard_normal((k, int(np.prod(shape)))), dtype=torch.float32)
+            w = torch.as_tensor(rng.standard_normal((k, agent.config.noise_dim)), dtype=torch.float32)
         q = agent.q_noise(s.expand(k, -1), w).mean(0)
-        return w[int(q.argmax())].view(shape).numpy()
+        return steering.expand(w[int(q.argmax())][None]).view(shape).numpy()
 
     return choose
 

@@ -221,3 +221,34 @@ def test_train_steer_with_the_scripted_operator_stores_its_takeovers_and_reports
     assert summary["interventions"] == 2 and records[2]["operator_steps"] == 0     # the first two episodes only
     rows = data["intervention"] != 0
     assert (data["source"][rows] == SOURCE_EXTERNAL).all() and not data["noise"][rows].any()
+
+
+@pytest.mark.parametrize("algo", ["na", "sac"])
+def test_noise_segments_steer_one_vector_per_segment_held_over_its_steps(tiny_policy_dir, tmp_path, algo):
+    """learner.noise_segments=2 on a 4-step chunk: the agent chooses 2 x 5 numbers, the policy gets each held for
+    two steps; replay noise (any w) reaches the critic as segment means; the YAML knob reaches a saved actor."""
+    assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--out", str(tmp_path / "r"), "--episodes",
+                     "3", "--warmup-episodes", "1", "--utd", "1", "--batch-size", "4", "--hidden-dim", "32",
+                     "--eval-episodes", "0", "--algo", algo, "--set", "learner.noise_segments=2"]) == 0
+    policy = DiffusionPolicy(TINY).eval()
+    steering = load_actor(tmp_path / "r" / "actor", policy)
+    assert steering.config.noise_segments == 2
+    assert (steering.agent.config.noise_dim, steering.agent.config.action_dim) == (10, 20)
+    assert steering.agent.actor.trunk[-1].out_features == 2 * 10
+    w = steering.choose_noise(ScriptedEnv().reset()[0])
+    assert w.shape == TINY.noise_shape
+    np.testing.assert_array_equal(w[0], w[1])
+    np.testing.assert_array_equal(w[2], w[3])
+    assert not np.array_equal(w[0], w[2])
+    z = torch.randn(3, 10)
+    assert torch.equal(steering.project(steering.expand(z)), z)
+    full = torch.arange(20.0)[None]                        # steps (0..4, 5..9), (10..14, 15..19)
+    assert steering.project(full).tolist() == [[2.5, 3.5, 4.5, 5.5, 6.5, 12.5, 13.5, 14.5, 15.5, 16.5]]
+
+
+def test_noise_segments_must_divide_the_chunk():
+    with pytest.raises(ValueError, match=r"learner.noise_segments: expected 0 or a divisor of the policy's chunk "
+                                         r"length 4, got 3"):
+        PolicySteering(DiffusionPolicy(TINY).eval(), AgentConfig(noise_segments=3))
+    with pytest.raises(ValueError, match="noise_segments: expected an integer >= 0"):
+        AgentConfig(noise_segments=-1)

@@ -42,8 +42,8 @@ WINDOW = 20
 EVAL_SEED = 50_000_000   # held-out evaluation seeds, far from training (seed * 1_000_003 + episode)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "robot_configs" / "sim_arm.yaml"
 # Shorthand flags for the most used `learner.*` knobs (each also settable with --set learner.<name>=...).
-SHORTHANDS = {"algo": str, "warmup_episodes": int, "utd": float, "noise_magnitude": float, "hidden_dim": int,
-              "batch_size": int, "init_temperature": float, "target_entropy": float, "encoder": str,
+SHORTHANDS = {"algo": str, "warmup_episodes": int, "utd": float, "noise_magnitude": float, "noise_segments": int,
+              "hidden_dim": int, "batch_size": int, "init_temperature": float, "target_entropy": float, "encoder": str,
               "distill_steps": int, "actor_lr": float, "reward": str}
 
 

@@ -16,14 +16,18 @@ ENCODERS = ("base_features", "cnn")
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
 # Knobs added after agents were saved: a saved config without them gets their defaults (they change training only).
-ADDED_LATER = ("intervention_fraction", "takeover_penalty", "n_step")
-ARCHITECTURE = ("algo", "noise_magnitude", "hidden_dim", "num_layers", "num_critics", "encoder", "encoder_dim")
+ADDED_LATER = ("intervention_fraction", "takeover_penalty", "n_step", "noise_segments")
+ARCHITECTURE = ("algo", "noise_magnitude", "noise_segments", "hidden_dim", "num_layers", "num_critics", "encoder",
+                "encoder_dim")
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     algo: str = "na"                     # na (DSRL-NA: Q^A on executed actions, distilled) | sac (DSRL-SAC: Q(s, w))
     noise_magnitude: float = 1.5         # b: the actor's w = b tanh(u)
+    noise_segments: int = 0              # the steering space: 0 = all of w (one Da-vector per chunk step); S = the
+                                         # chunk's Ta steps in S equal segments, one Da-vector each, held over its
+                                         # steps (S * Da numbers to choose instead of Ta * Da; S divides Ta)
     hidden_dim: int = 128                # actor and critics: num_layers x hidden_dim, LayerNorm + Tanh
     num_layers: int = 3
     num_critics: int = 2                 # ensemble; targets use the min
@@ -55,6 +59,8 @@ class AgentConfig:
                 ("reward", self.reward in REWARD_MODES, f"one of {list(REWARD_MODES)}"),
                 ("encoder", self.encoder in ENCODERS, f"one of {list(ENCODERS)}"),
                 ("noise_magnitude", _positive(self.noise_magnitude), "a bound > 0"),
+                ("noise_segments", isinstance(self.noise_segments, int) and self.noise_segments >= 0,
+                 "an integer >= 0 (0: all of w)"),
                 ("hidden_dim", self.hidden_dim >= 1, "an integer >= 1"),
                 ("num_layers", self.num_layers >= 1, "an integer >= 1"),
                 ("num_critics", self.num_critics >= 2, "an integer >= 2 (min over an ensemble)"),

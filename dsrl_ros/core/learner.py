@@ -258,7 +258,7 @@ class Learner:
         with self._lock:
             batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
                                         raw_obs=config.encoder == "cnn")
-            self.last_metrics = self.steering.agent.update(_to_device(batch, self.steering.device))
+            self.last_metrics = self.steering.update(_to_device(batch, self.steering.device))
             updates = self.num_updates
             if updates % config.publish_every_updates == 0:
                 self._publish_locked()

@@ -32,9 +32,10 @@ CHECKPOINT_FORMAT = "dsrl_ros.steer_checkpoint/2"
 TRAINER_STATE = "trainer_state.pt"   # optimiser states + RNG: torch.save, read back with weights_only=True
 
 
-def dsrl_config(config: AgentConfig, obs_dim: int, noise_dim: int) -> DSRLConfig:
-    """The DSRL algorithm's own config (core/dsrl.py) for an agent on observations of obs_dim features."""
-    return DSRLConfig(obs_dim=obs_dim, noise_dim=noise_dim, action_dim=noise_dim, algo=config.algo,
+def dsrl_config(config: AgentConfig, obs_dim: int, noise_dim: int, action_dim: int) -> DSRLConfig:
+    """The DSRL algorithm's own config (core/dsrl.py) for an agent on observations of obs_dim features that
+    chooses noise_dim numbers for chunks of action_dim (Ta * Da) numbers."""
+    return DSRLConfig(obs_dim=obs_dim, noise_dim=noise_dim, action_dim=action_dim, algo=config.algo,
                       hidden_dim=config.hidden_dim, num_layers=config.num_layers, num_critics=config.num_critics,
                       noise_magnitude=config.noise_magnitude, gamma=config.gamma, tau=config.tau, lr=config.lr,
                       actor_lr=config.actor_lr or None, distill_steps=config.distill_steps,
@@ -79,11 +80,18 @@ class PolicySteering:
             raise ValueError(f"policy n_obs_steps: steering supports 1, got {policy.config.n_obs_steps}")
         self.policy, self.config = policy, config
         self.noise_shape = policy.config.noise_shape
-        noise_dim = int(np.prod(self.noise_shape))
+        steps = self.noise_shape[0]
+        self.segments = config.noise_segments or steps
+        if steps % self.segments:
+            raise ValueError(f"learner.noise_segments: expected 0 or a divisor of the policy's chunk length {steps}, "
+                             f"got {config.noise_segments}")
+        # The agent's noise z (B, S * Da): one Da-vector per segment; the policy's w repeats each over its steps.
+        steer_dim = self.segments * int(np.prod(self.noise_shape[1:]))
         own = config.encoder == "cnn"
         encoder = SteeringObsEncoder(policy, config.encoder_dim) if own else None
         obs_dim = config.encoder_dim if own else policy.config.feature_dim
-        self.agent = DSRL(dsrl_config(config, obs_dim, noise_dim), self.decode, encoder)
+        chunk_dim = int(np.prod(self.noise_shape))
+        self.agent = DSRL(dsrl_config(config, obs_dim, steer_dim, chunk_dim), self.decode, encoder)
         self.device = policy.device                 # the agent lives where the frozen policy does
         self.agent.to(self.device)
 
@@ -99,10 +107,29 @@ class PolicySteering:
             out.append(self.policy.encode_obs(obs).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.policy.config.feature_dim), np.float32)
 
-    def decode(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(B, hidden), (B, Ta*Da) -> normalised executed chunk (B, Ta*Da): pi_dp(s, w)."""
-        chunk = self.policy.sample_from_features(features, noise.view(-1, *self.noise_shape))
+    # ---- the steering space: z (B, S * Da) <-> w (B, Ta * Da) ------------------------------------------------
+    def expand(self, z: torch.Tensor) -> torch.Tensor:
+        """The agent's z (B, S*Da) -> the policy's w (B, Ta*Da): each segment's vector held over its Ta/S steps."""
+        if self.segments == self.noise_shape[0]:
+            return z
+        held = z.view(z.shape[0], self.segments, -1).repeat_interleave(self.noise_shape[0] // self.segments, dim=1)
+        return held.flatten(1)
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        """w (B, Ta*Da) -> z (B, S*Da), each segment's mean: the inverse of `expand` on its image (a noise the
+        actor chose), the nearest z to any other w (warm-up draws of N(0, I))."""
+        if self.segments == self.noise_shape[0]:
+            return w
+        return w.view(w.shape[0], self.segments, self.noise_shape[0] // self.segments, -1).mean(2).flatten(1)
+
+    def decode(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(B, hidden), z (B, S*Da) -> normalised executed chunk (B, Ta*Da): pi_dp(s, expand(z))."""
+        chunk = self.policy.sample_from_features(features, self.expand(z).view(-1, *self.noise_shape))
         return self.policy.normalize_actions(chunk).flatten(1)
+
+    def update(self, batch: dict) -> dict[str, float]:
+        """One DSRL update on a replay batch (its "noise" the executed w (B, Ta*Da), on the agent's device)."""
+        return self.agent.update(batch | {"noise": self.project(batch["noise"])})
 
     def normalize_actions(self, chunks: np.ndarray) -> np.ndarray:
         """(N, Ta*Da) robot units -> normalised, as Q^A sees executed chunks."""
@@ -117,7 +144,7 @@ class PolicySteering:
                          "proprio": torch.as_tensor(obs["proprio"], dtype=torch.float32, device=self.device)[None]}
         else:
             agent_obs = torch.as_tensor(self.features(obs["image"][None], obs["proprio"][None]), device=self.device)
-        return self.agent.act(agent_obs, deterministic)[0].view(self.noise_shape).cpu().numpy()
+        return self.expand(self.agent.act(agent_obs, deterministic))[0].view(self.noise_shape).cpu().numpy()
 
     def actor_tensors(self) -> dict[str, torch.Tensor]:
         """What acting needs: the actor, plus the agent's own encoder (prefixed "encoder.") if it has one."""
