@@ -121,3 +121,34 @@ def test_a_checkpoint_that_does_not_fit_the_robot_names_the_config_field():
         with pytest.raises(ValueError) as err:
             check_policy_fits_config(policy, config)
         assert str(err.value) == message
+
+
+def test_a_flood_of_forged_signed_messages_never_crowds_out_the_runs_own(tmp_path):
+    """Over the cap, only messages this run did not sign are dropped: a flood of forged episode events once made
+    the sim arm miss an episode's start and refuse every chunk of it (the episode stalled)."""
+    from dsrl_interfaces.msg import EpisodeEvent
+
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import sign
+
+    key = load_or_create_run_key(tmp_path)
+    logger, seen = Logger(), []
+    callback = guarded(DropLog(logger), "/dsrl/episode", seen.append, rate_cap_hz=5, key=key)
+    forged = [EpisodeEvent(episode=i, state=EpisodeEvent.STATE_RUNNING) for i in range(100)]
+    own = EpisodeEvent(episode=7, state=EpisodeEvent.STATE_RUNNING)
+    sign(own, key)
+    for msg in forged[:50]:
+        callback(msg)
+    callback(own)                                          # mid-flood, the cap long exceeded
+    for msg in forged[50:]:
+        callback(msg)
+    assert seen == [own]                                   # the forged never reach the handler, capped or not
+    assert "dropped a message over the input rate cap on /dsrl/episode" in logger.lines[-1]
+    assert any("episode_event.run_id" in line for line in logger.lines)   # the first few: why they were dropped
+    tampered = EpisodeEvent(episode=8, state=EpisodeEvent.STATE_RUNNING, run_id=own.run_id, signature=own.signature)
+    callback(tampered)                                     # a copied signature on other fields is still forged
+    assert seen == [own]
+    untyped = guarded(DropLog(Logger()), "/t", seen.append, rate_cap_hz=5, key=key)
+    for i in range(10):                                    # a message type that is not signed: the plain cap
+        untyped(i)
+    assert seen == [own, 0, 1, 2, 3, 4]

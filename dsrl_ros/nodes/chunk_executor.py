@@ -75,8 +75,8 @@ class ChunkExecutorNode(ConfiguredNode):
         self.abort_client = self.create_client(Trigger, arm_io.EPISODE_ABORT_SERVICE)
 
         def sub(msg_type, topic, handler, role, profile):
-            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role]),
-                                     q[profile])
+            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role],
+                                                                    key=self.key), q[profile])
         self.sub = sub
         sub(String, e.robot_description_topic, self._on_description, "event", "latched")
         sub(JointState, c.proprio.joint_states_topic, self._on_joints, "sensor", "sensor")

@@ -67,9 +67,8 @@ class EpisodeManagerNode(ConfiguredNode):
         self.create_subscription(LearnerStatus, LEARNER_STATUS, guarded(self.drop, LEARNER_STATUS, self._on_status,
                                                                         RATE_CAP_HZ["decision"]), q["status"])
         self.gate = CommandGate(int(c.teleop.command_max_age_s * 1e9))
-        self.create_subscription(OperatorCommand, OPERATOR_COMMAND, guarded(self.drop, OPERATOR_COMMAND,
-                                                                            self._on_command, RATE_CAP_HZ["event"]),
-                                 q["decision"])
+        on_command = guarded(self.drop, OPERATOR_COMMAND, self._on_command, RATE_CAP_HZ["event"], self.key)
+        self.create_subscription(OperatorCommand, OPERATOR_COMMAND, on_command, q["decision"])
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(SetBool, "~/label", self._on_label)
         self.create_service(Trigger, "~/abort", self._on_abort)

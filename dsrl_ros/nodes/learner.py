@@ -52,8 +52,8 @@ class LearnerNode(ConfiguredNode):
                                         takeover_penalty=lc.takeover_penalty)
 
         def sub(msg_type, topic, handler, role):
-            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role]),
-                                     q["decision"])
+            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role],
+                                                                    key=self.key), q["decision"])
         sub(Observation, OBSERVATION, self._on_observation, "decision")
         sub(ActionChunk, ACTION_CHUNK, self._on_chunk, "decision")
         sub(ChunkResult, CHUNK_RESULT, self._on_result, "decision")

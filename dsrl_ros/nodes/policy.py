@@ -67,8 +67,8 @@ class PolicyNode(ConfiguredNode):
         self.first_decision_at = time.monotonic() + DISCOVERY_SETTLE_S
 
         def sub(msg_type, topic, handler, role, profile):
-            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role]),
-                                     q[profile])
+            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role],
+                                                                    key=self.key), q[profile])
         sub(Image, c.camera.topic, self._on_image, "sensor", "sensor")
         sub(JointState, c.proprio.joint_states_topic, self._on_joints, "sensor", "sensor")
         if c.proprio.ee_pose_topic:

@@ -181,16 +181,34 @@ class RateCap:
 RATE_CAP_HZ = {"sensor": 1000.0, "decision": 100.0, "event": 50.0, "weights": 20.0, "teleop": 500.0}
 
 
-def guarded(drop: DropLog, topic: str, handler: Callable, rate_cap_hz: float | None = None) -> Callable:
+def guarded(drop: DropLog, topic: str, handler: Callable, rate_cap_hz: float | None = None,
+            key: RunKey | None = None) -> Callable:
     """A subscription callback that logs and drops what `handler` rejects instead of dying, and drops (unread)
-    what arrives faster than `rate_cap_hz`."""
+    what arrives faster than `rate_cap_hz`.
+
+    key: for the signed message types (`sign`), the signature is checked first; a message this run signed reaches
+    `handler` and never counts against the cap, so a flood of forged or foreign messages on the topic cannot crowd
+    out the graph's own (a missed episode start would stall the arm for the whole episode). Unsigned ones count
+    against the cap and are dropped, never handled."""
     cap = RateCap(rate_cap_hz) if rate_cap_hz else None
 
-    def callback(msg) -> None:
+    def over_cap() -> bool:
         if cap is not None and not cap.allow():
             drop(topic, f"over {cap.rate:g} messages/s", "a message over the input rate cap")
-            return
+            return True
+        return False
+
+    def callback(msg) -> None:
         try:
+            if key is not None and type(msg).__name__ in _SIGNED:
+                try:
+                    check_signed(msg, key)
+                except (ValueError, KeyError, IndexError, TypeError):
+                    if over_cap():
+                        return
+                    raise
+            elif over_cap():
+                return
             handler(msg)
         except (ValueError, KeyError, IndexError, TypeError) as err:
             drop(topic, err)

@@ -79,22 +79,22 @@ class SimRobotNode(ConfiguredNode):
         self.pose_pub = (self.create_publisher(PoseStamped, c.proprio.ee_pose_topic, q["status"])
                          if c.proprio.ee_pose_topic else None)
         self.result_pub = self.create_publisher(ChunkResult, CHUNK_RESULT, q["decision"])
+        self.key = load_or_create_run_key(c.learner.run_dir)
         self.running_episode: int | None = None      # from this run's episode events ...
         self.events_seen = False                     # ... once there was one (else every chunk is taken)
         # Subscribed before the chunks: when an episode's start and its first chunk wait together, the executor
         # takes them in this order.
         self.create_subscription(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode,
-                                                                RATE_CAP_HZ["event"]), q["events"])
+                                                                RATE_CAP_HZ["event"], self.key), q["events"])
         self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
                                                                     RATE_CAP_HZ["decision"]), q["decision"])
         self.low, self.high = np.array(c.action.low, np.float32), np.array(c.action.high, np.float32)
         self.limit_hits_logged: set[str] = set()     # action dimensions whose limit hit was logged this episode
         self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
-        self.key = load_or_create_run_key(c.learner.run_dir)
         self.gate = CommandGate(int(c.teleop.command_max_age_s * 1e9))
         self.operator = OperatorStream(int(c.teleop.max_age_s * 1e9), self.low, self.high)
         self.create_subscription(TeleopCommand, TELEOP_COMMAND, guarded(self.drop, TELEOP_COMMAND, self._on_teleop,
-                                                                        RATE_CAP_HZ["teleop"]), q["decision"])
+                                                                        RATE_CAP_HZ["teleop"], self.key), q["decision"])
         self.executed: list[tuple[int, int, np.ndarray]] = []   # (index, source, action) of the chunk's steps
         # The scripted operator (teleop.device scripted) reads the privileged state; nobody else gets it.
         self.expert_pub = (self.create_publisher(Float64MultiArray, SIM_EXPERT_STATE, q["decision"])

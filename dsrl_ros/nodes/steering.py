@@ -41,7 +41,7 @@ class SteeringNode(ConfiguredNode):
         self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
                                                                    RATE_CAP_HZ["decision"]), q["decision"])
         self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(self.drop, ACTOR_WEIGHTS, self._on_weights,
-                                                                      RATE_CAP_HZ["weights"]), q["latched"])
+                                                                      RATE_CAP_HZ["weights"], self.key), q["latched"])
         self.get_logger().info("no actor yet: answering with w ~ N(0, I) until the learner publishes one")
 
     def _on_observation(self, msg: Observation) -> None:
