@@ -152,3 +152,35 @@ def test_a_flood_of_forged_signed_messages_never_crowds_out_the_runs_own(tmp_pat
     for i in range(10):                                    # a message type that is not signed: the plain cap
         untyped(i)
     assert seen == [own, 0, 1, 2, 3, 4]
+
+
+def test_a_refusal_is_logged_under_the_subscriptions_own_name_whichever_check_refused(tmp_path):
+    """The steering node names dropped weights 'actor weights (the actor in use stays)': a forged signature
+    (refused by `guarded`) and a stale version (refused by the handler) both must say so; the signature check
+    moving into `guarded` once made forged weights read as 'a malformed message' (the full suite's stack test)."""
+    from dsrl_interfaces.msg import ActorWeights
+
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import sign
+
+    key = load_or_create_run_key(tmp_path)
+    logger, seen = Logger(), []
+
+    def handler(msg):
+        if msg.version < 2:
+            raise ValueError(f"actor_weights.version: expected > 1, got {msg.version}")
+        seen.append(msg.version)
+    what = "actor weights (the actor in use stays)"
+    callback = guarded(DropLog(logger), "/dsrl/actor_weights", handler, key=key, what=what)
+    callback(ActorWeights(version=5, config_json="{}", safetensors=b"garbage"))      # never signed
+    assert logger.lines[-1].startswith(f"dropped {what} on /dsrl/actor_weights (1 like it so far): "
+                                       "actor_weights.run_id")
+    stale = ActorWeights(version=1, config_json="{}")
+    sign(stale, key)
+    callback(stale)
+    assert logger.lines[-1] == (f"dropped {what} on /dsrl/actor_weights (1 like it so far): "
+                                "actor_weights.version: expected > 1, got 1")
+    fresh = ActorWeights(version=3, config_json="{}")
+    sign(fresh, key)
+    callback(fresh)
+    assert seen == [3] and len(logger.lines) == 2

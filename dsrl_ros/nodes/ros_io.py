@@ -182,14 +182,15 @@ RATE_CAP_HZ = {"sensor": 1000.0, "decision": 100.0, "event": 50.0, "weights": 20
 
 
 def guarded(drop: DropLog, topic: str, handler: Callable, rate_cap_hz: float | None = None,
-            key: RunKey | None = None) -> Callable:
+            key: RunKey | None = None, what: str = "a malformed message") -> Callable:
     """A subscription callback that logs and drops what `handler` rejects instead of dying, and drops (unread)
     what arrives faster than `rate_cap_hz`.
 
     key: for the signed message types (`sign`), the signature is checked first; a message this run signed reaches
     `handler` and never counts against the cap, so a flood of forged or foreign messages on the topic cannot crowd
     out the graph's own (a missed episode start would stall the arm for the whole episode). Unsigned ones count
-    against the cap and are dropped, never handled."""
+    against the cap and are dropped, never handled.
+    what: how the log names a dropped message of this topic (DropLog), whichever check refused it."""
     cap = RateCap(rate_cap_hz) if rate_cap_hz else None
 
     def over_cap() -> bool:
@@ -211,7 +212,7 @@ def guarded(drop: DropLog, topic: str, handler: Callable, rate_cap_hz: float | N
                 return
             handler(msg)
         except (ValueError, KeyError, IndexError, TypeError) as err:
-            drop(topic, err)
+            drop(topic, err, what)
     return callback
 
 

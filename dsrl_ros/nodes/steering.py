@@ -21,7 +21,7 @@ from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
-from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ, check_signed,
+from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ,
                                    float32_field, guarded, observation_arrays, qos, run_node)
 
 
@@ -40,8 +40,9 @@ class SteeringNode(ConfiguredNode):
         self.noise_pub = self.create_publisher(Noise, NOISE, q["decision"])
         self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
                                                                    RATE_CAP_HZ["decision"]), q["decision"])
-        self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(self.drop, ACTOR_WEIGHTS, self._on_weights,
-                                                                      RATE_CAP_HZ["weights"], self.key), q["latched"])
+        self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(
+            self.drop, ACTOR_WEIGHTS, self._on_weights, RATE_CAP_HZ["weights"], self.key,
+            what="actor weights (the actor in use stays)"), q["latched"])
         self.get_logger().info("no actor yet: answering with w ~ N(0, I) until the learner publishes one")
 
     def _on_observation(self, msg: Observation) -> None:
@@ -60,15 +61,12 @@ class SteeringNode(ConfiguredNode):
         self.noise_pub.publish(out)
 
     def _on_weights(self, msg: ActorWeights) -> None:
-        try:
-            check_signed(msg, self.key)
-            if msg.version <= self.version:
-                raise ValueError(f"actor_weights.version: expected > {self.version} (the version in use), got "
-                                 f"{msg.version}")
-            steering = actor_from_bytes(bytes(msg.safetensors), msg.config_json, self.policy, self.expected)
-        except ValueError as err:                  # logged per kind of refusal, not per message: floods stay quiet
-            self.drop(ACTOR_WEIGHTS, err, "actor weights (the actor in use stays)")
-            return
+        """Called by `guarded` once the signature checked out; a ValueError here is logged per kind of refusal
+        (not per message: floods stay quiet) and the actor in use stays."""
+        if msg.version <= self.version:
+            raise ValueError(f"actor_weights.version: expected > {self.version} (the version in use), got "
+                             f"{msg.version}")
+        steering = actor_from_bytes(bytes(msg.safetensors), msg.config_json, self.policy, self.expected)
         self.steering, self.version = steering, int(msg.version)
         self.get_logger().info(f"actor version {self.version} in use ({msg.num_updates} learner updates)")
 
