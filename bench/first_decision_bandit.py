@@ -10,7 +10,8 @@ Da-vector per segment, `learner.noise_segments`) and every later chunk runs at w
    `base_features` actor and critic see.
 3. **A success model** P(success | s0, z0) (an MLP like the critics: LayerNorm + Tanh, 3 x 128) fit on the first n
    of them, for each n in --sizes; its held-out log-loss next to a state-only model P(success | s0) (does the noise
-   add anything the fit can use?).
+   add anything the fit can use?) and a model on the decoded chunk, P(success | s0, pi_dp(s0, w0)) (what
+   DSRL-NA's Q^A sees).
 4. **Acting on it**: on held-out seeds, z0 = the best of K draws by the model, then w = 0; against z0 ~ N(0, I) and
    z0 = 0 on the same seeds.
 
@@ -92,6 +93,33 @@ def log_loss(net, x: np.ndarray, y: np.ndarray) -> float:
         return float(F.binary_cross_entropy_with_logits(logits, torch.as_tensor(y, dtype=torch.float32)))
 
 
+def smoothness(play, outcome: np.ndarray, cand: np.ndarray, scales: list[float], rng: np.random.Generator,
+               states: int = 40, draws: int = 4) -> list[dict]:
+    """Does success stay when the noise moves a little? For held-out states with both a succeeding and a failing
+    random candidate: each perturbed by eps * N(0, I), `draws` times; the share of successes near a success and
+    near a failure. Equal shares at a small eps: the outcome is not a smooth function of the noise, so nothing
+    that generalises across noises (a critic) can pick the winners that a search from the saved state finds."""
+    both = [i for i in range(len(outcome)) if outcome[i, 1:].any() and not outcome[i, 1:].all()][:states]
+    rows = []
+    for eps in scales:
+        near = {True: [], False: []}
+        for i in both:
+            for won in (True, False):
+                j = 1 + int(np.flatnonzero(outcome[i, 1:] == won)[0])
+                for _ in range(draws):
+                    z = cand[i, j] + eps * rng.standard_normal(cand.shape[-1]).astype(np.float32)
+                    near[won].append(play(100_000 + i, z))
+        rows.append({"eps": eps, "states": len(both), "near_success": float(np.mean(near[True])),
+                     "near_failure": float(np.mean(near[False]))})
+    return rows
+
+
+@torch.no_grad()
+def decode(steering: PolicySteering, features: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """(N, feature), (N, S*Da) -> the normalised chunks (N, Ta*Da) the policy makes of them."""
+    return steering.decode(torch.as_tensor(features), torch.as_tensor(z, dtype=torch.float32)).numpy()
+
+
 def log_loss_of_rate(p: float, y: np.ndarray) -> float:
     """The held-out log-loss of predicting the training success rate everywhere: what a model must beat."""
     p = float(np.clip(p, 1e-6, 1 - 1e-6))
@@ -108,6 +136,8 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=100, help="held-out seeds (100000+, eval's default)")
     parser.add_argument("--steps", type=int, default=1000, help="fit steps (the best on a 20 % split is kept)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoothness", default="", help="comma-separated eps: success near a success vs near a "
+                                                              "failure (held-out seeds 100000+, as --eval)")
     parser.add_argument("--data", default=None, help=".npz of the episodes: read if it exists, else written")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -151,6 +181,8 @@ def main() -> None:
               "first_noise_ceiling": float(outcome.any(1).mean()), "z0_zero": float(outcome[:, 0].mean()),
               "z0_gaussian": float(outcome[:, 1:].mean()),
               "log_loss_constant": log_loss_of_rate(won.mean(), outcome[:, 1:].reshape(-1)), "fits": []}
+    a0 = decode(steering, s0, z0)
+    cand_a = decode(steering, np.repeat(held_s0, k, 0), cand.reshape(-1, cand.shape[-1])).reshape(n_eval, k, -1)
     # Held-out log-loss on every random candidate of every held-out state (z0 ~ N(0, I), as in training).
     s_test = np.repeat(held_s0, k - 1, 0)
     x_test = np.concatenate([s_test, cand[:, 1:].reshape(-1, cand.shape[-1])], 1)
@@ -165,9 +197,19 @@ def main() -> None:
             x = torch.as_tensor(np.concatenate([np.repeat(held_s0[:, None], k, 1), cand], 2))
             scores = model(x.view(-1, x.shape[-1])).view(n_eval, k)
         pick = scores.argmax(1).numpy()
+        # The same on the decoded chunk a0 = pi_dp(s0, w0) instead of the noise (what DSRL-NA's Q^A sees).
+        on_action = fit(np.concatenate([s0[:n], a0[:n]], 1), won[:n], args.steps, args.seed)
+        with torch.no_grad():
+            xa = torch.as_tensor(np.concatenate([np.repeat(held_s0[:, None], k, 1), cand_a], 2))
+            pick_a = on_action(xa.view(-1, xa.shape[-1])).view(n_eval, k).argmax(1).numpy()
+        xa_test = np.concatenate([s_test, cand_a[:, 1:].reshape(-1, cand_a.shape[-1])], 1)
         result["fits"].append({"n": n, "log_loss": log_loss(model, x_test, y_test),
                                "log_loss_state_only": log_loss(state_only, s_test, y_test),
-                               "best_of_k_by_model": float(outcome[np.arange(n_eval), pick].mean())})
+                               "log_loss_on_action": log_loss(on_action, xa_test, y_test),
+                               "best_of_k_by_model": float(outcome[np.arange(n_eval), pick].mean()),
+                               "best_of_k_by_action_model": float(outcome[np.arange(n_eval), pick_a].mean())})
+    if args.smoothness:
+        result["smoothness"] = smoothness(play, outcome, cand, [float(e) for e in args.smoothness.split(",")], rng)
     env.close()
     result |= {"collect_s": round(collect_s), "seconds": round(time.time() - start),
                "machine": machine_description()}
