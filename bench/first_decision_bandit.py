@@ -14,6 +14,10 @@ Da-vector per segment, `learner.noise_segments`) and every later chunk runs at w
    DSRL-NA's Q^A sees).
 4. **Acting on it**: on held-out seeds, z0 = the best of K draws by the model, then w = 0; against z0 ~ N(0, I) and
    z0 = 0 on the same seeds.
+5. **With the state known exactly**: the same two fits on the block's pose read from the sim (x, y, cos 2 yaw,
+   sin 2 yaw: all a `lift_block` reset randomises that matters to the grasp) instead of the features. If these
+   predict no better, the outcome of a noise is not learnable from this much data whatever the encoder; if they
+   do, the features are the bottleneck.
 
 If the model picks well from a few hundred episodes, a critic should be able to; if it does not even from thousands,
 the features or the size of the steering space are the bottleneck, not the RL.
@@ -57,9 +61,12 @@ def first_noise_then_mode(steering: PolicySteering, z0: np.ndarray):
     return choose
 
 
-def features_at_reset(env, steering: PolicySteering, seed: int) -> np.ndarray:
+def features_at_reset(env, steering: PolicySteering, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(what the actor sees at the reset, the block's pose from the sim: x, y, cos 2 yaw, sin 2 yaw)."""
     obs, _ = env.reset(seed=seed)
-    return steering.features(obs["image"][None], obs["proprio"][None])[0]
+    pos, yaw = env.cube_pose()
+    pose = np.array([pos[0], pos[1], np.cos(2 * yaw), np.sin(2 * yaw)], np.float32)
+    return steering.features(obs["image"][None], obs["proprio"][None])[0], pose
 
 
 def fit(x: np.ndarray, y: np.ndarray, steps: int, seed: int) -> torch.nn.Module:
@@ -156,24 +163,28 @@ def main() -> None:
     cache = Path(args.data) if args.data else None
     if cache is not None and cache.exists():              # the episodes of an earlier run with the same settings
         data = np.load(cache)
-        s0, z0, won, cand, outcome, held_s0 = (data[k] for k in ("s0", "z0", "won", "cand", "outcome", "held_s0"))
+        s0, z0, won, cand, outcome, held_s0, p0, held_p0 = (data[k] for k in (
+            "s0", "z0", "won", "cand", "outcome", "held_s0", "p0", "held_p0"))
     else:
         # Training data: seeds far from the held-out ones.
-        s0, z0, won = [], [], []
+        s0, p0, z0, won = [], [], [], []
         for i in range(args.episodes):
             seed = 400_000 + i
-            s0.append(features_at_reset(env, steering, seed))
+            features, pose = features_at_reset(env, steering, seed)
+            s0.append(features)
+            p0.append(pose)
             z0.append(rng.standard_normal(dim).astype(np.float32))
             won.append(play(seed, z0[-1]))
-        s0, z0, won = np.array(s0), np.array(z0), np.array(won, np.float32)
+        s0, p0, z0, won = np.array(s0), np.array(p0), np.array(z0), np.array(won, np.float32)
         # Held-out: K candidates per state, each played (the ceiling), shared by every model's pick below.
         held = [100_000 + i for i in range(args.eval)]
         cand = rng.standard_normal((args.eval, args.k, dim)).astype(np.float32)
         cand[:, 0] = 0.0                                              # z0 = 0 is a candidate: never below the mode
         outcome = np.array([[play(seed, cand[i, j]) for j in range(args.k)] for i, seed in enumerate(held)])
-        held_s0 = np.array([features_at_reset(env, steering, seed) for seed in held])
+        held_s0, held_p0 = (np.array(a) for a in zip(*[features_at_reset(env, steering, seed) for seed in held]))
         if cache is not None:
-            np.savez(cache, s0=s0, z0=z0, won=won, cand=cand, outcome=outcome, held_s0=held_s0)
+            np.savez(cache, s0=s0, z0=z0, won=won, cand=cand, outcome=outcome, held_s0=held_s0, p0=p0,
+                     held_p0=held_p0)
     collect_s = time.time() - start
     n_eval, k = outcome.shape
     result = {"policy": args.policy, "segments": args.segments, "noise_dims": dim, "train_episodes": len(won),
@@ -203,11 +214,22 @@ def main() -> None:
             xa = torch.as_tensor(np.concatenate([np.repeat(held_s0[:, None], k, 1), cand_a], 2))
             pick_a = on_action(xa.view(-1, xa.shape[-1])).view(n_eval, k).argmax(1).numpy()
         xa_test = np.concatenate([s_test, cand_a[:, 1:].reshape(-1, cand_a.shape[-1])], 1)
+        # The same with the block's pose from the sim in place of the features (the state known exactly).
+        pose_only = fit(p0[:n], won[:n], args.steps, args.seed)
+        pose_noise = fit(np.concatenate([p0[:n], z0[:n]], 1), won[:n], args.steps, args.seed)
+        p_test = np.repeat(held_p0, k - 1, 0)
+        xp_test = np.concatenate([p_test, cand[:, 1:].reshape(-1, cand.shape[-1])], 1)
+        with torch.no_grad():
+            xp = torch.as_tensor(np.concatenate([np.repeat(held_p0[:, None], k, 1), cand], 2))
+            pick_p = pose_noise(xp.view(-1, xp.shape[-1])).view(n_eval, k).argmax(1).numpy()
         result["fits"].append({"n": n, "log_loss": log_loss(model, x_test, y_test),
                                "log_loss_state_only": log_loss(state_only, s_test, y_test),
                                "log_loss_on_action": log_loss(on_action, xa_test, y_test),
                                "best_of_k_by_model": float(outcome[np.arange(n_eval), pick].mean()),
-                               "best_of_k_by_action_model": float(outcome[np.arange(n_eval), pick_a].mean())})
+                               "best_of_k_by_action_model": float(outcome[np.arange(n_eval), pick_a].mean()),
+                               "log_loss_pose_only": log_loss(pose_only, p_test, y_test),
+                               "log_loss_pose_and_noise": log_loss(pose_noise, xp_test, y_test),
+                               "best_of_k_by_pose_model": float(outcome[np.arange(n_eval), pick_p].mean())})
     if args.smoothness:
         result["smoothness"] = smoothness(play, outcome, cand, [float(e) for e in args.smoothness.split(",")], rng)
     env.close()
