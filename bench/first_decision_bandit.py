@@ -8,16 +8,16 @@ Da-vector per segment, `learner.noise_segments`) and every later chunk runs at w
    the saved sim state, success if any succeeds (with z0 = 0 among them).
 2. **Data**: N training episodes with z0 ~ N(0, I): (features(s0), z0, success), the features being what a
    `base_features` actor and critic see.
-3. **A success model** P(success | s0, z0) (an MLP like the critics: LayerNorm + Tanh, 3 x 128) fit on the first n
-   of them, for each n in --sizes; its held-out log-loss next to a state-only model P(success | s0) (does the noise
-   add anything the fit can use?) and a model on the decoded chunk, P(success | s0, pi_dp(s0, w0)) (what
-   DSRL-NA's Q^A sees).
+3. **A success model** P(success | state, choice) (an MLP like the critics: LayerNorm + Tanh, 3 x 128) fit on the
+   first n of them, for each n in --sizes, with its held-out log-loss against the constant rate; the choice input is
+   the noise z0, nothing (the state alone: does the noise add anything a fit can use?) or the decoded chunk
+   pi_dp(s0, w0) (what DSRL-NA's Q^A sees). Every pair in `FITS`.
 4. **Acting on it**: on held-out seeds, z0 = the best of K draws by the model, then w = 0; against z0 ~ N(0, I) and
    z0 = 0 on the same seeds.
-5. **With the state known exactly**: the same two fits on the block's pose read from the sim (x, y, cos 2 yaw,
-   sin 2 yaw: all a `lift_block` reset randomises that matters to the grasp) instead of the features. If these
-   predict no better, the outcome of a noise is not learnable from this much data whatever the encoder; if they
-   do, the features are the bottleneck.
+5. **Which state input**: the frozen features; the same whitened on their top --pca principal components (fit on
+   the n training states); the block's pose read from the sim (x, y, cos 2 yaw, sin 2 yaw: all a `lift_block`
+   reset randomises that matters to the grasp). If the pose predicts and the features do not, the features are
+   the bottleneck, not the amount of data.
 
 If the model picks well from a few hundred episodes, a critic should be able to; if it does not even from thousands,
 the features or the size of the steering space are the bottleneck, not the RL.
@@ -48,6 +48,13 @@ from dsrl_ros.core.dsrl import mlp  # noqa: E402
 from dsrl_ros.core.steering import PolicySteering  # noqa: E402
 from dsrl_ros.policies import load_base_policy  # noqa: E402
 from dsrl_ros.rollout import run_episode  # noqa: E402
+
+
+# (state input, choice input) of each success model fit: "none" = the state alone (does the choice add anything
+# a fit can use?); "chunk" = the decoded chunk pi_dp(s0, w0), what DSRL-NA's Q^A sees; "pca" = the features
+# whitened on their top --pca principal components; "pose" = the block's pose from the sim (the state known exactly).
+FITS = [("features", "none"), ("features", "noise"), ("features", "chunk"), ("pca", "noise"), ("pca", "chunk"),
+        ("pose", "none"), ("pose", "noise"), ("pose", "chunk")]
 
 
 def first_noise_then_mode(steering: PolicySteering, z0: np.ndarray):
@@ -92,6 +99,16 @@ def fit(x: np.ndarray, y: np.ndarray, steps: int, seed: int) -> torch.nn.Module:
                 best, best_state = val, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     return net.eval()
+
+
+def pca_whitening(x: np.ndarray, dims: int):
+    """The map to the top `dims` principal components of x (N, F), each scaled to unit variance: the frozen
+    features put 99 % of their variance in 4 directions (the block's position), so a net on them sees the yaw
+    only in directions it must first find and scale up."""
+    centre = x.mean(0)
+    _, sing, vt = np.linalg.svd(x - centre, full_matrices=False)
+    project = vt[:dims].T / (sing[:dims] / np.sqrt(max(len(x) - 1, 1)) + 1e-8)
+    return lambda y: ((y - centre) @ project).astype(np.float32)
 
 
 def log_loss(net, x: np.ndarray, y: np.ndarray) -> float:
@@ -145,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoothness", default="", help="comma-separated eps: success near a success vs near a "
                                                               "failure (held-out seeds 100000+, as --eval)")
+    parser.add_argument("--pca", type=int, default=8, help="principal components kept by the whitened input")
     parser.add_argument("--data", default=None, help=".npz of the episodes: read if it exists, else written")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -191,45 +209,29 @@ def main() -> None:
               "train_success": float(won.mean()), "k": k, "eval_episodes": n_eval,
               "first_noise_ceiling": float(outcome.any(1).mean()), "z0_zero": float(outcome[:, 0].mean()),
               "z0_gaussian": float(outcome[:, 1:].mean()),
-              "log_loss_constant": log_loss_of_rate(won.mean(), outcome[:, 1:].reshape(-1)), "fits": []}
+              "log_loss_constant": log_loss_of_rate(won.mean(), outcome[:, 1:].reshape(-1)), "pca_dims": args.pca,
+              "fits": []}
     a0 = decode(steering, s0, z0)
     cand_a = decode(steering, np.repeat(held_s0, k, 0), cand.reshape(-1, cand.shape[-1])).reshape(n_eval, k, -1)
     # Held-out log-loss on every random candidate of every held-out state (z0 ~ N(0, I), as in training).
-    s_test = np.repeat(held_s0, k - 1, 0)
-    x_test = np.concatenate([s_test, cand[:, 1:].reshape(-1, cand.shape[-1])], 1)
     y_test = outcome[:, 1:].reshape(-1).astype(np.float32)
+    choices = {"none": (np.zeros((len(won), 0), np.float32), np.zeros((n_eval, k, 0), np.float32)),
+               "noise": (z0, cand), "chunk": (a0, cand_a)}
     sizes = sorted({int(n) for n in args.sizes.split(",") if n} | {len(won)})
-    for n in sizes:
-        if n > len(won):
-            continue
-        model = fit(np.concatenate([s0[:n], z0[:n]], 1), won[:n], args.steps, args.seed)
-        state_only = fit(s0[:n], won[:n], args.steps, args.seed)
-        with torch.no_grad():
-            x = torch.as_tensor(np.concatenate([np.repeat(held_s0[:, None], k, 1), cand], 2))
-            scores = model(x.view(-1, x.shape[-1])).view(n_eval, k)
-        pick = scores.argmax(1).numpy()
-        # The same on the decoded chunk a0 = pi_dp(s0, w0) instead of the noise (what DSRL-NA's Q^A sees).
-        on_action = fit(np.concatenate([s0[:n], a0[:n]], 1), won[:n], args.steps, args.seed)
-        with torch.no_grad():
-            xa = torch.as_tensor(np.concatenate([np.repeat(held_s0[:, None], k, 1), cand_a], 2))
-            pick_a = on_action(xa.view(-1, xa.shape[-1])).view(n_eval, k).argmax(1).numpy()
-        xa_test = np.concatenate([s_test, cand_a[:, 1:].reshape(-1, cand_a.shape[-1])], 1)
-        # The same with the block's pose from the sim in place of the features (the state known exactly).
-        pose_only = fit(p0[:n], won[:n], args.steps, args.seed)
-        pose_noise = fit(np.concatenate([p0[:n], z0[:n]], 1), won[:n], args.steps, args.seed)
-        p_test = np.repeat(held_p0, k - 1, 0)
-        xp_test = np.concatenate([p_test, cand[:, 1:].reshape(-1, cand.shape[-1])], 1)
-        with torch.no_grad():
-            xp = torch.as_tensor(np.concatenate([np.repeat(held_p0[:, None], k, 1), cand], 2))
-            pick_p = pose_noise(xp.view(-1, xp.shape[-1])).view(n_eval, k).argmax(1).numpy()
-        result["fits"].append({"n": n, "log_loss": log_loss(model, x_test, y_test),
-                               "log_loss_state_only": log_loss(state_only, s_test, y_test),
-                               "log_loss_on_action": log_loss(on_action, xa_test, y_test),
-                               "best_of_k_by_model": float(outcome[np.arange(n_eval), pick].mean()),
-                               "best_of_k_by_action_model": float(outcome[np.arange(n_eval), pick_a].mean()),
-                               "log_loss_pose_only": log_loss(pose_only, p_test, y_test),
-                               "log_loss_pose_and_noise": log_loss(pose_noise, xp_test, y_test),
-                               "best_of_k_by_pose_model": float(outcome[np.arange(n_eval), pick_p].mean())})
+    for n in (n for n in sizes if n <= len(won)):
+        white = pca_whitening(s0[:n], args.pca)                      # fit on the training states only
+        states = {"features": (s0, held_s0), "pca": (white(s0), white(held_s0)), "pose": (p0, held_p0)}
+        for state, choice in FITS:
+            (s_train, s_held), (c_train, c_held) = states[state], choices[choice]
+            model = fit(np.concatenate([s_train[:n], c_train[:n]], 1), won[:n], args.steps, args.seed)
+            x = np.concatenate([np.repeat(s_held[:, None], k, 1), c_held], 2)       # (n_eval, K, in)
+            with torch.no_grad():
+                scores = model(torch.as_tensor(x.reshape(n_eval * k, -1))).view(n_eval, k)
+            row = {"n": n, "state": state, "choice": choice,
+                   "log_loss": log_loss(model, x[:, 1:].reshape(-1, x.shape[-1]), y_test)}
+            if choice != "none":                                          # acting on it: the model's best of K
+                row["best_of_k"] = float(outcome[np.arange(n_eval), scores.argmax(1).numpy()].mean())
+            result["fits"].append(row)
     if args.smoothness:
         result["smoothness"] = smoothness(play, outcome, cand, [float(e) for e in args.smoothness.split(",")], rng)
     env.close()
