@@ -5,7 +5,8 @@ actor's metadata), on the same held-out seeds: the deterministic actor, and "bes
 decision (the actor's mean plus K-1 of its samples, or K draws of w ~ N(0, I)) of which the one with the highest
 Q^W(s, w) (mean over the critic ensemble) is executed. If ranking by the critic beats the actor's own mean, the
 critic has learned something the actor has not (yet) turned into its policy; if not, the critic is no better a
-guide than the actor.
+guide than the actor. For DSRL-NA the same two rankings by Q^A on the decoded candidates (`*_by_q_action`): is
+the critic on chunks a better judge than its distillation Q^W?
 
 Run: `.venv/bin/python bench/critic_selection.py RUN_DIR [RUN_DIR ...] [--episodes 100] [--k 16]`; one JSON line
 per run.
@@ -43,9 +44,10 @@ def load_run(run_dir: Path) -> tuple[PolicySteering, object, str]:
 
 
 @torch.no_grad()
-def best_of_k(steering: PolicySteering, k: int, source: str, rng: np.random.Generator):
+def best_of_k(steering: PolicySteering, k: int, source: str, rng: np.random.Generator, ranker: str = "q_noise"):
     """A noise chooser: k candidates (the actor's mean + k-1 of its samples, or k draws of N(0, I) in the agent's
-    steering space), the one with the highest mean Q^W executed."""
+    steering space), the one with the highest mean Q^W(s, w) executed, or with ranker="q_action" (DSRL-NA only)
+    the highest mean Q^A(s, pi_dp(s, w)): the critic trained on executed chunks, before its distillation."""
     agent, shape = steering.agent, steering.noise_shape
 
     def choose(stacked: dict) -> np.ndarray:
@@ -56,7 +58,10 @@ def best_of_k(steering: PolicySteering, k: int, source: str, rng: np.random.Gene
             w = torch.cat([agent.act(s, deterministic=True), agent.act(s_k, deterministic=False)])
         else:
             w = torch.as_tensor(rng.standard_normal((k, agent.config.noise_dim)), dtype=torch.float32)
-        q = agent.q_noise(s.expand(k, -1), w).mean(0)
+        if ranker == "q_action":
+            q = agent.q_action(s.expand(k, -1), steering.decode(s.expand(k, -1), w)).mean(0)
+        else:
+            q = agent.q_noise(s.expand(k, -1), w).mean(0)
         return steering.expand(w[int(q.argmax())][None]).view(shape).numpy()
 
     return choose
@@ -79,10 +84,14 @@ def main() -> None:
         result = {"run": str(run_dir), "algo": steering.config.algo, "k": args.k, "episodes": args.episodes,
                   "machine": machine_description()}
         start = time.time()
-        for label, chooser in (("actor_mean", mean_actor),
-                               ("best_of_k_actor", best_of_k(steering, args.k, "actor", np.random.default_rng(0))),
-                               ("best_of_k_gaussian", best_of_k(steering, args.k, "gaussian",
-                                                                np.random.default_rng(0)))):
+        choosers = [("actor_mean", mean_actor),
+                    ("best_of_k_actor", best_of_k(steering, args.k, "actor", np.random.default_rng(0))),
+                    ("best_of_k_gaussian", best_of_k(steering, args.k, "gaussian", np.random.default_rng(0)))]
+        if steering.config.algo == "na":
+            choosers += [(f"{label}_by_q_action", best_of_k(steering, args.k, source, np.random.default_rng(0),
+                                                             "q_action"))
+                         for label, source in (("best_of_k_actor", "actor"), ("best_of_k_gaussian", "gaussian"))]
+        for label, chooser in choosers:
             torch.manual_seed(args.seed)
             wins = [run_episode(env, policy, chooser, seed=args.seed + i).success for i in range(args.episodes)]
             result[label] = float(np.mean(wins))
