@@ -58,10 +58,11 @@ def best_of_k(steering: PolicySteering, k: int, source: str, rng: np.random.Gene
             w = torch.cat([agent.act(s, deterministic=True), agent.act(s_k, deterministic=False)])
         else:
             w = torch.as_tensor(rng.standard_normal((k, agent.config.noise_dim)), dtype=torch.float32)
+        s_all = s.expand(k, -1)                                          # one row per candidate
         if ranker == "q_action":
-            q = agent.q_action(s.expand(k, -1), steering.decode(s.expand(k, -1), w)).mean(0)
+            q = agent.q_action(s_all, steering.decode(s_all, w)).mean(0)
         else:
-            q = agent.q_noise(s.expand(k, -1), w).mean(0)
+            q = agent.q_noise(s_all, w).mean(0)
         return steering.expand(w[int(q.argmax())][None]).view(shape).numpy()
 
     return choose

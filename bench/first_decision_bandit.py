@@ -225,11 +225,11 @@ def main() -> None:
             (s_train, s_held), (c_train, c_held) = states[state], choices[choice]
             model = fit(np.concatenate([s_train[:n], c_train[:n]], 1), won[:n], args.steps, args.seed)
             x = np.concatenate([np.repeat(s_held[:, None], k, 1), c_held], 2)       # (n_eval, K, in)
-            with torch.no_grad():
-                scores = model(torch.as_tensor(x.reshape(n_eval * k, -1))).view(n_eval, k)
             row = {"n": n, "state": state, "choice": choice,
                    "log_loss": log_loss(model, x[:, 1:].reshape(-1, x.shape[-1]), y_test)}
             if choice != "none":                                          # acting on it: the model's best of K
+                with torch.no_grad():
+                    scores = model(torch.as_tensor(x.reshape(n_eval * k, -1))).view(n_eval, k)
                 row["best_of_k"] = float(outcome[np.arange(n_eval), scores.argmax(1).numpy()].mean())
             result["fits"].append(row)
     if args.smoothness:
