@@ -103,8 +103,8 @@ def fit(x: np.ndarray, y: np.ndarray, steps: int, seed: int) -> torch.nn.Module:
 
 def pca_whitening(x: np.ndarray, dims: int):
     """The map to the top `dims` principal components of x (N, F), each scaled to unit variance: the frozen
-    features put 99 % of their variance in 4 directions (the block's position), so a net on them sees the yaw
-    only in directions it must first find and scale up."""
+    features vary mostly with the block's position, so a net on them sees the yaw only in low-variance directions
+    it must first find and scale up."""
     centre = x.mean(0)
     _, sing, vt = np.linalg.svd(x - centre, full_matrices=False)
     project = vt[:dims].T / (sing[:dims] / np.sqrt(max(len(x) - 1, 1)) + 1e-8)
