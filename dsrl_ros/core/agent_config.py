@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 
 ALGOS = ("na", "sac")
 REWARD_MODES = ("success", "time_penalty")
-ENCODERS = ("base_features", "cnn")
+ENCODERS = ("base_features", "cnn", "whitened_features")
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
 # Knobs added after agents were saved: a saved config without them gets their defaults (they change training only).
@@ -46,8 +46,10 @@ class AgentConfig:
     target_entropy: float = 0.0          # per chunk, measured on tanh(u) = w / b (core/dsrl.py)
     init_log_std: float = 0.0            # the untrained actor: u ~ N(0, e^init_log_std) in every state
     reward: str = "time_penalty"         # per chunk: "success" (env reward sum) | "time_penalty" (-1, 0 on success)
-    encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own
-    encoder_dim: int = 128               # feature size of the "cnn" encoder
+    encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own |
+                                         # "whitened_features": the features on their top encoder_dim principal
+                                         # components at unit variance (fit on the replay when training starts)
+    encoder_dim: int = 128               # the "cnn" encoder's feature size; the principal components kept
     intervention_fraction: float = 0.5   # share of each batch drawn from the intervention rows, once there are any
                                          # (RLPD / HIL-SERL's 50/50; DSRL-SAC has none: they carry no noise)
     takeover_penalty: float = 0.0        # RLIF-style: subtracted from the reward of the decision a takeover cut
@@ -66,7 +68,8 @@ class AgentConfig:
                 ("num_critics", self.num_critics >= 2, "an integer >= 2 (min over an ensemble)"),
                 ("batch_size", self.batch_size >= 1, "an integer >= 1"),
                 ("utd", _positive(self.utd), "updates per transition > 0"),
-                ("warmup_episodes", self.warmup_episodes >= 0, "an integer >= 0"),
+                ("warmup_episodes", self.warmup_episodes >= (self.encoder == "whitened_features"),
+                 "an integer >= 0 (>= 1 with encoder whitened_features: its PCA is fit on them)"),
                 ("publish_every_updates", self.publish_every_updates >= 1, "an integer >= 1"),
                 ("gamma", 0 <= self.gamma <= 1, "0..1"),
                 ("n_step", isinstance(self.n_step, int) and self.n_step >= 1, "an integer >= 1 (1: one-step TD)"),

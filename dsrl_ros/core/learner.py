@@ -36,12 +36,14 @@ import torch
 from dsrl_ros.core.checkpoint import write_atomic
 from dsrl_ros.core.chunk_replay import ChunkReplay, chunk_schema
 from dsrl_ros.core.episode_store import EpisodeStore
+from dsrl_ros.core.normalizer import FeatureWhitener
 from dsrl_ros.core.run_lock import lock_run_dir
 from dsrl_ros.core.steering import PolicySteering, rng_from_json, rng_state_json
 
 VERSION_FILE = "actor_version.json"   # the last published version, written before each publication
 LOCK_FILE = ".learner.lock"
 LOG_FILE = "episodes.jsonl"           # one line per committed episode, written right after the commit
+WHITENER_FIT_SAMPLES = 4096           # transitions (with replacement) a whitened_features encoder is fit on
 CHECKPOINTS_KEPT = 2                  # the newest and the one before it (the fallback if the newest is damaged)
 # on_actor(version, num_updates, safetensors bytes, config JSON)
 ActorCallback = Callable[[int, int, bytes, str], None]
@@ -144,6 +146,8 @@ class Learner:
         with self._lock:
             self.replay.add_episode(rows)
             index = self.n_episodes - 1
+            if self.training:                   # the actor acts from the next episode on: it needs the whitener
+                self._fit_whitener_locked()
             record = {"episode": index, **info, "updates": self.num_updates, "actor_version": self.actor_version,
                       "transitions": self.n_transitions, "time": time.time(), **self.last_metrics}
             with open(self.run_dir / LOG_FILE, "a") as f:
@@ -253,9 +257,23 @@ class Learner:
             mixed.add_part(self.replay.intervention_rows(), share, "learner.intervention_fraction")
         return mixed
 
+    def _fit_whitener_locked(self) -> None:
+        """A whitened_features agent's PCA, fit once when training starts on what the updates will sample (the
+        warm-up episodes; offline, the prior), before the actor first acts; a resumed run has it from its
+        checkpoint."""
+        encoder = self.steering.agent.encoder
+        if not isinstance(encoder, FeatureWhitener) or encoder.is_fitted:
+            return
+        batch = self.sampler.sample(WHITENER_FIT_SAMPLES, np.random.default_rng(self.config.seed),
+                                    noise_known_only=self.config.algo == "sac")
+        encoder.fit(np.asarray(batch["obs"], dtype=np.float32))
+        self.log(f"whitened_features: fit on {WHITENER_FIT_SAMPLES} transitions sampled from "
+                 f"{self.n_transitions} (+ any prior's)")
+
     def _one_update(self) -> None:
         config = self.config
         with self._lock:
+            self._fit_whitener_locked()
             batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
                                         raw_obs=config.encoder == "cnn")
             self.last_metrics = self.steering.update(_to_device(batch, self.steering.device))

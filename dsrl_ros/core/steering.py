@@ -22,7 +22,7 @@ from torch import nn
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_config
 from dsrl_ros.core.dsrl import DSRL, DSRLConfig
-from dsrl_ros.core.normalizer import RangeNormalizer
+from dsrl_ros.core.normalizer import FeatureWhitener, RangeNormalizer
 from dsrl_ros.core.policy import DiffusionPolicy, ImageEncoder
 from dsrl_ros.policies.base import BasePolicy
 from dsrl_ros.policies.ours import OursPolicy
@@ -87,9 +87,13 @@ class PolicySteering:
                              f"got {config.noise_segments}")
         # The agent's noise z (B, S * Da): one Da-vector per segment; the policy's w repeats each over its steps.
         steer_dim = self.segments * int(np.prod(self.noise_shape[1:]))
-        own = config.encoder == "cnn"
-        encoder = SteeringObsEncoder(policy, config.encoder_dim) if own else None
-        obs_dim = config.encoder_dim if own else policy.config.feature_dim
+        self.raw_obs = config.encoder == "cnn"        # the agent's encoder reads images + proprio, not features
+        encoder = None                                # base_features: the actor and critics read them as they are
+        if config.encoder == "cnn":
+            encoder = SteeringObsEncoder(policy, config.encoder_dim)
+        elif config.encoder == "whitened_features":
+            encoder = FeatureWhitener(policy.config.feature_dim, config.encoder_dim)
+        obs_dim = policy.config.feature_dim if encoder is None else config.encoder_dim
         chunk_dim = int(np.prod(self.noise_shape))
         self.agent = DSRL(dsrl_config(config, obs_dim, steer_dim, chunk_dim), self.decode, encoder)
         self.device = policy.device                 # the agent lives where the frozen policy does
@@ -139,7 +143,7 @@ class PolicySteering:
 
     def choose_noise(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
         """One observation (image (H, W, 3), proprio (P,)) -> w (Ta, Da) float32 from the actor."""
-        if self.agent.encoder is not None:
+        if self.raw_obs:
             agent_obs = {"image": torch.as_tensor(obs["image"], device=self.device)[None],
                          "proprio": torch.as_tensor(obs["proprio"], dtype=torch.float32, device=self.device)[None]}
         else:
@@ -270,12 +274,13 @@ def _probe(steering: PolicySteering, where: str) -> None:
     """The actor's w on a few random inputs must be finite and within its bound b."""
     agent = steering.agent
     with torch.no_grad():
-        if agent.encoder is not None:
+        if steering.raw_obs:
             c = steering.policy.config
             obs = {"image": torch.zeros((2, *c.image_shape), dtype=torch.uint8, device=steering.device),
                    "proprio": torch.zeros((2, c.proprio_dim), device=steering.device)}
         else:
-            obs = torch.randn(2, agent.config.obs_dim, generator=torch.Generator().manual_seed(0)).to(steering.device)
+            dim = steering.policy.config.feature_dim
+            obs = torch.randn(2, dim, generator=torch.Generator().manual_seed(0)).to(steering.device)
         w = agent.act(obs, deterministic=True)
     bound = agent.config.noise_magnitude
     if not torch.isfinite(w).all() or w.abs().max() > bound:
