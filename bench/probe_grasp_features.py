@@ -7,7 +7,12 @@ turned grasp" (|yaw| < 45 deg) and reports held-out accuracy; next to it the sam
 modulo 90 deg (what looks the same on a cube: chance) and modulo 180 deg (the answer). Then, on the held-out
 eval seeds, the success of w = 0 split by the grasp the block needs: which grasp the policy's mode takes.
 
-Run: `.venv/bin/python bench/probe_grasp_features.py [--policy DIR] [--states 600]`; prints one JSON line.
+With `--pca K`: the same fit from the `whitened_features` encoder's input (core/normalizer.py: the features on
+their top K principal components at unit variance), the whitening fit on the reset states (as
+bench/first_decision_bandit.py does) and on every decision of `--warmup` base-policy episodes at w ~ N(0, I) (as
+the learner does when its warm-up ends): is the grasp still in the directions the whitening keeps?
+
+Run: `.venv/bin/python bench/probe_grasp_features.py [--policy DIR] [--states 600] [--pca 8]`; one JSON line.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
 
 from dsrl_ros.core.checkpoint import PACKAGE_CHECKPOINTS, load_policy  # noqa: E402
+from dsrl_ros.core.normalizer import FeatureWhitener  # noqa: E402
 from dsrl_ros.noise_baselines import constant_noise  # noqa: E402
-from dsrl_ros.rollout import run_episode  # noqa: E402
+from dsrl_ros.rollout import gaussian_noise, run_episode  # noqa: E402
 
 
 def logistic_accuracy(x: np.ndarray, y: np.ndarray, train: int, steps: int = 3000, l2: float = 1e-3) -> float:
@@ -47,6 +53,8 @@ def main() -> None:
     parser.add_argument("--states", type=int, default=600)
     parser.add_argument("--seed", type=int, default=300_000, help="first env seed (apart from eval and CEM seeds)")
     parser.add_argument("--episodes", type=int, default=100, help="w = 0 episodes on seeds 100000.. (0: skip)")
+    parser.add_argument("--pca", type=int, default=0, help="principal components kept by the whitening (0: skip)")
+    parser.add_argument("--warmup", type=int, default=10, help="base-policy episodes the --pca warm-up fit sees")
     args = parser.parse_args()
     torch.set_num_threads(1)
     policy = load_policy(args.policy)
@@ -65,6 +73,7 @@ def main() -> None:
         success = run_episode(env, policy, constant_noise(np.zeros(policy.config.noise_shape)), 100_000 + i).success
         split.setdefault("w0_success_needs_turned_grasp" if turned else "w0_success_needs_nearest_grasp",
                          []).append(success)
+    warmup = warmup_features(env, policy, args) if args.pca else None
     env.close()
     x, yaw = np.array(features), np.array(yaws)
     label = (np.abs(yaw) < np.pi / 4).astype(float)
@@ -74,7 +83,30 @@ def main() -> None:
               "accuracy_yaw_mod_90": logistic_accuracy(np.c_[np.cos(4 * yaw), np.sin(4 * yaw)], label, train),
               "accuracy_yaw_mod_180": logistic_accuracy(np.c_[np.cos(2 * yaw), np.sin(2 * yaw)], label, train),
               **{k: [int(sum(v)), len(v)] for k, v in split.items()}, "machine": machine_description()}
+    if args.pca:
+        for name, fit_on in (("reset_states", x[:train]), ("warmup_decisions", warmup)):
+            whitener = FeatureWhitener(x.shape[1], args.pca)
+            whitener.fit(fit_on)
+            with torch.no_grad():
+                whitened = whitener(torch.as_tensor(x)).numpy()
+            result[f"accuracy_pca{args.pca}_fit_on_{name}"] = logistic_accuracy(whitened, label, train)
+        result["warmup_decisions"] = len(warmup)
     print(json.dumps(result))
+
+
+def warmup_features(env, policy, args) -> np.ndarray:
+    """The features at every decision of args.warmup base-policy episodes at w ~ N(0, I) (what a learner's replay
+    holds when its warm-up ends), on seeds after the reset states'."""
+    rows = []
+    draw = gaussian_noise(policy, np.random.default_rng(args.seed))
+
+    def record(stacked):
+        with torch.no_grad():
+            rows.append(policy.encode_obs({k: torch.as_tensor(v)[None] for k, v in stacked.items()})[0].numpy())
+        return draw(stacked)
+    for i in range(args.warmup):
+        run_episode(env, policy, record, args.seed + args.states + i)
+    return np.array(rows)
 
 
 if __name__ == "__main__":
