@@ -10,7 +10,7 @@ from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.checkpoint import save_policy
 from dsrl_ros.core.normalizer import FeatureWhitener
 from dsrl_ros.core.policy import DiffusionPolicy
-from dsrl_ros.core.steering import PolicySteering, load_actor
+from dsrl_ros.core.steering import PolicySteering, actor_from_bytes, load_actor
 from test_steering import TINY
 
 
@@ -82,3 +82,15 @@ def test_train_steer_fits_the_whitener_before_the_actor_acts_ships_it_and_keeps_
     resumed = load_file(str(out / "checkpoint" / "model.safetensors"))
     assert torch.equal(resumed["encoder.projection"], projection)          # fit once, not refit on resume
     assert torch.equal(resumed["encoder.center"], checkpoint["encoder.center"])
+
+
+def test_actor_weights_with_an_unfitted_whitener_are_refused_with_a_value_error():
+    """A node drops what raises ValueError and lives; an unfitted whitener must not surface as a RuntimeError."""
+    policy = DiffusionPolicy(TINY).eval()
+    steering = PolicySteering(policy, AgentConfig(encoder="whitened_features", encoder_dim=3, hidden_dim=16))
+    payload, config_json = steering.actor_payload()
+    with pytest.raises(ValueError, match="does not run on a probe input.*before it was fit"):
+        actor_from_bytes(payload, config_json, policy)
+    steering.agent.encoder.fit(np.random.default_rng(0).standard_normal((50, TINY.hidden_dim)).astype(np.float32))
+    loaded = actor_from_bytes(*steering.actor_payload(), policy)
+    assert torch.equal(loaded.agent.encoder.projection, steering.agent.encoder.projection)

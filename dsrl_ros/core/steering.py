@@ -281,7 +281,10 @@ def _probe(steering: PolicySteering, where: str) -> None:
         else:
             dim = steering.policy.config.feature_dim
             obs = torch.randn(2, dim, generator=torch.Generator().manual_seed(0)).to(steering.device)
-        w = agent.act(obs, deterministic=True)
+        try:
+            w = agent.act(obs, deterministic=True)
+        except RuntimeError as err:   # e.g. a whitened_features encoder that was never fit
+            raise ValueError(f"{where}: the actor does not run on a probe input ({err})") from err
     bound = agent.config.noise_magnitude
     if not torch.isfinite(w).all() or w.abs().max() > bound:
         raise ValueError(f"{where}: the actor's output on a probe input is not finite or exceeds its bound {bound}")
