@@ -22,8 +22,10 @@ ECHO_NODE = textwrap.dedent("""
     print("READY", flush=True)
     try:
         rclpy.spin(node)
-    except Exception:
+    except Exception:   # SIGTERM surfaces as ExternalShutdownException
         pass
+    node.destroy_node()
+    rclpy.try_shutdown()
 """)
 
 
@@ -48,5 +50,11 @@ def test_rclpy_pub_sub_round_trip_across_processes():
         rclpy.shutdown()
         assert received and received[0] == "echo:hello"
     finally:
+        # The claim is the round trip, not the echo's exit: one that hangs in DDS teardown (seen once, 2026-12-04)
+        # is killed rather than failing the test or outliving it.
         echo.terminate()
-        echo.wait(timeout=10)
+        try:
+            echo.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+            echo.wait(timeout=10)
