@@ -126,11 +126,30 @@ def test_demo_runs_the_whole_headless_pipeline(tmp_path):
     assert (tmp_path / "demo" / "rollout_base.png").exists() and (tmp_path / "demo" / "rollout_steered.png").exists()
 
 
-def test_demo_defaults_to_the_benchmark_task_and_says_when_no_actor_ships(tmp_path):
+def test_demo_defaults_to_the_benchmark_task_and_its_shipped_actor(tmp_path):
     result = run_cli("headless-demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "task lift_block" in result.stdout and "base_policy_lift_block" in result.stdout
+    assert "DSRL actor" in result.stdout and "steer_actor_lift_block_na" in result.stdout
+    assert "steered success" in result.stdout
+
+
+def test_demo_never_pairs_the_shipped_actor_with_another_policy(tmp_path):
+    from dsrl_ros.core.checkpoint import LIFT_BASE_POLICY
+
+    result = run_cli("headless-demo", "--episodes", "1", "--demos", "1", "--out", str(tmp_path / "demo"),
+                     "--policy", str(LIFT_BASE_POLICY), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     assert "[4/4] no DSRL actor for this policy" in result.stdout and "steered success" not in result.stdout
+
+
+def test_the_default_task_ships_an_actor_that_eval_compares_with_both_base_levels(capsys):
+    from dsrl_ros.core.checkpoint import DEFAULT_STEER_ACTOR
+
+    result = eval_json(capsys, "--steer", str(DEFAULT_STEER_ACTOR), "--episodes", "2")
+    assert result["task"] == "lift_block" and result["agent"] == "steered_policy" and result["episodes"] == 2
+    for key in ("success_rate", "stochastic_success_rate", "base_success_rate", "base_zero_success_rate"):
+        assert result[key] in (0.0, 0.5, 1.0), key
 
 def eval_json(capsys, *args: str) -> dict:
     from dsrl_ros.cli import main as cli_main

@@ -25,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=50, help="base-policy evaluation episodes")
     p.add_argument("--demos", type=int, default=3, help="expert demos recorded to show the store path")
     p.add_argument("--policy", default=str(DEFAULT_BASE_POLICY))
-    p.add_argument("--steer", default=str(DEFAULT_STEER_ACTOR or ""),
-                   help="DSRL actor ('' to skip; default: the one shipped for the default policy, if any)")
+    p.add_argument("--steer", default=None,
+                   help="DSRL actor ('' to skip; default: the one shipped for the default policy, with that policy)")
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--out", default="runs/demo", help="where the rollout film strip PNG goes")
     p.set_defaults(func=run)
@@ -58,9 +58,12 @@ def run(args: argparse.Namespace) -> int:
     s = summarize(base, args.episodes)
     print(f"[3/4] base policy (w ~ N(0, I)) success {s['successes']}/{s['episodes']} = {s['success_rate']:.1%} "
           f"(95% Wilson CI {s['ci_low']:.1%}-{s['ci_high']:.1%}); film strip: {out / 'rollout_base.png'}")
-    if args.steer:
-        steering = load_actor(args.steer, policy)
-        print(f"[4/4] same seeds, DSRL actor {args.steer} choosing w (the policy's weights are untouched)")
+    steer = args.steer
+    if steer is None:   # the shipped actor belongs to the shipped policy only: never paired with another one
+        steer = str(DEFAULT_STEER_ACTOR) if Path(args.policy).resolve() == DEFAULT_BASE_POLICY.resolve() else ""
+    if steer:
+        steering = load_actor(steer, policy)
+        print(f"[4/4] same seeds, DSRL actor {steer} choosing w (the policy's weights are untouched)")
         steered = _episodes(env, policy, lambda obs: steering.choose_noise({k: v[-1] for k, v in obs.items()},
                                                                            deterministic=True),
                             args, out / "rollout_steered.png")
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"      steered success {t['successes']}/{t['episodes']} = {t['success_rate']:.1%} (95% Wilson CI "
               f"{t['ci_low']:.1%}-{t['ci_high']:.1%}) vs base {s['success_rate']:.1%}")
     else:
-        print("[4/4] no DSRL actor for this policy (none ships for it yet; --steer DIR names one): skipped")
+        print("[4/4] no DSRL actor for this policy (one ships only for the default policy; --steer DIR names "
+              "one): skipped")
     env.close()
     return 0
 

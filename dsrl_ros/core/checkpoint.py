@@ -23,7 +23,8 @@ POLICY_FORMAT = "dsrl_ros.diffusion_policy/1"
 PACKAGE_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 # The default benchmark (docs/base_policy.md): a cube-trained policy run on a block it must grasp the right way.
 DEFAULT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift_block"
-DEFAULT_STEER_ACTOR: Path | None = None     # none shipped for the default task yet
+# DSRL-NA on it, 150 online episodes on top of 3 000 logged base-policy episodes (docs/results.md, o2o3k).
+DEFAULT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_block_na"
 # The easy task: the cube-lift policy and a DSRL-NA actor trained for it.
 LIFT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
 LIFT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"
