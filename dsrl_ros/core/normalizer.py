@@ -48,8 +48,9 @@ class FeatureWhitener(nn.Module):
 
     The `whitened_features` encoder of a DSRL agent: fit once on the replay's features when training starts, then
     fixed (buffers, so it travels with the checkpoint and the published actor). Unsupervised, nothing task-specific:
-    the frozen base features vary mostly along a few directions, and a critic fit on a few hundred episodes
-    generalises better from those few, scaled up, than from all F of them (docs/results.md, the bandit).
+    the frozen base features vary mostly along a few directions. A success model fit on 500-3000 first decisions
+    picked better from those few, scaled up, than from all F of them; DSRL-NA at 600 episodes did not gain from
+    it (docs/results.md: the bandit, naw8_600). An option, not the default.
     """
 
     def __init__(self, feature_dim: int, dims: int):
