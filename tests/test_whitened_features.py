@@ -7,11 +7,10 @@ from safetensors.torch import load_file
 
 from dsrl_ros.cli import main as cli_main
 from dsrl_ros.core.agent_config import AgentConfig
-from dsrl_ros.core.checkpoint import save_policy
 from dsrl_ros.core.normalizer import FeatureWhitener
 from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes, load_actor
-from test_steering import TINY
+from test_steering import TINY, tiny_policy_dir  # noqa: F401 (a pytest fixture)
 
 
 def anisotropic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -56,14 +55,6 @@ def test_a_whitened_agent_sees_encoder_dim_inputs():
     assert steering.agent.actor.trunk[0].in_features == 3
 
 
-@pytest.fixture(scope="module")
-def tiny_policy_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("policy") / "tiny"
-    save_policy(DiffusionPolicy(TINY), path, metadata={"store_attrs": {"task": "lift"}})
-    return path
-
-
 def test_train_steer_fits_the_whitener_before_the_actor_acts_ships_it_and_keeps_it_on_resume(tiny_policy_dir,
                                                                                             tmp_path):
     out = tmp_path / "run"
@@ -94,3 +85,17 @@ def test_actor_weights_with_an_unfitted_whitener_are_refused_with_a_value_error(
     steering.agent.encoder.fit(np.random.default_rng(0).standard_normal((50, TINY.hidden_dim)).astype(np.float32))
     loaded = actor_from_bytes(*steering.actor_payload(), policy)
     assert torch.equal(loaded.agent.encoder.projection, steering.agent.encoder.projection)
+
+
+def test_offline_training_fits_the_whitener_on_the_replay_it_trains_on(tiny_policy_dir, tmp_path):
+    source = tmp_path / "source"
+    assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--out", str(source), "--episodes", "3",
+                     "--warmup-episodes", "2", "--utd", "1", "--batch-size", "8", "--hidden-dim", "16",
+                     "--eval-episodes", "0", "--threads", "1"]) == 0
+    out = tmp_path / "offline"
+    assert cli_main(["train-steer", "--offline", str(source / "replay.zarr"), "--offline-updates", "4", "--policy",
+                     str(tiny_policy_dir), "--out", str(out), "--batch-size", "8", "--hidden-dim", "16",
+                     "--encoder", "whitened_features", "--set", "learner.encoder_dim=4", "--eval-episodes", "0",
+                     "--threads", "1"]) == 0
+    checkpoint = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert float(checkpoint["encoder.fitted"]) == 1.0 and checkpoint["encoder.projection"].abs().sum() > 0

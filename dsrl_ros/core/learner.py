@@ -91,6 +91,8 @@ class Learner:
             raise ValueError(f"{self.run_dir}: actor version {published} was published ({VERSION_FILE}) but no "
                              f"checkpoint is left to resume from; restoring a ckpt_* directory (or removing "
                              f"{VERSION_FILE} to start training over) is your call")
+        if self.training:       # a run killed between the warm-up's last commit and its checkpoint
+            self._fit_whitener_locked()
 
     def _resume(self) -> dict | None:
         """Loads the newest checkpoint that loads (the `checkpoint` link's target first); None if there is none.
@@ -228,6 +230,8 @@ class Learner:
 
     def train_updates(self, count: int) -> None:
         """`count` updates now, owed or not (offline training: `train-steer --offline` has no online data)."""
+        with self._lock:
+            self._fit_whitener_locked()
         for _ in range(count):
             self._one_update()
 
@@ -260,7 +264,7 @@ class Learner:
     def _fit_whitener_locked(self) -> None:
         """A whitened_features agent's PCA, fit once when training starts on what the updates will sample (the
         warm-up episodes; offline, the prior), before the actor first acts; a resumed run has it from its
-        checkpoint."""
+        checkpoint. Called where training can start (a commit, a restart, offline updates), not per update."""
         encoder = self.steering.agent.encoder
         if not isinstance(encoder, FeatureWhitener) or encoder.is_fitted:
             return
@@ -273,7 +277,6 @@ class Learner:
     def _one_update(self) -> None:
         config = self.config
         with self._lock:
-            self._fit_whitener_locked()
             batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
                                         raw_obs=config.encoder == "cnn")
             self.last_metrics = self.steering.update(_to_device(batch, self.steering.device))
