@@ -125,3 +125,26 @@ def test_train_updates_runs_updates_nobody_owes_from_the_prior_alone(tmp_path):
         assert learner.num_updates == 7 and learner.n_episodes == 0
     finally:
         learner.stop()
+
+
+def test_offline_updates_are_not_owed_by_the_online_run_that_continues_them(tmp_path):
+    """`train-steer --offline` then online (`up --run-dir` / `train-steer --resume`): the online schedule counts
+    only online updates, across the restart between the two, so training starts with the first online episode."""
+    torch.manual_seed(0)
+    agent = AgentConfig(hidden_dim=16, num_layers=2, batch_size=8, warmup_episodes=1, utd=2.0)
+    store = EpisodeStore.create(tmp_path / "prior.zarr", SCHEMA)
+    store.append_episode(episode(PRIOR, SOURCE_EXTERNAL))
+    offline = Learner(PolicySteering(DiffusionPolicy(TINY).eval(), agent), tmp_path / "run", log=lambda s: None)
+    offline.mix_prior(tmp_path / "prior.zarr", 1.0)
+    offline.train_updates(30)
+    offline.stop()                                                  # the checkpoint the online part resumes
+    online = Learner(PolicySteering(DiffusionPolicy(TINY).eval(), agent), tmp_path / "run", log=lambda s: None)
+    try:
+        assert online.num_updates == 30 and online.offline_updates == 30
+        online.add_episode(episode(ONLINE, SOURCE_BASE), {})        # the warm-up episode: earns no updates
+        assert online._due_updates() == 0
+        online.add_episode(episode(ONLINE, SOURCE_BASE), {})        # 5 transitions x utd 2
+        assert online._due_updates() == 10                          # not 10 - 30: offline updates are not owed
+        assert online.train_due() == 10 and online.num_updates == 40 and online._due_updates() == 0
+    finally:
+        online.stop()

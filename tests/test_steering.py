@@ -137,6 +137,25 @@ def test_refuses_to_overwrite_a_run_without_resume(tiny_policy_dir, tmp_path):
     assert (tmp_path / "r" / "checkpoint").resolve() == before          # nothing of the first run was touched
 
 
+def test_an_offline_run_continues_online_and_trains_from_its_first_online_episode(tiny_policy_dir, tmp_path):
+    """train-steer --offline, then train-steer --resume on the same directory: the online part plays its episodes
+    (a fresh rollout RNG: an offline checkpoint has none) and owes utd x its own transitions, whatever ran offline."""
+    tiny = ["--policy", str(tiny_policy_dir), "--batch-size", "4", "--hidden-dim", "16", "--eval-episodes", "0",
+            "--threads", "1"]
+    assert cli_main(["train-steer", "--out", str(tmp_path / "source"), "--episodes", "2", "--warmup-episodes", "1",
+                     "--utd", "1", *tiny]) == 0
+    run = tmp_path / "run"
+    assert cli_main(["train-steer", "--offline", str(tmp_path / "source" / "replay.zarr"), "--out", str(run),
+                     "--offline-updates", "50", *tiny]) == 0
+    assert cli_main(["train-steer", "--out", str(run), "--resume", "--episodes", "2", "--warmup-episodes", "1",
+                     "--utd", "1", *tiny]) == 0
+    hist = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    assert [h["warmup"] for h in hist] == [True, False]
+    online_transitions = hist[1]["transitions"] - hist[0]["transitions"]
+    final = json.loads((run / "actor" / "config.json").read_text())["metadata"]
+    assert final["updates"] == 50 + online_transitions                # utd 1 per online transition, none skipped
+
+
 def test_train_steer_with_no_episode_past_the_warm_up_writes_nothing(tiny_policy_dir, tmp_path, capsys):
     assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--out", str(tmp_path / "r"),
                      "--episodes", "0"]) == 2

@@ -110,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
               f"{config.learner.prior_fraction:.0%} of each batch")
     rollout_rng = np.random.default_rng(args.seed)
     if learner.resumed_from is not None:
-        rollout_rng = rng_from_json(learner.resumed_extra["rollout_rng"])
+        if "rollout_rng" in learner.resumed_extra:  # absent after `--offline`: its online part starts here
+            rollout_rng = rng_from_json(learner.resumed_extra["rollout_rng"])
         learner.train_due()                     # the updates owed for the last episode before the stop
-        print(f"resumed at episode {learner.n_episodes} ({learner.num_updates} updates)")
+        print(f"resumed at episode {learner.n_episodes} ({learner.num_updates} updates, "
+              f"{learner.offline_updates} of them offline)")
     task = policy_task(policy_dir, fallback=config.robot.sim_task)
     env = make_env(task, image_size=policy.config.image_shape[0], max_steps=config.control.max_episode_steps,
                    control_hz=config.control.rate_hz)

@@ -3,8 +3,8 @@
 One engine for every entry point. The learner node runs it asynchronously (`start()`: updates in a background
 thread, the robot never waits for learning); `dsrl-ros train-steer` runs it synchronously (`train_due()` after
 each episode, bit-for-bit reproducible). Either way the same rules hold: each committed episode adds
-transitions (one per executed chunk); once `warmup_episodes` are stored, `num_updates <= utd * (transitions
-since the warm-up)`, so the ratio holds when the learner keeps up and it simply lags when it cannot; every
+transitions (one per executed chunk); once `warmup_episodes` are stored, the online updates (all but those run
+offline by `train_updates`) stay `<= utd * (transitions since the warm-up)`, so the ratio holds when the learner keeps up and it simply lags when it cannot; every
 `publish_every_updates` updates a new actor version is handed to `on_actor` (the ROS node publishes it). All
 settings come from the agent's config (`core/agent_config.py`).
 
@@ -71,6 +71,10 @@ class Learner:
         self.resumed_extra: dict = {}
         self.actor_version = 0
         self.resumed_from: int | None = None
+        # Updates run by train_updates (offline, from a replay alone): not owed by the online schedule, so a run
+        # continued online after `train-steer --offline` trains from its first online transition, not only once
+        # utd x its online transitions exceed the offline count.
+        self.offline_updates = 0
         self.error: BaseException | None = None   # set if the training thread died
         self.last_metrics: dict[str, float] = {}  # of the latest update (critic loss, alpha, ...), for the logs
         self._lock = threading.Lock()          # replay + agent: the thread updates, callers add and save
@@ -83,6 +87,7 @@ class Learner:
         if trainer is not None:
             self.rng = rng_from_json(trainer["rng"])
             self.resumed_extra = trainer.get("extra", {})
+            self.offline_updates = int(trainer.get("offline_updates", 0))
             self.actor_version = max(int(trainer["actor_version"]), published)
             self.resumed_from = steering.agent.num_updates
             self.log(f"resumed from {self._resumed_dir}: {self.resumed_from} updates, actor version "
@@ -199,7 +204,8 @@ class Learner:
         fits the critics to a few base-policy episodes for hundreds of steps before the actor first acts."""
         if not self.training:
             return 0
-        return int(self.config.utd * (self.n_transitions - self._warmup_transitions())) - self.num_updates
+        online_updates = self.num_updates - self.offline_updates
+        return int(self.config.utd * (self.n_transitions - self._warmup_transitions())) - online_updates
 
     def _warmup_transitions(self) -> int:
         """Transitions in the first warmup_episodes episodes (derived from the store: survives restarts)."""
@@ -234,6 +240,7 @@ class Learner:
             self._fit_whitener_locked()
         for _ in range(count):
             self._one_update()
+            self.offline_updates += 1
 
     def mix_prior(self, path: str | Path, prior_fraction: float) -> int:
         """Offline-to-online: from now on each batch takes prior_fraction of its transitions from the (read-only)
@@ -314,6 +321,7 @@ class Learner:
         self.steering.save_checkpoint(self.run_dir / name, {"rng": rng_state_json(self.rng),
                                                             "actor_version": self.actor_version,
                                                             "episodes": self.n_episodes,
+                                                            "offline_updates": self.offline_updates,
                                                             "extra": self.trainer_extra})
         link, tmp = self.run_dir / "checkpoint", self.run_dir / f".checkpoint.{os.getpid()}"
         tmp.unlink(missing_ok=True)
