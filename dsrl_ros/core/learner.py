@@ -4,9 +4,9 @@ One engine for every entry point. The learner node runs it asynchronously (`star
 thread, the robot never waits for learning); `dsrl-ros train-steer` runs it synchronously (`train_due()` after
 each episode, bit-for-bit reproducible). Either way the same rules hold: each committed episode adds
 transitions (one per executed chunk); once `warmup_episodes` are stored, the online updates (all but those run
-offline by `train_updates`) stay `<= utd * (transitions since the warm-up)`, so the ratio holds when the learner keeps up and it simply lags when it cannot; every
-`publish_every_updates` updates a new actor version is handed to `on_actor` (the ROS node publishes it). All
-settings come from the agent's config (`core/agent_config.py`).
+offline by `train_updates`) stay `<= utd * (transitions since the warm-up)`, so the ratio holds when the learner
+keeps up and it simply lags when it cannot; every `publish_every_updates` updates a new actor version is handed
+to `on_actor` (the ROS node publishes it). All settings come from the agent's config (`core/agent_config.py`).
 
 Run directory: replay.zarr/ (episode-atomic, the source of truth), checkpoint -> ckpt_<n>/ (a symlink swapped
 atomically, so a kill at any moment leaves the previous complete checkpoint; the one before it is kept too),
@@ -239,8 +239,7 @@ class Learner:
         with self._lock:
             self._fit_whitener_locked()
         for _ in range(count):
-            self._one_update()
-            self.offline_updates += 1
+            self._one_update(offline=True)
 
     def mix_prior(self, path: str | Path, prior_fraction: float) -> int:
         """Offline-to-online: from now on each batch takes prior_fraction of its transitions from the (read-only)
@@ -281,12 +280,13 @@ class Learner:
         self.log(f"whitened_features: fit on {WHITENER_FIT_SAMPLES} transitions sampled from "
                  f"{self.n_transitions} (+ any prior's)")
 
-    def _one_update(self) -> None:
+    def _one_update(self, offline: bool = False) -> None:
         config = self.config
         with self._lock:
             batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
                                         raw_obs=config.encoder == "cnn")
             self.last_metrics = self.steering.update(_to_device(batch, self.steering.device))
+            self.offline_updates += offline     # counted with the update, before a checkpoint can record either
             updates = self.num_updates
             if updates % config.publish_every_updates == 0:
                 self._publish_locked()
