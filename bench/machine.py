@@ -22,6 +22,9 @@ def machine_description() -> dict:
         import torch
 
         info["torch"] = torch.__version__
+        # The CPU kernels torch dispatches to (e.g. AVX2 vs AVX512) change float rounding, and a rollout of a
+        # contact-rich sim amplifies it: two VMs of the same name can evaluate one actor differently.
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:

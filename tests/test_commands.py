@@ -167,6 +167,7 @@ def test_eval_steer_reports_both_base_levels_and_both_actor_modes_on_the_same_se
     gaussian = eval_json(capsys, *lift, "--noise", "gaussian")
     zero = eval_json(capsys, *lift, "--noise", "zero")
     assert steered["task"] == "lift" and steered["agent"] == "steered_policy" and gaussian["noise"] == "gaussian"
+    assert steered["torch_threads"] == gaussian["torch_threads"] == 1   # eval_json's --threads 1, recorded
     for prefix, alone in (("base_", gaussian), ("base_zero_", zero)):
         for key in ("success_rate", "successes", "ci_low", "ci_high", "mean_episode_steps"):
             assert steered[prefix + key] == alone[key], (prefix, key)
@@ -195,8 +196,9 @@ def test_eval_noise_scale_zero_is_w_zero_and_a_scale_changes_the_episodes(capsys
                                         (["--noise-std", "-1"], "--noise-std: expected a finite number >= 0"),
                                         (["--noise-std", "nan"], "--noise-std: expected a finite number >= 0"),
                                         (["--noise", "zero", "--noise-std", "0.5"],
-                                         "--noise-std: not with --noise zero")])
-def test_eval_bad_noise_options_are_one_clear_error(capsys, args, error):
+                                         "--noise-std: not with --noise zero"),
+                                        (["--threads", "0"], "--threads: expected an integer >= 1, got 0")])
+def test_eval_bad_options_are_one_clear_error(capsys, args, error):
     from dsrl_ros.cli import main as cli_main
 
     assert cli_main(["eval", "--episodes", "1", *args]) == 2

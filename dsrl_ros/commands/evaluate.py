@@ -40,7 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="sim task (default: the one the policy is made for)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=100_000, help="first env seed; episode i uses seed + i")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, one per core). The count changes float rounding and "
+                        "so some episodes: the same seeds read a few points apart at 1 and 2 threads (the JSON "
+                        "records torch_threads)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=run)
 
@@ -78,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if args.steer and args.noise != "gaussian":
         option = "--noise-std" if args.noise_std is not None else "--noise"
         raise ValueError(f"{option}: not with --steer (it reports the base policy at w ~ N(0, I) and at w = 0)")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     policy = None if args.expert else load_base_policy(args.policy)
     task = args.task or policy_task(args.policy)
@@ -109,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         summary["episodes"] = args.episodes
     env.close()
     summary |= {"task": task, "policy": None if args.expert else args.policy, "seed": args.seed,
-                "mean_episode_steps": float(summary["mean_episode_steps"]), "seconds": round(time.time() - start, 1)}
+                "torch_threads": torch.get_num_threads(), "mean_episode_steps": float(summary["mean_episode_steps"]),
+                "seconds": round(time.time() - start, 1)}
     print(f"{summary['agent']} on {task}: {_line(summary, '', args.episodes)}, "
           f"mean length {summary['mean_episode_steps']:.1f} steps, {summary['seconds']} s")
     if args.json:
