@@ -22,8 +22,8 @@ def machine_description() -> dict:
         import torch
 
         info["torch"] = torch.__version__
-        # The CPU kernels torch dispatches to (e.g. AVX2 vs AVX512) change float rounding, and a rollout of a
-        # contact-rich sim amplifies it: two VMs of the same name can evaluate one actor differently.
+        # Float rounding depends on the kernels torch dispatches to (AVX2, AVX512) and on its thread count, and a
+        # contact-rich rollout amplifies it into other episodes (docs/results.md: 22 % vs 27 % at 1 vs 2 threads).
         info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)

@@ -81,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steer and args.noise != "gaussian":
         option = "--noise-std" if args.noise_std is not None else "--noise"
         raise ValueError(f"{option}: not with --steer (it reports the base policy at w ~ N(0, I) and at w = 0)")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
+    if args.threads:   # >= 1: the CLI refuses anything else
         torch.set_num_threads(args.threads)
     policy = None if args.expert else load_base_policy(args.policy)
     task = args.task or policy_task(args.policy)
