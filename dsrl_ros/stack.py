@@ -65,7 +65,9 @@ def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: f
     if config.recording.enabled:
         waits.append("recorder")
     nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(waits)}))
-    nodes += [NodeSpec(name, {"robot_config": path}) for name in learners]
+    # The policy node's result watchdog times chunks on the sim's clock (a slowed sim's chunks take longer).
+    timing = {"realtime_factor": float(realtime_factor)} if sim and config.robot.sim_interface != "hardware" else {}
+    nodes += [NodeSpec(name, {"robot_config": path} | (timing if name == "policy" else {})) for name in learners]
     if config.recording.enabled:
         nodes.append(NodeSpec("recorder", {"robot_config": path}))
     if config.teleop.device != "none":        # not waited for: the policy runs on without an operator

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dsrl_ros.core.decision_clock import DecisionClock
+from dsrl_ros.core.decision_clock import DecisionClock, result_timeout_ns
 from dsrl_ros.core.episode_cycle import (ABORTED, ENDED, RESETTING, RUNNING, STATE_FILE, SUCCESS, TIMEOUT,
                                          CycleSettings, EpisodeCycle)
 
@@ -94,6 +94,17 @@ def test_an_overdue_result_makes_a_decision_due_again_on_fresh_data():
     fresh(clock, 500)
     assert clock.next_decision().seq == d.seq + 1
     assert not clock.on_result(1, d.seq, 600, False)                    # the lost result, late: ignored
+
+
+def test_the_result_timeout_outlasts_a_chunk_at_any_sim_speed():
+    # sim_arm.yaml: 8 steps at 20 Hz. At real time 0.4 s per chunk; `up --realtime-factor 0.15` makes it 2.67 s,
+    # which a timeout in real-time seconds (1.8 s) cut short on every chunk (every episode then went unstored).
+    for factor in (0.05, 0.15, 0.3, 1.0, 4.0):
+        chunk_ns = 8 / (20.0 * factor) * 1e9
+        assert result_timeout_ns(8, 20.0, factor) == pytest.approx(2 * chunk_ns + 1e9, abs=1)
+    assert result_timeout_ns(8, 20.0) == result_timeout_ns(8, 20.0, 1.0) == 1_800_000_000
+    with pytest.raises(ValueError, match="realtime_factor: expected > 0, got 0"):
+        result_timeout_ns(8, 20.0, 0.0)
 
 
 def test_a_stale_sensor_message_does_not_replace_a_newer_one_and_late_sensors_are_named():

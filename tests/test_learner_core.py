@@ -132,6 +132,25 @@ def test_a_trailing_observation_cut_off_by_the_end_is_not_a_decision():
     assert done.chunks == 2 and len(done.rows["image"]) == 3
 
 
+@pytest.mark.parametrize("last_result_ended_it", [True, False])
+def test_a_chunk_after_the_result_that_ended_the_episode_is_not_a_decision(last_result_ended_it):
+    # The policy node's result watchdog decided again just before the episode's last result came (a loaded machine,
+    # a teleop stream lost mid-chunk): the robot refuses that chunk (the episode is over) and sends no result.
+    recorder = EpisodeRecorder(CHUNK, "time_penalty", grace_s=2.0)
+    feed_episode(recorder, 9, n_chunks=3, outcome="timeout", now=10.0)
+    recorder.result(9, 9002, 1.0, "teleop_lost", episode_over=last_result_ended_it)
+    recorder.observation(9, 9003, obs(77), final=False)                  # the watchdog's decision ...
+    recorder.chunk(9, 9003, np.full(CHUNK, 3, np.float32), np.full(CHUNK, 103, np.float32), SOURCE_ACTOR)
+    if last_result_ended_it:
+        (done,) = recorder.poll(now=10.0)                                 # ... is not part of the episode
+        assert done.chunks == 3 and len(done.rows["image"]) == 4 and done.rows["image"][3].max() == 99
+        assert done.rows["action"][:, 0].tolist()[:3] == [100, 101, 102]
+    else:                                                                 # a chunk still running: its result
+        assert recorder.poll(now=11.0) == []                              # may be on its way
+        (dropped,) = recorder.poll(now=12.5)
+        assert dropped.rows is None and "result of decision 9003" in dropped.reason
+
+
 def test_episodes_that_never_end_are_forgotten_not_kept_forever():
     recorder = EpisodeRecorder(CHUNK, "time_penalty", max_open_episodes=2)
     for episode in (1, 2, 3):

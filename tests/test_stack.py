@@ -68,6 +68,18 @@ def test_a_bounded_run_learns_through_dds_and_stores_exactly_paired_transitions(
     assert assert_stored_episodes_are_whole(run) == 8
 
 
+def test_a_slowed_sim_keeps_every_episode_the_result_watchdog_times_chunks_on_the_sim_clock(tmp_path):
+    # 8 steps at 20 Hz x 0.15 = 2.7 s a chunk, beyond the 1.8 s a real-time watchdog allowed: it decided again
+    # mid-chunk, the new chunk cut the running one short, and no episode was stored.
+    up = Up(tmp_path / "run", "--episodes", "2", "--json", "--realtime-factor", "0.15",
+            "--set", "control.max_episode_steps=16")
+    assert up.wait(300) == 0, up.output()[-3000:]
+    summary = json.loads(up.output().strip().splitlines()[-1])
+    assert summary["episodes"] == summary["stored_episodes"] == 2, summary
+    assert "deciding again" not in up.log("policy") and "replaces" not in up.log("sim_robot")
+    assert [r["chunks"] for r in stored_episodes(up.run_dir)] == [2, 2]        # 16 steps, two whole chunks each
+
+
 # ---- malformed input ------------------------------------------------------------------------------------------
 def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, probe):
     from sensor_msgs.msg import Image, JointState

@@ -129,7 +129,8 @@ class BagConverter:
             elif topic == "/dsrl/chunk_result":
                 recorder.result(msg.episode, msg.seq, float(msg.reward), str(getattr(msg, "ended_by", "")),
                                 operator_executed(msg.executed_indices, getattr(msg, "executed_sources", []),
-                                                  msg.executed_actions))
+                                                  msg.executed_actions),
+                                episode_over=bool(msg.success or msg.truncated))
             elif msg.state == event_type.STATE_RUNNING:
                 recorder.start(msg.episode)
             elif msg.state == event_type.STATE_ENDED and msg.outcome in EVENT_OUTCOMES:

@@ -16,6 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def result_timeout_ns(execute_steps: int, rate_hz: float, realtime_factor: float = 1.0) -> int:
+    """How long the clock waits for a chunk's result before deciding again: twice the chunk's duration in wall
+    time plus 1 s. realtime_factor: the robot's control ticks per wall second / rate_hz (a slowed sim, e.g.
+    `dsrl-ros up --realtime-factor 0.3`, runs a chunk in execute_steps / (rate_hz x factor) s); a timeout shorter
+    than a chunk would decide again mid-chunk, and the new chunk would cut the running one short."""
+    if realtime_factor <= 0:
+        raise ValueError(f"realtime_factor: expected > 0, got {realtime_factor}")
+    return int((2.0 * execute_steps / (rate_hz * realtime_factor) + 1.0) * 1e9)
+
+
 @dataclass(frozen=True)
 class Decision:
     """An observation to publish now. stamp_ns: the newest sensor stamp in it."""

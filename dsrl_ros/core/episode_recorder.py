@@ -42,6 +42,7 @@ class _Decision:
     source: int | None = None
     reward: float | None = None
     cut_short: bool = False                 # stopped before its steps were done, the episode not over
+    ended_episode: bool = False             # its result said the episode was over (success or a time limit)
     executed: tuple | None = None           # (indices, sources, actions) when the operator commanded a step
 
 
@@ -108,13 +109,15 @@ class EpisodeRecorder:
         d = self._open(episode).decision(seq)
         d.noise, d.action, d.source = noise.astype(np.float32).ravel(), action.astype(np.float32).ravel(), source
 
-    def result(self, episode: int, seq: int, reward: float, ended_by: str = "", executed: tuple | None = None) -> None:
+    def result(self, episode: int, seq: int, reward: float, ended_by: str = "", executed: tuple | None = None,
+               episode_over: bool = False) -> None:
         """ended_by: why the robot stopped the chunk (ChunkResult.ended_by); one of CUT_SHORT discards the
         episode (late steps dropped at a chunk's start or steps the safety layer limited do not: the stored
         chunk is what was commanded, and what the robot made of it is part of the environment).
-        executed: (indices, sources, actions (steps, D)) per executed step when any source is the operator's."""
+        executed: (indices, sources, actions (steps, D)) per executed step when any source is the operator's.
+        episode_over: ChunkResult.success or .truncated (the robot runs no chunk of this episode after it)."""
         d = self._open(episode).decision(seq)
-        d.reward, d.cut_short = float(reward), ended_by in CUT_SHORT
+        d.reward, d.cut_short, d.ended_episode = float(reward), ended_by in CUT_SHORT, bool(episode_over)
         if executed is not None:
             indices, sources, actions = executed
             if len(indices) != len(sources) or np.asarray(actions).size != len(indices) * self.action_dim:
@@ -165,9 +168,12 @@ class EpisodeRecorder:
         return done
 
     def _executed(self, ep: _Episode) -> list[int]:
-        """Decisions that got an action chunk, in order (a trailing observation without a chunk was cut off by
-        the episode's end and is not a decision)."""
-        return sorted(seq for seq, d in ep.decisions.items() if d.action is not None)
+        """Decisions that got an action chunk, in order. Not decisions: a trailing observation without a chunk
+        (cut off by the episode's end), and chunks after a result that ended the episode (the robot refuses them:
+        e.g. the policy node's result watchdog decided again just before that late result came)."""
+        chunked = sorted(seq for seq, d in ep.decisions.items() if d.action is not None)
+        last = next((seq for seq in chunked if ep.decisions[seq].ended_episode), None)
+        return chunked if last is None else [seq for seq in chunked if seq <= last]
 
     def _missing(self, ep: _Episode) -> str:
         executed = self._executed(ep)

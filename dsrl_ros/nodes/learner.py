@@ -82,7 +82,8 @@ class LearnerNode(ConfiguredNode):
     def _on_result(self, msg: ChunkResult) -> None:
         executed = operator_executed(msg.executed_indices, msg.executed_sources,
                                      float32_array(msg.executed_actions, "chunk_result.executed_actions"))
-        self.recorder.result(msg.episode, msg.seq, msg.reward, msg.ended_by, executed)
+        self.recorder.result(msg.episode, msg.seq, msg.reward, msg.ended_by, executed,
+                             episode_over=msg.success or msg.truncated)
 
     def _on_episode(self, msg: EpisodeEvent) -> None:
         check_signed(msg, self.key)

@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image, JointState
 from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent, Noise, Observation
 from dsrl_ros.config import check_policy_fits_config
 from dsrl_ros.core.checkpoint import resolve_device
-from dsrl_ros.core.decision_clock import DecisionClock
+from dsrl_ros.core.decision_clock import DecisionClock, result_timeout_ns
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
@@ -56,8 +56,10 @@ class PolicyNode(ConfiguredNode):
         self.joint_keys = {n: f"{c.proprio.joint_states_topic}[{n}]" for n in c.proprio.joints}
         sensors = [c.camera.topic, *self.joint_keys.values()] + ([c.proprio.ee_pose_topic]
                                                                  if c.proprio.ee_pose_topic else [])
-        result_timeout_ns = int((2.0 * c.control.execute_steps / c.control.rate_hz + 1.0) * 1e9)
-        self.clock = DecisionClock(sensors, result_timeout_ns, first_seq=time.time_ns())
+        # realtime_factor: the sim's ticks per wall second / rate_hz (sim_robot's parameter, set by build_graph)
+        factor = float(self.declare_parameter("realtime_factor", 1.0).value)
+        timeout_ns = result_timeout_ns(c.control.execute_steps, c.control.rate_hz, factor)
+        self.clock = DecisionClock(sensors, timeout_ns, first_seq=time.time_ns())
         self.image: np.ndarray | None = None
         self.joints: dict[str, float] = {}
         self.ee: np.ndarray | None = None
