@@ -213,7 +213,10 @@ def test_a_teleop_node_killed_mid_takeover_holds_the_arm_marks_the_episode_and_l
     assert all(r.header.stamp.sec * 10**9 + r.header.stamp.nanosec
                <= lost[0].header.stamp.sec * 10**9 + lost[0].header.stamp.nanosec
                for r in probe.results if r.episode == episode)                 # the arm moved no more in it
-    (stored,) = [r for r in stored_episodes(up.run_dir) if r["robot_episode"] == episode]
+    stored = [r for r in stored_episodes(up.run_dir) if r["robot_episode"] == episode]
+    assert len(stored) == 1, (episode, stored_episodes(up.run_dir), up.log("learner")[-4000:],  # why, if it fails
+                              up.log("policy")[-2000:], up.log("sim_robot")[-2000:])
+    (stored,) = stored
     assert "teleop_lost" in stored["detail"] and stored["operator_steps"] > 0   # kept, with its operator steps
     assert stored["operator_steps"] == sum(1 for r in probe.results if r.episode == episode
                                            for s in r.executed_sources if s == 1)
