@@ -51,10 +51,13 @@ def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: f
     sim = config.robot.kind == "sim"
     learners = ["policy", "steering", "learner"]
     nodes = []
+    params = {name: {"robot_config": path} for name in learners}
     if sim and config.robot.sim_interface == "hardware":
         nodes.append(NodeSpec("sim_hardware", {"robot_config": path}))       # real time, like an arm
     elif sim:
         nodes.append(NodeSpec("sim_robot", {"robot_config": path, "realtime_factor": float(realtime_factor)}))
+        # The policy node's result watchdog times chunks on the sim's clock (a slowed sim's chunks take longer).
+        params["policy"]["realtime_factor"] = float(realtime_factor)
     # The episode manager starts an episode only while every node that must see it whole is up.
     waits = list(learners)
     if uses_executor(config):
@@ -65,9 +68,7 @@ def build_graph(config: StackConfig, config_path: str | Path, realtime_factor: f
     if config.recording.enabled:
         waits.append("recorder")
     nodes.append(NodeSpec("episode_manager", {"robot_config": path, "wait_for_nodes": ",".join(waits)}))
-    # The policy node's result watchdog times chunks on the sim's clock (a slowed sim's chunks take longer).
-    timing = {"realtime_factor": float(realtime_factor)} if sim and config.robot.sim_interface != "hardware" else {}
-    nodes += [NodeSpec(name, {"robot_config": path} | (timing if name == "policy" else {})) for name in learners]
+    nodes += [NodeSpec(name, params[name]) for name in learners]
     if config.recording.enabled:
         nodes.append(NodeSpec("recorder", {"robot_config": path}))
     if config.teleop.device != "none":        # not waited for: the policy runs on without an operator
