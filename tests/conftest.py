@@ -2,7 +2,9 @@
 
 import fcntl
 import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,43 @@ def probe():
     p = Probe()
     yield p
     p.close()
+
+
+def _processes_in_our_domain() -> dict[int, str]:
+    """pid -> command line of every other live process of this user whose ROS_DOMAIN_ID is this run's: what a
+    test started (inherited through `up`, the supervisor and die_with_test), and nothing of another run's."""
+    mark, found = f"ROS_DOMAIN_ID={_DOMAIN}".encode(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                continue                                   # a zombie publishes nothing
+            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """A node a test leaves running keeps publishing on this run's domain and can feed the next test a stranger's
+    chunks or results. After each test, whatever it started (processes of a module-scoped fixture were there
+    before it) must be gone within 20 s (DSRL_TEST_EXIT_GRACE_S); any that is not is killed and the test errors with its command line."""
+    if not Path("/proc/self/environ").exists():
+        yield
+        return
+    before = set(_processes_in_our_domain())
+    yield
+    deadline = time.monotonic() + float(os.environ.get("DSRL_TEST_EXIT_GRACE_S", "20"))
+    while (left := {pid: cmd for pid, cmd in _processes_in_our_domain().items() if pid not in before}) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes this test started outlived it (now killed): {left}"
