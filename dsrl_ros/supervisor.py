@@ -65,7 +65,8 @@ class Supervisor:
         log.write(f"\n--- start {time.strftime('%Y-%m-%d %H:%M:%S')} (restart {child.restarts}) ---\n".encode())
         log.flush()
         child.process = subprocess.Popen(child.spec.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_default_stop_signals)
         log.close()   # the child holds its own descriptor
         child.state, child.started_at, child.restart_at = "running", time.monotonic(), None
 
@@ -163,6 +164,14 @@ class Supervisor:
             died = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit code {code}"
             return f"{died}" + (f" after: {lines[-1].strip()}" if lines else " before it logged anything")
         return lines[-1].strip() if lines else f"exit code {code}"
+
+
+def _default_stop_signals() -> None:
+    """In the child, before exec: SIGINT and SIGTERM at their defaults. An ignored signal stays ignored across
+    exec, and a shell ignores SIGINT in what it starts in the background (`dsrl-ros up ... &` from a script, a
+    test run started with `&`): a child that inherited that would sit out the clean stop and be SIGTERMed."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
