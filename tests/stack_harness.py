@@ -144,17 +144,21 @@ class Probe:
 
         return [e for e in self.events if e.state == EpisodeEvent.STATE_ENDED]
 
-    def publish(self, msg_type, topic: str, messages: list, profile: str, until=None, seconds: float = 1.5):
-        """Publishes the messages repeatedly until `until()` holds (or for `seconds`): a new publisher needs
-        ~0.35 s to be discovered, so a single publish may reach nobody."""
+    def publish(self, msg_type, topic: str, messages: list, profile: str, until=None, seconds: float = 1.5,
+                rounds_hz: float = 20.0):
+        """Publishes the messages, all of them `rounds_hz` times a second, until `until()` holds (or for
+        `seconds`): a new publisher needs ~0.35 s to be discovered, so a single publish may reach nobody. Paced,
+        so the readers' input rate caps pass them (a flood is `flood`'s job)."""
         from dsrl_ros.nodes.ros_io import qos
 
         pub = self.node.create_publisher(msg_type, topic, qos()[profile])
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not (until is not None and until()):
+            next_round = time.monotonic() + 1.0 / rounds_hz
             for msg in messages:
                 pub.publish(msg)
-            self.spin()
+            while time.monotonic() < next_round:
+                self.spin()
         self.node.destroy_publisher(pub)
 
     def flood(self, msg_type, topic: str, messages: list, profile: str, seconds: float, rate_hz: float) -> int:
