@@ -70,7 +70,8 @@ def _processes_in_our_domain() -> dict[int, str]:
 def no_process_outlives_its_test():
     """A node a test leaves running keeps publishing on this run's domain and can feed the next test a stranger's
     chunks or results. After each test, whatever it started (processes of a module-scoped fixture were there
-    before it) must be gone within 20 s (DSRL_TEST_EXIT_GRACE_S); any that is not is killed and the test errors with its command line."""
+    before it) must be gone within 20 s (DSRL_TEST_EXIT_GRACE_S); any that is not is killed and the test errors
+    with its command line."""
     if not Path("/proc/self/environ").exists():
         yield
         return

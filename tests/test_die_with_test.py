@@ -63,7 +63,8 @@ def test_a_process_that_outlives_its_test_is_killed_and_the_test_errors_naming_i
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_leaky.py"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     leaked = int((tmp_path / "leaked.pid").read_text())
-    assert "2 passed, 1 error" in run.stdout              # an error at teardown: passed + error, run.stdout[-3000:]
+    # An error at teardown counts as passed + error.
+    assert "2 passed, 1 error" in run.stdout, run.stdout[-3000:]
     assert "processes this test started outlived it" in run.stdout and "time.sleep(600)" in run.stdout
     assert "ERROR at teardown of test_leaves_a_node_running" in run.stdout
     wait_for(lambda: not alive(leaked), 10, "the leaked process to be killed")

@@ -239,8 +239,8 @@ def test_stop_escalates_from_sigint_to_sigterm_to_sigkill(tmp_path, launcher_sig
                          ("ignores_sigint", "ignores_both", "polite")), 30, "the stand-ins to start")
     pids = [c.process.pid for c in supervisor.children]
     start = time.monotonic()
-    # The polite child gets 3 s to leave after SIGINT. Its two earlier failures here (SIGTERMed, -15) were not
-    # a slow machine: the suite had been started in the background with SIGINT ignored, and the child inherited it.
+    # The polite child gets 3 s to leave after SIGINT. A failure here (SIGTERMed, -15) once put down to a slow
+    # machine reproduces every time with the suite started in the background: SIGINT ignored, and inherited.
     supervisor.stop(timeout_s=3.0)
     assert time.monotonic() - start < 3.0 + 5.0 + 5.0 + 1.0
     codes = {c.spec.name: c.exit_codes[-1] for c in supervisor.children}
