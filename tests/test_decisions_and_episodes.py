@@ -82,6 +82,41 @@ def test_episode_events_count_only_in_order():
     assert clock.episode == 5 and clock.due_after_ns == 10
 
 
+def decisions_of(deliveries: list[tuple]) -> list[tuple[int, bool]]:
+    """(episode, final) of each decision a clock makes for `deliveries`: ("event", episode, running, stamp), or
+    ("step",): the robot reports the chunk in flight done. Sensors are always fresh."""
+    clock, made = DecisionClock(SENSORS, 10**9, 0), []
+    for now, delivery in enumerate(deliveries, start=1):
+        now *= 1000
+        if delivery[0] == "event":
+            clock.on_episode(*delivery[1:])
+        elif clock.chunk_seq is not None:
+            clock.on_result(clock.episode, clock.chunk_seq, now, False)
+        fresh(clock, now + 1)
+        decision = clock.next_decision()
+        if decision is not None:
+            made.append((decision.episode, decision.final))
+            if not decision.final:
+                clock.on_chunk_sent(decision.seq, now)
+    return made
+
+
+@pytest.mark.parametrize("delay", [1, 2, 3, 5])
+def test_every_episode_event_heard_twice_makes_the_same_decisions_as_once(delay):
+    # The policy node reads episode events on two subscriptions (latched and volatile): each event comes twice,
+    # the second copy immediately or after later events and chunk results.
+    script = [("run", 1), ("step",), ("step",), ("end", 1), ("reset", 1), ("run", 2), ("step",), ("end", 2),
+              ("reset", 2), ("run", 3), ("step",)]
+    once = [("event", e[1], e[0] == "run", i * 1000 + 1) if e[0] != "step" else e for i, e in enumerate(script)]
+    twice = list(once)
+    for i in reversed(range(len(once))):
+        if once[i][0] == "event":
+            twice.insert(min(i + 1 + delay, len(twice)), once[i])
+    assert decisions_of(once) == [(1, False), (1, False), (1, False), (1, True), (2, False), (2, False),
+                                  (2, True), (3, False), (3, False)]
+    assert decisions_of(twice) == decisions_of(once)
+
+
 def test_an_overdue_result_makes_a_decision_due_again_on_fresh_data():
     clock = DecisionClock(SENSORS, result_timeout_ns=100, first_seq=0)
     fresh(clock, 10)
@@ -159,6 +194,20 @@ def test_a_stalled_episode_is_aborted_and_the_next_one_reset():
     assert cycle.tick(6.0) == []                                       # 5 s since the last result: not yet
     (end,) = cycle.tick(6.01)
     assert end.outcome == ABORTED and "stalled" in end.detail
+    assert "no observation" in end.detail                              # the policy never decided in it
+
+
+def test_a_stall_names_the_policy_only_when_it_never_observed_in_the_episode():
+    details = []
+    for observed_episode in (None, 1, 2):        # no observation; one of the running episode; a stray one
+        cycle = EpisodeCycle(SIM)
+        run_to_running(cycle)
+        if observed_episode is not None:
+            cycle.on_observation(observed_episode)
+        (end,) = cycle.tick(SIM.stall_timeout_s + 0.01)
+        assert end.outcome == ABORTED and "stalled" in end.detail
+        details.append("published no observation" in end.detail)
+    assert details == [True, False, True]
 
 
 def test_an_unanswered_reset_is_asked_again():

@@ -75,6 +75,7 @@ class EpisodeCycle:
         self._retry_reset_at: float | None = None
         self._reset_sent_at: float | None = None
         self._last_progress = 0.0
+        self._observed = False                 # the policy published an observation in the running episode
         self._resetting_since = 0.0
         self.rerecord_of: int | None = None    # the episode the operator asked to record again
         self.notes: list[str] = []
@@ -146,6 +147,7 @@ class EpisodeCycle:
         self.chunks = self.steps = 0
         self.awaiting_start = False
         self._last_progress = now
+        self._observed = False
         return self._emit(RUNNING, NONE, detail)
 
     def _end(self, outcome: int, detail: str, now: float) -> Event:
@@ -185,6 +187,11 @@ class EpisodeCycle:
         if truncated or self.steps >= self.s.max_episode_steps:
             return [self._end(TIMEOUT, f"{self.steps} steps", now)]
         return []
+
+    def on_observation(self, episode: int) -> None:
+        """A (non-final) observation of the policy node: it knows the episode is running (the stall detail says so)."""
+        if self.state == RUNNING and episode == self.episode:
+            self._observed = True
 
     def on_final_observation(self, episode: int, now: float) -> None:
         self._final_seen = episode
@@ -230,7 +237,12 @@ class EpisodeCycle:
                 return []
             return [self._start(f"started after episode.reset_time_s ({self.s.reset_time_s:g} s)", now)]
         if self.state == RUNNING and now - self._last_progress > self.s.stall_timeout_s:
-            return [self._end(ABORTED, f"stalled: no chunk result for {self.s.stall_timeout_s:g} s", now)]
+            # Which side is stuck: the policy never decided (it did not hear the start, or its sensors are late) or
+            # the robot side never answered (a chunk lost, the sim or the arm driver down).
+            why = ("" if self._observed else
+                   ": the policy node published no observation in this episode (did it receive the episode's start?"
+                   " see its log)")
+            return [self._end(ABORTED, f"stalled: no chunk result for {self.s.stall_timeout_s:g} s{why}", now)]
         if self._wait_final_until is not None and now >= self._wait_final_until:
             self.notes.append(f"no final observation for episode {self.episode} within "
                               f"{self.s.final_obs_wait_s:g} s; resetting anyway")

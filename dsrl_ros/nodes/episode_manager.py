@@ -144,6 +144,8 @@ class EpisodeManagerNode(ConfiguredNode):
     def _on_observation(self, msg: Observation) -> None:
         if msg.final:
             self.cycle.on_final_observation(msg.episode, time.monotonic())
+        else:
+            self.cycle.on_observation(msg.episode)
 
     def _on_command(self, msg: OperatorCommand) -> None:
         accept(msg, self.key, self.gate)

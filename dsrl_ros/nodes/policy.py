@@ -77,8 +77,13 @@ class PolicyNode(ConfiguredNode):
             sub(PoseStamped, c.proprio.ee_pose_topic, self._on_pose, "sensor", "sensor")
         sub(Noise, NOISE, self._on_noise, "decision", "decision")
         sub(ChunkResult, CHUNK_RESULT, self._on_result, "decision", "decision")
-        # The episode's current state only (latched, depth 1): a restarted node resumes the running episode.
+        # The episode's current state only (latched, depth 1): a restarted node resumes the running episode. And
+        # every event as it comes (volatile, depth 20), on a second reader: a missed start costs the whole episode
+        # (once, under load, this node made no decision in a whole session while the other readers got every
+        # start; the cause is not known). The clock takes an event it already has as a no-op, so the two copies
+        # cannot make two decisions (tests/test_decisions_and_episodes.py).
         sub(EpisodeEvent, EPISODE, self._on_episode, "event", "latched")
+        sub(EpisodeEvent, EPISODE, self._on_episode, "event", "decision")
         # One deadline timer, re-armed per decision (creating a timer per decision rebuilds the executor's wait set).
         self.deadline_timer = self.create_timer(c.safety.noise_deadline_s, self._on_deadline)
         self.deadline_timer.cancel()
@@ -122,7 +127,14 @@ class PolicyNode(ConfiguredNode):
     # ---- the decision clock ------------------------------------------------------------------------------------
     def _on_episode(self, msg: EpisodeEvent) -> None:
         check_signed(msg, self.key)
-        if self.clock.on_episode(msg.episode, msg.state == EpisodeEvent.STATE_RUNNING, stamp_ns(msg.header.stamp)):
+        running = msg.state == EpisodeEvent.STATE_RUNNING
+        if running and msg.episode < self.clock.newest_episode:     # (== is the other reader's copy: silent)
+            self.get_logger().warning(f"ignored the start of episode {msg.episode}: episode "
+                                      f"{self.clock.newest_episode} has started since (a stale or replayed event)")
+        was_final = self.clock.final_due
+        if self.clock.on_episode(msg.episode, running, stamp_ns(msg.header.stamp)):
+            if running or not was_final:          # a start, or an end the operator called: one line each
+                self.get_logger().info(f"episode {msg.episode} {'running: deciding' if running else 'ended'}")
             self._cancel_pending()
             self._try_observe()
 
