@@ -142,14 +142,14 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
             log = up.log("sim_robot")
             refused = {int(e) for e in re.findall(r"expected the running episode \(\d+\), got (\d+) \(chunk 3\)", log)}
             return bool(refused & stray_episodes) and all(e in log for e in expected)
+        def chunk(seq: int, episode: int, actions: list[float]):
+            return ActionChunk(seq=seq, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
+                               noise=array.array("f", [0.0] * 40), actions=array.array("f", actions))
         for _ in range(6):
             episode = _mid_episode(probe)
-            stray = ActionChunk(seq=3, episode=episode + 1000, chunk_len=8, action_dim=5, execute_steps=8,
-                                noise=array.array("f", [0.0] * 40), actions=array.array("f", [0.2, 0, 0, 0, 0] * 8))
-            big = ActionChunk(seq=1, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
-                              noise=array.array("f", [0.0] * 40), actions=array.array("f", [1e6, 0, 0, 0, 0] * 8))
-            nan = ActionChunk(seq=2, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
-                              noise=array.array("f", [0.0] * 40), actions=array.array("f", [float("nan")] * 40))
+            stray = chunk(3, episode + 1000, [0.2, 0, 0, 0, 0] * 8)
+            big = chunk(1, episode, [1e6, 0, 0, 0, 0] * 8)
+            nan = chunk(2, episode, [float("nan")] * 40)
             stray_episodes.add(episode + 1000)
             probe.publish(ActionChunk, ACTION_CHUNK, [stray, big, nan], "decision", seconds=10, until=answered)
             if answered():
