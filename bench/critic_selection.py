@@ -40,7 +40,7 @@ def load_run(run_dir: Path) -> tuple[PolicySteering, object, str]:
     _, ckpt_config = load_tensors_and_config(run_dir / "checkpoint")
     steering = PolicySteering(policy, AgentConfig.from_dict(ckpt_config["agent"], "checkpoint agent"))
     steering.load_checkpoint(run_dir / "checkpoint")
-    return steering, policy, policy_task(policy_dir)
+    return steering, policy, actor_config["metadata"].get("task") or policy_task(policy_dir)
 
 
 @torch.no_grad()

@@ -153,6 +153,7 @@ def log_loss_of_rate(p: float, y: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default=str(DEFAULT_BASE_POLICY))
+    parser.add_argument("--task", default=None, help="sim task (default: the one the policy is made for)")
     parser.add_argument("--segments", type=int, default=0, help="learner.noise_segments (0: all of w)")
     parser.add_argument("--episodes", type=int, default=1000, help="training episodes (z0 ~ N(0, I))")
     parser.add_argument("--sizes", default="150,500", help="training-set sizes to fit on (the full N is added)")
@@ -172,7 +173,7 @@ def main() -> None:
     policy = load_base_policy(args.policy)
     steering = PolicySteering(policy, AgentConfig(noise_segments=args.segments))
     dim = steering.agent.config.noise_dim
-    env = make_env(policy_task(args.policy), image_size=policy.config.image_shape[0])
+    env = make_env(args.task or policy_task(args.policy), image_size=policy.config.image_shape[0])
     rng = np.random.default_rng(args.seed)
 
     def play(seed: int, z0: np.ndarray) -> bool:
@@ -205,7 +206,7 @@ def main() -> None:
                      held_p0=held_p0)
     collect_s = time.time() - start
     n_eval, k = outcome.shape
-    result = {"policy": args.policy, "segments": args.segments, "noise_dims": dim, "train_episodes": len(won),
+    result = {"policy": args.policy, "task": args.task or policy_task(args.policy), "segments": args.segments, "noise_dims": dim, "train_episodes": len(won),
               "train_success": float(won.mean()), "k": k, "eval_episodes": n_eval,
               "first_noise_ceiling": float(outcome.any(1).mean()), "z0_zero": float(outcome[:, 0].mean()),
               "z0_gaussian": float(outcome[:, 1:].mean()),

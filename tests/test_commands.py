@@ -78,7 +78,8 @@ def test_train_bc_task_is_the_task_eval_runs_the_policy_on(pipeline):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["task"] == "lift_block"
     bad = run_cli("train-bc", "--data", "demos.zarr", "--out", "ckpt_bad", "--task", "stack", cwd=tmp)
-    assert bad.returncode == 2 and "--task: expected one of ['lift_block', 'lift', 'place'], got 'stack'" in bad.stderr
+    assert bad.returncode == 2
+    assert "--task: expected one of ['lift_block', 'lift_block_tray', 'lift', 'place'], got 'stack'" in bad.stderr
     assert not (tmp / "ckpt_bad").exists()
 
 

@@ -71,7 +71,7 @@ def test_zero_actions_truncate_at_max_steps():
         assert reward == 0.0 and not terminated and truncated == (step == 12) and info["step"] == step
 
 
-@pytest.mark.parametrize("task", ["lift", "place", "lift_block"])
+@pytest.mark.parametrize("task", ["lift", "place", "lift_block", "lift_block_tray"])
 def test_scripted_expert_succeeds(task):
     env = ArmEnv(task, render=False)
     expert = ScriptedExpert(env)
@@ -188,6 +188,21 @@ def test_block_yaw_spans_half_a_turn():
         env.reset(seed=seed)
         yaws.append(env.cube_pose()[1])
     assert min(yaws) < -np.pi / 4 - 0.2 and max(yaws) > np.pi / 4 + 0.2
+
+
+def test_tray_blocks_come_lengthwise_or_crosswise_at_lift_blocks_positions():
+    tray, block = ArmEnv("lift_block_tray", render=False), ArmEnv("lift_block", render=False)
+    assert (tray.object_half == block.object_half).all()
+    near = {0.0: 0, np.pi / 2: 0}
+    for seed in range(60):
+        tray.reset(seed=seed)
+        block.reset(seed=seed)
+        (xyz, yaw), (block_xyz, _) = tray.cube_pose(), block.cube_pose()
+        assert np.allclose(xyz, block_xyz), "the offset is drawn after the position: the same seeds, the same spots"
+        orientation = min(near, key=lambda centre: abs(yaw - centre))
+        assert abs(yaw - orientation) <= np.pi / 12 + 1e-6, f"seed {seed}: yaw {yaw:.3f} is neither within 15 deg"
+        near[orientation] += 1
+    assert min(near.values()) >= 15, f"both orientations come up: {near}"
 
 
 def test_config_knows_every_sim_task():

@@ -191,6 +191,21 @@ def test_eval_steer_reports_base_and_steered_on_the_same_seeds(tiny_policy_dir, 
         (base["success_rate"], base["ci_low"], base["ci_high"])
 
 
+def test_the_task_an_actor_was_trained_on_is_the_one_eval_steer_plays(tiny_policy_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--task", "lift_block_tray", "--out", str(out),
+                     "--episodes", "2", "--warmup-episodes", "1", "--utd", "1", "--batch-size", "8", "--hidden-dim",
+                     "32", "--eval-episodes", "0", "--threads", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["task"] == "lift_block_tray"
+    for extra, task in (([], "lift_block_tray"), (["--task", "lift"], "lift")):   # --task still overrides
+        assert cli_main(["eval", "--policy", str(tiny_policy_dir), "--steer", str(out / "actor"), "--episodes", "1",
+                         "--json", *extra]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["task"] == task
+    assert cli_main(["train-steer", "--policy", str(tiny_policy_dir), "--task", "lift_box", "--out",
+                     str(tmp_path / "bad"), "--episodes", "2", "--warmup-episodes", "1"]) == 2
+    assert "--task: expected one of" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("algo", ["na", "sac"])
 def test_own_cnn_encoder_trains_through_the_td_critic_and_ships_with_the_actor(tiny_policy_dir, tmp_path, algo,
                                                                                capsys):

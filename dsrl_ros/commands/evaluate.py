@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, policy_task
+from dsrl_ros.core.checkpoint import DEFAULT_BASE_POLICY, actor_task, policy_task
 from dsrl_ros.core.stats import wilson_interval
 from dsrl_ros.core.steering import load_actor
 from dsrl_ros.noise_baselines import NOISE_RULES, parse_noise_rule, scaled_gaussian
@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steer", default=None, help="noise-actor directory (train-steer's actor/): evaluates the "
                                                  "steered policy (deterministic and stochastic) and the base "
                                                  "policy at w ~ N(0, I) and at w = 0, all on the same seeds")
-    p.add_argument("--task", default=None, help="sim task (default: the one the policy is made for)")
+    p.add_argument("--task", default=None, help="sim task (default: with --steer the one the actor was trained on, "
+                   "else the one the policy is made for)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=100_000, help="first env seed; episode i uses seed + i")
     p.add_argument("--threads", type=int, default=None,
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:   # >= 1: the CLI refuses anything else
         torch.set_num_threads(args.threads)
     policy = None if args.expert else load_base_policy(args.policy)
-    task = args.task or policy_task(args.policy)
+    task = args.task or (actor_task(args.steer) if args.steer else None) or policy_task(args.policy)
     image_size = policy.config.image_shape[0] if policy else 84
     steering = load_actor(args.steer, policy) if args.steer else None
     env = make_env(task, image_size=image_size)

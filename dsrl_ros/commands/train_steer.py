@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dsrl_ros.config import load_config
+from dsrl_ros.config import SIM_TASKS, load_config
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.checkpoint import load_policy, policy_task, resolve_checkpoint
 from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE
@@ -53,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="robot config whose learner: section is the agent")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
     p.add_argument("--policy", default=None, help="frozen base policy checkpoint (default: the config's)")
+    p.add_argument("--task", default=None, help="sim task (default: the one the policy is made for); recorded "
+                   "with the actor, where `eval --steer` finds it")
     p.add_argument("--episodes", type=int, default=150, help="total episodes including warm-up")
     for name, kind in SHORTHANDS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"= --set learner.{name}=...")
@@ -97,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     policy_dir = resolve_checkpoint(config.policy.checkpoint)
+    task = args.task or policy_task(policy_dir, fallback=config.robot.sim_task)
+    if task not in SIM_TASKS:                   # before the run directory is made
+        raise ValueError(f"--task: expected one of {list(SIM_TASKS)}, got {task!r}")
     policy = load_policy(policy_dir)
     steering = PolicySteering(policy, agent)
     learner = Learner(steering, out, log=tqdm.write, checkpoint_every_s=float("inf"))
@@ -115,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
         learner.train_due()                     # the updates owed for the last episode before the stop
         print(f"resumed at episode {learner.n_episodes} ({learner.num_updates} updates, "
               f"{learner.offline_updates} of them offline)")
-    task = policy_task(policy_dir, fallback=config.robot.sim_task)
     env = make_env(task, image_size=policy.config.image_shape[0], max_steps=config.control.max_episode_steps,
                    control_hz=config.control.rate_hz)
     execute = config.control.execute_steps
@@ -159,15 +163,16 @@ def run(args: argparse.Namespace) -> int:
     writer.close()
     learner.stop()                              # the final checkpoint, with every update owed done
     steering.save_actor(out / "actor", {"algo": agent.algo, "episodes": learner.n_episodes, "updates":
-                                        learner.num_updates, "base_policy": str(policy_dir), "seed": args.seed,
-                                        "command": "dsrl-ros " + shlex.join(sys.argv[1:])})
+                                        learner.num_updates, "base_policy": str(policy_dir), "task": task,
+                                        "seed": args.seed, "command": "dsrl-ros " + shlex.join(sys.argv[1:])})
     records = _read_jsonl(out / "episodes.jsonl")
     base = [r["outcome"] == "success" for r in records if r.get("warmup")]
     evals = [(e["episode"] + 1, e["eval_success"]) for e in evaluations]
     plot_learning_curve([r["outcome"] == "success" for r in records], out / "learning_curve.png", WINDOW,
                         base_rate=float(np.mean(base)) if base else None, evals=evals,
                         title=f"DSRL-{agent.algo.upper()} ({task})")
-    summary = {"algo": agent.algo, "episodes": len(records), "final_window_success": float(np.mean(window)),
+    summary = {"algo": agent.algo, "task": task, "episodes": len(records),
+               "final_window_success": float(np.mean(window)),
                "final_eval_success": evals[-1][1] if evals else None, "updates": learner.num_updates,
                "actor": str(out / "actor"), "wall_s": round(time.time() - start, 1), "prior_transitions": prior,
                "interventions": sum(r.get("operator_steps", 0) > 0 for r in records),

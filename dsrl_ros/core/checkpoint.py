@@ -88,6 +88,13 @@ def policy_task(spec: str | Path, fallback: str = FALLBACK_TASK) -> str:
     return metadata.get("task") or (store_attrs.get("task") if isinstance(store_attrs, dict) else None) or fallback
 
 
+def actor_task(directory: str | Path) -> str | None:
+    """The sim task a noise actor (train-steer's actor/) was trained on, if it records one (older actors do not)."""
+    metadata = read_config(directory).get("metadata")
+    task = metadata.get("task") if isinstance(metadata, dict) else None
+    return task if isinstance(task, str) else None
+
+
 def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     config = read_config(directory)
     weights = Path(directory) / WEIGHTS_FILE

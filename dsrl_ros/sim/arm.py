@@ -31,10 +31,13 @@ WORKSPACE_HIGH = np.array([0.72, 0.32, 0.40])
 HOME_EE = np.array([0.42, 0.0, 0.22])
 ELBOW_UP_SEED = np.array([0.0, 0.43, 0.0, 1.12, 0.0, 1.6, 0.0])  # near HOME_EE, pointing down, elbow up
 # cube_yaw: the object's yaw range at reset. A cube looks the same every 90 deg; the block of `lift_block` every
-# 180 deg, so its long side points anywhere.
+# 180 deg, so its long side points anywhere. cube_yaw_offsets (optional): one of them, drawn uniformly, is added
+# to the yaw: the blocks of `lift_block_tray` come lengthwise or crosswise, each within +-15 deg.
 TASKS = {"lift": {"max_steps": 64, "cube_yaw": (-np.pi / 4, np.pi / 4)},
          "place": {"max_steps": 120, "cube_yaw": (-np.pi / 4, np.pi / 4)},
-         "lift_block": {"max_steps": 64, "cube_yaw": (-np.pi / 2, np.pi / 2)}}
+         "lift_block": {"max_steps": 64, "cube_yaw": (-np.pi / 2, np.pi / 2)},
+         "lift_block_tray": {"max_steps": 64, "cube_yaw": (-np.pi / 12, np.pi / 12),
+                             "cube_yaw_offsets": (0.0, np.pi / 2)}}
 LIFT_HEIGHT = 0.05                                           # m above resting height counts as lifted
 PLACE_TOLERANCE = 0.025                                      # m, cube centre to target centre (xy)
 CUBE_X, CUBE_Y = (0.36, 0.54), (-0.15, 0.15)
@@ -105,6 +108,9 @@ class ArmEnv:
         self.data.qpos[self._finger_qpos] = FINGER_MAX
         cube_xy = self._rng.uniform([CUBE_X[0], CUBE_Y[0]], [CUBE_X[1], CUBE_Y[1]])
         cube_yaw = self._rng.uniform(*TASKS[self.task]["cube_yaw"])
+        if "cube_yaw_offsets" in TASKS[self.task]:   # drawn after the yaw: the other tasks' resets stay as they were
+            offsets = TASKS[self.task]["cube_yaw_offsets"]
+            cube_yaw += offsets[int(self._rng.integers(len(offsets)))]
         quat = np.zeros(4)
         mujoco.mju_axisAngle2Quat(quat, np.array([0.0, 0.0, 1.0]), cube_yaw)
         self.data.qpos[self._cube_qpos: self._cube_qpos + 7] = [*cube_xy, self.object_half[2], *quat]

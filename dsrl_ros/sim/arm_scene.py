@@ -13,7 +13,8 @@ import numpy as np
 CUBE_HALF = 0.02            # m; cube side 4 cm
 # Half sizes (x, y, z) of the object to lift, per task. `lift_block` is the deployment shift of the default
 # benchmark: a 4 x 10 cm block, longer than the 8 cm gripper opening, where a cube-trained policy is run.
-OBJECT_HALF = {"lift": (CUBE_HALF,) * 3, "place": (CUBE_HALF,) * 3, "lift_block": (CUBE_HALF, 0.05, CUBE_HALF)}
+OBJECT_HALF = {"lift": (CUBE_HALF,) * 3, "place": (CUBE_HALF,) * 3, "lift_block": (CUBE_HALF, 0.05, CUBE_HALF),
+               "lift_block_tray": (CUBE_HALF, 0.05, CUBE_HALF)}
 OBJECT_DENSITY = 0.05 / (2 * CUBE_HALF) ** 3   # kg/m^3: the 4 cm cube weighs 50 g
 FINGER_MAX = 0.04           # m per finger: 8 cm full opening
 TIMESTEP = 0.002            # s
