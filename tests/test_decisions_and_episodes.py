@@ -7,6 +7,7 @@ import json
 import pytest
 
 from dsrl_ros.core.decision_clock import DecisionClock, result_timeout_ns
+from dsrl_ros.core.decision_clock import EpisodeEventOutcome as Outcome
 from dsrl_ros.core.episode_cycle import (ABORTED, ENDED, RESETTING, RUNNING, STATE_FILE, SUCCESS, TIMEOUT,
                                          CycleSettings, EpisodeCycle)
 
@@ -75,11 +76,15 @@ def test_an_operator_end_mid_decision_cancels_it_and_asks_for_the_final_observat
 
 def test_episode_events_count_only_in_order():
     clock = DecisionClock(SENSORS, 10**9, 0)
-    assert clock.on_episode(5, True, 10)
-    assert not clock.on_episode(3, True, 20)          # a replayed older start cannot restart the past
-    assert not clock.on_episode(5, True, 20)          # nor the same one twice
-    assert not clock.on_episode(4, False, 20)         # only the current episode can end
+    assert clock.on_episode(5, True, 10) is Outcome.STARTED
+    assert clock.on_episode(3, True, 20) is Outcome.STALE_START      # a replayed older start cannot restart the past
+    assert clock.on_episode(5, True, 20) is Outcome.REPEATED_START   # nor the same one twice
+    assert clock.on_episode(4, False, 20) is Outcome.NOT_CURRENT     # only the current episode can end
     assert clock.episode == 5 and clock.due_after_ns == 10
+    assert not any((Outcome.STALE_START, Outcome.REPEATED_START, Outcome.NOT_CURRENT))   # ignored: false
+    assert clock.on_episode(5, False, 30) is Outcome.ENDED and clock.final_due and clock.due_after_ns == 30
+    assert clock.on_episode(5, False, 40) is Outcome.ENDED_AGAIN and clock.due_after_ns == 30   # a copy: no-op
+    assert all((Outcome.STARTED, Outcome.ENDED, Outcome.ENDED_AGAIN))   # applied: true
 
 
 def decisions_of(deliveries: list[tuple]) -> list[tuple[int, bool]]:

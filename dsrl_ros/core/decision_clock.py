@@ -14,6 +14,7 @@ clock has seen (a replayed or stray older RUNNING cannot restart the past), and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 
 def result_timeout_ns(execute_steps: int, rate_hz: float, realtime_factor: float = 1.0) -> int:
@@ -24,6 +25,20 @@ def result_timeout_ns(execute_steps: int, rate_hz: float, realtime_factor: float
     if realtime_factor <= 0:
         raise ValueError(f"realtime_factor: expected > 0, got {realtime_factor}")
     return int((2.0 * execute_steps / (rate_hz * realtime_factor) + 1.0) * 1e9)
+
+
+class EpisodeEventOutcome(Enum):
+    """What the clock made of an episode event; true when it applied it (the node then drops any pending work)."""
+
+    STARTED = "started"
+    ENDED = "ended"                                  # by the operator: the final observation is now due
+    ENDED_AGAIN = "already over"                     # its last chunk's result (or an earlier copy) ended it
+    REPEATED_START = "a copy of the current start"   # e.g. the same event heard on a second reader
+    STALE_START = "an older start"                   # a replayed or stray event: cannot restart the past
+    NOT_CURRENT = "the end of another episode"
+
+    def __bool__(self) -> bool:
+        return self in (EpisodeEventOutcome.STARTED, EpisodeEventOutcome.ENDED, EpisodeEventOutcome.ENDED_AGAIN)
 
 
 @dataclass(frozen=True)
@@ -59,22 +74,26 @@ class DecisionClock:
         self.stamps[name] = stamp_ns
         return True
 
-    def on_episode(self, episode: int, running: bool, stamp_ns: int) -> bool:
-        """An episode event; False when it is ignored (out of order, or not about the current episode)."""
+    def on_episode(self, episode: int, running: bool, stamp_ns: int) -> EpisodeEventOutcome:
+        """An episode event; a false outcome when it is ignored (out of order, or not about the current
+        episode), and the outcome says why."""
         if running:
-            if episode <= self.newest_episode:
-                return False
+            if episode < self.newest_episode:
+                return EpisodeEventOutcome.STALE_START
+            if episode == self.newest_episode:
+                return EpisodeEventOutcome.REPEATED_START
             self.newest_episode = episode
             self.pending_seq = self.chunk_seq = self.chunk_sent_ns = None
             self.episode, self.due_after_ns, self.final_due = episode, stamp_ns, False
-            return True
+            return EpisodeEventOutcome.STARTED
         if episode != self.episode:
-            return False
+            return EpisodeEventOutcome.NOT_CURRENT
         # ENDED (or RESETTING right after it: a depth-1 reader may see only that): the episode is over.
         self.pending_seq = None
-        if not self.final_due:                   # ended by the operator, not by a chunk result
-            self.due_after_ns, self.final_due = stamp_ns, True
-        return True
+        if self.final_due:
+            return EpisodeEventOutcome.ENDED_AGAIN
+        self.due_after_ns, self.final_due = stamp_ns, True   # ended by the operator, not by a chunk result
+        return EpisodeEventOutcome.ENDED
 
     def on_result(self, episode: int, seq: int, stamp_ns: int, episode_over: bool) -> bool:
         """The robot finished chunk `seq`; False when it is not the chunk this clock is waiting for."""

@@ -26,7 +26,7 @@ from sensor_msgs.msg import Image, JointState
 from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent, Noise, Observation
 from dsrl_ros.config import check_policy_fits_config
 from dsrl_ros.core.checkpoint import resolve_device
-from dsrl_ros.core.decision_clock import DecisionClock, result_timeout_ns
+from dsrl_ros.core.decision_clock import DecisionClock, EpisodeEventOutcome, result_timeout_ns
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
@@ -127,14 +127,15 @@ class PolicyNode(ConfiguredNode):
     # ---- the decision clock ------------------------------------------------------------------------------------
     def _on_episode(self, msg: EpisodeEvent) -> None:
         check_signed(msg, self.key)
-        running = msg.state == EpisodeEvent.STATE_RUNNING
-        if running and msg.episode < self.clock.newest_episode:     # (== is the other reader's copy: silent)
+        outcome = self.clock.on_episode(msg.episode, msg.state == EpisodeEvent.STATE_RUNNING,
+                                        stamp_ns(msg.header.stamp))
+        if outcome is EpisodeEventOutcome.STALE_START:    # (a repeated start is the other reader's copy: silent)
             self.get_logger().warning(f"ignored the start of episode {msg.episode}: episode "
                                       f"{self.clock.newest_episode} has started since (a stale or replayed event)")
-        was_final = self.clock.final_due
-        if self.clock.on_episode(msg.episode, running, stamp_ns(msg.header.stamp)):
-            if running or not was_final:          # a start, or an end the operator called: one line each
-                self.get_logger().info(f"episode {msg.episode} {'running: deciding' if running else 'ended'}")
+        elif outcome in (EpisodeEventOutcome.STARTED, EpisodeEventOutcome.ENDED):   # one line per episode each
+            self.get_logger().info(f"episode {msg.episode} "
+                                   f"{'running: deciding' if outcome is EpisodeEventOutcome.STARTED else 'ended'}")
+        if outcome:
             self._cancel_pending()
             self._try_observe()
 
