@@ -173,7 +173,8 @@ def main() -> None:
     policy = load_base_policy(args.policy)
     steering = PolicySteering(policy, AgentConfig(noise_segments=args.segments))
     dim = steering.agent.config.noise_dim
-    env = make_env(args.task or policy_task(args.policy), image_size=policy.config.image_shape[0])
+    task = args.task or policy_task(args.policy)
+    env = make_env(task, image_size=policy.config.image_shape[0])
     rng = np.random.default_rng(args.seed)
 
     def play(seed: int, z0: np.ndarray) -> bool:
@@ -206,7 +207,8 @@ def main() -> None:
                      held_p0=held_p0)
     collect_s = time.time() - start
     n_eval, k = outcome.shape
-    result = {"policy": args.policy, "task": args.task or policy_task(args.policy), "segments": args.segments, "noise_dims": dim, "train_episodes": len(won),
+    result = {"policy": args.policy, "task": task, "segments": args.segments, "noise_dims": dim,
+              "train_episodes": len(won),
               "train_success": float(won.mean()), "k": k, "eval_episodes": n_eval,
               "first_noise_ceiling": float(outcome.any(1).mean()), "z0_zero": float(outcome[:, 0].mean()),
               "z0_gaussian": float(outcome[:, 1:].mean()),

@@ -25,7 +25,8 @@ DEFAULT_COMMAND_TOPICS = {
     "cartesian_twist": "/servo_node/delta_twist_cmds",
 }
 ACTION_SPACES = ("ee_delta", "joint_position", "joint_delta")
-SIM_TASKS = ("lift_block", "lift_block_tray", "lift", "place")   # the embedded sim's tasks (dsrl_ros/sim/arm.py TASKS)
+# the embedded sim's tasks (dsrl_ros/sim/arm.py TASKS)
+SIM_TASKS = ("lift_block", "lift_block_tray", "lift", "place")
 DEVICES = ("auto", "cpu", "cuda")
 BAG_COMPRESSIONS = ("none", "lz4", "zstd")
 BAG_STAMPS = ("receive", "header")
