@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
 
 from dsrl_ros.core.agent_config import AgentConfig  # noqa: E402
-from dsrl_ros.core.checkpoint import load_tensors_and_config, policy_task  # noqa: E402
+from dsrl_ros.core.checkpoint import actor_task, load_tensors_and_config, policy_task  # noqa: E402
 from dsrl_ros.core.steering import PolicySteering  # noqa: E402
 from dsrl_ros.policies import load_base_policy  # noqa: E402
 from dsrl_ros.rollout import run_episode  # noqa: E402
@@ -40,7 +40,7 @@ def load_run(run_dir: Path) -> tuple[PolicySteering, object, str]:
     _, ckpt_config = load_tensors_and_config(run_dir / "checkpoint")
     steering = PolicySteering(policy, AgentConfig.from_dict(ckpt_config["agent"], "checkpoint agent"))
     steering.load_checkpoint(run_dir / "checkpoint")
-    return steering, policy, actor_config["metadata"].get("task") or policy_task(policy_dir)
+    return steering, policy, actor_task(run_dir / "actor") or policy_task(policy_dir)
 
 
 @torch.no_grad()
