@@ -21,7 +21,7 @@ try:
     from dsrl_ros.sensors.realsense import RealsenseError, RealsenseSource, load_pyrealsense2, record_synthetic
 
     load_pyrealsense2()
-except Exception as err:                 # only if the library truly cannot load (libusb-1.0 missing)
+except Exception as err:                 # only if no libusb-1.0 loads (system's or wheel's)
     pytest.skip(f"pyrealsense2 cannot load here: {err}", allow_module_level=True)
 
 W, H, FPS, N = 64, 48, 30, 20

@@ -2,8 +2,9 @@
 frames from a librealsense software device (`RealsenseSource`); and `record_synthetic`, which writes such a
 recording (what the tests play back, and a way to try the camera node with no camera).
 
-System needs: pyrealsense2 (pinned in pyproject.toml) loads libusb-1.0 (`apt-get install libusb-1.0-0`); without
-it the import fails and `load_pyrealsense2` says so in one line. librealsense 2.59 records rosbag2 files (.db3);
+System needs: pyrealsense2 (pinned in pyproject.toml) loads libusb-1.0: the system's (`apt-get install
+libusb-1.0-0`) when present, else the copy in the pinned `libusb-package` wheel, which `load_pyrealsense2` loads
+first; if neither loads it says so in one line. librealsense 2.59 records rosbag2 files (.db3);
 older SDKs wrote ROS 1 .bag files, which it still plays.
 
 Each `Frame` keeps the device's capture time (ms, in the frame's timestamp domain: the camera's hardware clock on
@@ -25,12 +26,37 @@ class RealsenseError(ValueError):
     """The camera cannot be used as configured (no device, wrong size, unreadable recording): one line."""
 
 
+def _preload_wheel_libusb() -> bool:
+    """Load the libusb-1.0 that the `libusb-package` wheel carries (soname libusb-1.0.so.0), so that the dynamic
+    linker resolves pyrealsense2's dependency to it: a machine without the system library still runs the camera
+    node and its tests. True if it loaded."""
+    import ctypes
+    import importlib.util
+    spec = importlib.util.find_spec("libusb_package")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for folder in spec.submodule_search_locations:          # the package's folder; the library lies in it
+        try:
+            ctypes.CDLL(os.path.join(folder, "libusb-1.0.so"), mode=ctypes.RTLD_GLOBAL)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def load_pyrealsense2():
+    """pyrealsense2, using the system's libusb-1.0 if there is one, else the pinned wheel's."""
     try:
         import pyrealsense2 as rs
     except ImportError as err:
-        raise RealsenseError(f"pyrealsense2 cannot load ({err}); it needs libusb-1.0 from the system: "
-                             f"apt-get install libusb-1.0-0") from None
+        if "libusb" not in str(err) or not _preload_wheel_libusb():
+            raise RealsenseError(f"pyrealsense2 cannot load ({err}); it needs libusb-1.0: the system's "
+                                 f"(apt-get install libusb-1.0-0) or the libusb-package wheel") from None
+        try:
+            import pyrealsense2 as rs
+        except ImportError as err2:
+            raise RealsenseError(f"pyrealsense2 cannot load ({err2}) even with the libusb-package wheel's "
+                                 f"libusb-1.0; install the system's: apt-get install libusb-1.0-0") from None
     return rs
 
 
