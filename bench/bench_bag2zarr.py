@@ -87,7 +87,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['bag_mb']:.0f} | {r['steps']} | {r['convert_s_median']:.2f} | {r['steps_per_s']:.1f} "
-              f"| {r['frames_per_s']:.0f} | {r['bag_s_per_wall_s']:.1f} | {r['read_only_s_median']:.2f} | {r['convert_vs_read_only']:.2f}x |")
+              f"| {r['frames_per_s']:.0f} | {r['bag_s_per_wall_s']:.1f} | {r['read_only_s_median']:.2f} "
+              f"| {r['convert_vs_read_only']:.2f}x |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

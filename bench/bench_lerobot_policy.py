@@ -45,7 +45,8 @@ def build_lerobot(directory: Path):
     torch.manual_seed(0)
     policy = DiffusionPolicy(cfg).eval()
     stats = {"observation.state": {"min": np.zeros(2, np.float32), "max": np.full(2, 512, np.float32)},
-             "observation.image": {"mean": np.full((3, 1, 1), 0.5, np.float32), "std": np.full((3, 1, 1), 0.25, np.float32)},
+             "observation.image": {"mean": np.full((3, 1, 1), 0.5, np.float32),
+                                   "std": np.full((3, 1, 1), 0.25, np.float32)},
              "action": {"min": np.zeros(2, np.float32), "max": np.full(2, 512, np.float32)}}
     pre, post = make_diffusion_pre_post_processors(cfg, dataset_stats=stats)
     policy.save_pretrained(directory)

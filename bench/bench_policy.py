@@ -68,7 +68,8 @@ def main() -> None:
         peer = timed(lambda: naive_sample(p, obs, noise), args.repeats, sync)
         label = f"{device}" + (f" ({threads} thread{'s' if threads > 1 else ''})" if threads else "")
         rows.append({"device": label, "p50_ms": float(np.median(ours)), "p90_ms": float(np.percentile(ours, 90)),
-                     "peer_p50_ms": float(np.median(peer)), "speedup_vs_peer": float(np.median(peer) / np.median(ours))})
+                     "peer_p50_ms": float(np.median(peer)),
+                     "speedup_vs_peer": float(np.median(peer) / np.median(ours))})
     result = {"bench": "policy_inference_per_chunk", "machine": machine_description(),
               "policy": {"checkpoint": args.policy, "noise_shape": c.noise_shape,
                          "ddim_steps": c.num_inference_steps, "image_shape": c.image_shape,

@@ -16,7 +16,8 @@ NAMES = ("state_ddim", "state_ddpm", "image_ddim", "image2_ddpm_bn", "sim_arm_un
 
 
 def _weights_module():
-    spec = importlib.util.spec_from_file_location("lerobot_fixture_weights", ROOT / "tools" / "lerobot_fixture_weights.py")
+    spec = importlib.util.spec_from_file_location("lerobot_fixture_weights",
+                                                  ROOT / "tools" / "lerobot_fixture_weights.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

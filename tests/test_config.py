@@ -111,7 +111,8 @@ def test_the_graph_for_sim_and_real_robots(tmp_path):
     policy = next(n for n in sim if n.name == "policy")          # its result watchdog runs on the sim's clock
     assert "realtime_factor:=2.0" in policy.command("python")
     hw = build_graph(load_config("robot_configs/sim_arm_hw.yaml"), "robot_configs/sim_arm_hw.yaml")
-    assert [n.name for n in hw] == ["sim_hardware", "chunk_executor", "episode_manager", "policy", "steering", "learner"]
+    assert [n.name for n in hw] == ["sim_hardware", "chunk_executor", "episode_manager", "policy", "steering",
+                                    "learner"]
     assert hw[2].parameters["wait_for_nodes"] == "chunk_executor,policy,steering,learner"
     assert "realtime_factor" not in hw[3].parameters            # sim_hardware runs in real time, like an arm
     real = build_graph(load_config("robot_configs/franka_fr3.yaml", ["realsense.enabled=false"]),

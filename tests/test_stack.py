@@ -213,7 +213,8 @@ def test_kill_9_of_the_learner_resumes_from_its_checkpoint_and_sigterm_stops_eve
         probe.wait(lambda: up.state()["learner"]["restarts"] >= 1, 60, "the learner's restart")
         probe.status.clear()
         after = probe.wait(lambda: probe.status and probe.status[-1], 120, "status from the restarted learner")
-        assert after.episodes >= committed_count(before) and after.actor_version > version   # a new version, never reused
+        # a new version, never reused
+        assert after.episodes >= committed_count(before) and after.actor_version > version
         resumed = [line for line in up.log("learner").splitlines() if "resumed from" in line]
         assert resumed and int(re.search(r"(\d+) committed episodes", resumed[-1]).group(1)) == committed_count(
             before)

@@ -123,7 +123,8 @@ class BagReader:
         for file in files:
             self._open_file(file)
         if not self.sources:
-            raise ValueError(f"{self.path}: no readable rosbag2 storage file ({'; '.join(self.problems) or 'none found'})")
+            problems = "; ".join(self.problems) or "none found"
+            raise ValueError(f"{self.path}: no readable rosbag2 storage file ({problems})")
 
     def _storage_files(self) -> list[Path]:
         self._unlisted: list[Path] = []

@@ -32,7 +32,8 @@ def interface_msg_dir() -> Path:
     for candidate in [REPO_MSG_DIR] + [d / INTERFACE_PACKAGE / "msg" for d in share_dirs()]:
         if any(candidate.glob("*.msg")):
             return candidate
-    raise FileNotFoundError(f"{INTERFACE_PACKAGE}: no .msg files in {REPO_MSG_DIR} or any share/{INTERFACE_PACKAGE}/msg")
+    raise FileNotFoundError(f"{INTERFACE_PACKAGE}: no .msg files in {REPO_MSG_DIR} "
+                            f"or any share/{INTERFACE_PACKAGE}/msg")
 
 
 @functools.lru_cache(maxsize=1)

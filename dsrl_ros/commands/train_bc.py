@@ -1,4 +1,5 @@
-"""`dsrl-ros train-bc`: train the base diffusion (or flow-matching) policy from a demonstration store; writes a checkpoint + loss PNG."""
+"""`dsrl-ros train-bc`: train the base diffusion (or flow-matching) policy from a demonstration store; writes a
+checkpoint + loss PNG."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
                 "bc": bc.__dict__, "final_loss_50": float(np.mean(losses[-50:])),
                 "train_seconds": round(time.time() - start, 1), "torch": torch.__version__}
     metadata["objective"] = args.objective
-    out = save_flow_policy(ema, args.out, metadata) if args.objective == "flow" else save_policy(ema, args.out, metadata)
+    save = save_flow_policy if args.objective == "flow" else save_policy
+    out = save(ema, args.out, metadata)
     plot_loss_curve(losses, Path(out) / "loss_curve.png", title=f"BC loss ({args.data})")
     print(f"saved {out} (loss {metadata['final_loss_50']:.4f}, {metadata['train_seconds']} s)")
     print(json.dumps({"checkpoint": str(out), "final_loss": metadata["final_loss_50"]}))

@@ -65,7 +65,8 @@ def read_config(directory: str | Path) -> dict:
     """config.json of a checkpoint directory, without touching the weights."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {directory}: missing {CONFIG_FILE} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")
+        raise FileNotFoundError(f"checkpoint {directory}: missing {CONFIG_FILE} "
+                                f"(expected {WEIGHTS_FILE} + {CONFIG_FILE})")
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -99,7 +100,8 @@ def load_tensors_and_config(directory: str | Path) -> tuple[dict[str, torch.Tens
     config = read_config(directory)
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"checkpoint {directory}: missing {WEIGHTS_FILE} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")
+        raise FileNotFoundError(f"checkpoint {directory}: missing {WEIGHTS_FILE} "
+                                f"(expected {WEIGHTS_FILE} + {CONFIG_FILE})")
     try:
         return load_file(str(weights)), config
     except Exception as err:  # safetensors raises its own types for truncated or foreign files

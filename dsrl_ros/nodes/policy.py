@@ -31,8 +31,8 @@ from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
 from dsrl_ros.policies.remote import PolicyUnavailable
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, NOISE, OBSERVATION, RATE_CAP_HZ,
-                                   array_to_image, check_signed, float32_array, float32_field, guarded,
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, NOISE, OBSERVATION,
+                                   RATE_CAP_HZ, array_to_image, check_signed, float32_array, float32_field, guarded,
                                    image_to_array, joint_positions, ns_stamp, qos, run_node, stamp_ns)
 
 class PolicyNode(ConfiguredNode):

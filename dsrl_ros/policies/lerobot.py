@@ -97,7 +97,8 @@ class LeRobotDiffusionConfig:
         down_dims = tuple(int(d) for d in field("down_dims", (512, 1024, 2048)))
         horizon = int(field("horizon", 16))
         if horizon % (2 ** len(down_dims)) != 0:
-            raise ValueError(f"{where}: horizon {horizon} is not a multiple of 2**len(down_dims) ({2 ** len(down_dims)})")
+            raise ValueError(f"{where}: horizon {horizon} is not a multiple of 2**len(down_dims) "
+                             f"({2 ** len(down_dims)})")
         return cls(
             n_obs_steps=int(field("n_obs_steps", 2)), horizon=horizon,
             state_dim=int(inputs[STATE]["shape"][0]),

@@ -5,8 +5,8 @@ Action       (5,) float in [-1, 1]: [dx, dy, dz, dyaw, grip] — end-effector de
              step, yaw about world z with the gripper pointing down) and the gripper (-1 open ... +1 closed).
 Reward       sparse: 1.0 on the step the task succeeds (then terminated), else 0.0; time limit -> truncated.
 
-Control: the end-effector target is the measured pose plus the delta, kept inside a workspace box; damped-least-squares IK on a
-scratch MjData turns it into joint targets for position servos; SUBSTEPS physics steps per control step.
+Control: the end-effector target is the measured pose plus the delta, kept inside a workspace box; damped-least-squares
+IK on a scratch MjData turns it into joint targets for position servos; SUBSTEPS physics steps per control step.
 """
 
 from __future__ import annotations
