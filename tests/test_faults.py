@@ -66,7 +66,7 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
     from dsrl_interfaces.msg import ActionChunk, ActorWeights, EpisodeEvent, Noise, Observation
     from dsrl_ros.core.run_identity import load_or_create_run_key
     from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, EPISODE, NOISE, OBSERVATION, qos,
-                                       sign)
+                                       sign, stamp_ns)
 
     # A narrower limit than the sim's own +-1 on dx, as a real arm's config would set: both the policy node and
     # the robot side must hold chunks to it.
@@ -174,10 +174,16 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
 
         # 5. A flood of noise for decisions nobody asked about (~1000 messages/s, a hundred times the graph's own
         #    rate; the flooding process itself shares the test machine's cores): control goes on.
-        results_before = len(probe.results)
+        #    Counted by the executor's stamps on its results, after the probe has read every result up to the
+        #    flood's end: the probe's own busy publishing loop must not read as a stalled graph.
         junk = [Noise(seq=int(s), episode=1, noise=array.array("f", [0.0] * 40)) for s in rng.integers(1, 10**9, 100)]
+        flood_start_ns = time.time_ns()
         probe.flood(Noise, NOISE, junk, "decision", seconds=10, rate_hz=1000)
-        assert len(probe.results) > results_before + 5, "chunk results stopped during a noise flood"
+        flood_end_ns = time.time_ns()
+        probe.wait(lambda: any(stamp_ns(r.header.stamp) > flood_end_ns for r in probe.results), 60,
+                   "a chunk result after the noise flood")
+        during = [r for r in probe.results if flood_start_ns <= stamp_ns(r.header.stamp) <= flood_end_ns]
+        assert len(during) > 5, f"only {len(during)} chunk results in the 10 s of a noise flood"
 
         # Nothing unsafe was ever published, and every node is still the one that started.
         for c in probe.chunks:
