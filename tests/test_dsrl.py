@@ -105,5 +105,10 @@ def test_config_errors_name_the_field():
         DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, noise_magnitude=0)
     with pytest.raises(ValueError, match="decode"):
         DSRL(DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, algo="na"))
-    with pytest.raises(ValueError, match="gamma"):
+    with pytest.raises(ValueError, match=r"gamma: expected in \[0, 1\], got 1.5"):
         DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, gamma=1.5)
+    with pytest.raises(ValueError, match=r"tau: expected in \(0, 1\], got nan"):   # NaN fails every comparison
+        DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, tau=float("nan"))
+    with pytest.raises(ValueError, match=r"actor_lr: expected > 0 or null"):
+        DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, actor_lr=-1e-4)
+    DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, gamma=1.0, tau=1.0, actor_lr=None)   # the edges are allowed

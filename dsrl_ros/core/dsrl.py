@@ -69,13 +69,14 @@ class DSRLConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_critics < 2:
             raise ValueError(f"num_critics: expected >= 2 (min over an ensemble), got {self.num_critics}")
-        checks = {"noise_magnitude": self.noise_magnitude > 0, "actor_lr": self.actor_lr is None or self.actor_lr > 0,
-                  "gamma": 0 <= self.gamma <= 1,
-                  "tau": 0 < self.tau <= 1, "lr": self.lr > 0, "init_temperature": self.init_temperature > 0,
-                  "distill_noise_fraction": 0 <= self.distill_noise_fraction <= 1}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name}: out of range, got {getattr(self, name)}")
+        checks = {"noise_magnitude": (self.noise_magnitude > 0, "> 0"),
+                  "actor_lr": (self.actor_lr is None or self.actor_lr > 0, "> 0 or null (same as lr)"),
+                  "gamma": (0 <= self.gamma <= 1, "in [0, 1]"), "tau": (0 < self.tau <= 1, "in (0, 1]"),
+                  "lr": (self.lr > 0, "> 0"), "init_temperature": (self.init_temperature > 0, "> 0"),
+                  "distill_noise_fraction": (0 <= self.distill_noise_fraction <= 1, "in [0, 1]")}
+        for name, (ok, expected) in checks.items():
+            if not ok:                          # NaN fails every comparison, so it lands here too
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)}")
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
