@@ -56,7 +56,7 @@ class AgentConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, ok, expected in (
+        rules = (
                 ("algo", self.algo in ALGOS, f"one of {list(ALGOS)}"),
                 ("reward", self.reward in REWARD_MODES, f"one of {list(REWARD_MODES)}"),
                 ("encoder", self.encoder in ENCODERS, f"one of {list(ENCODERS)}"),
@@ -83,10 +83,8 @@ class AgentConfig:
                 ("encoder_dim", self.encoder_dim >= 1, "an integer >= 1"),
                 ("intervention_fraction", 0 <= self.intervention_fraction <= 1, "a share of each batch in 0..1"),
                 ("takeover_penalty", _finite(self.takeover_penalty) and self.takeover_penalty >= 0,
-                 "a penalty >= 0 (0: off)")):
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r} "
-                                 f"({type(getattr(self, name)).__name__})")
+                 "a penalty >= 0 (0: off)"))
+        check_fields(self, rules)
 
     def architecture(self) -> dict:
         return {k: getattr(self, k) for k in ARCHITECTURE}
@@ -112,6 +110,15 @@ class AgentConfig:
     def of(cls, section) -> "AgentConfig":
         """The agent of a config section that extends this class (e.g. the robot config's `learner:`)."""
         return AgentConfig(**{f.name: getattr(section, f.name) for f in fields(AgentConfig)})
+
+
+def check_fields(config, rules) -> None:
+    """rules: (field name, ok, what was expected) triples; the first failing one raises one ValueError naming the
+    field, the expectation and the value (the configs in core/ check their fields with this)."""
+    for name, ok, expected in rules:
+        if not ok:
+            value = getattr(config, name)
+            raise ValueError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
 
 
 def _finite(value: float) -> bool:

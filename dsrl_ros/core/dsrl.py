@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsrl_ros.core.agent_config import ALGOS, check_fields
+
 # decode(s (B, obs_dim), w (B, noise_dim)) -> executed chunk a (B, action_dim), normalised, no grad:
 # the frozen base policy as a black box. Only DSRL-NA calls it.
 Decoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ALGOS = ("na", "sac")
 
 
 @dataclass(frozen=True)
@@ -62,21 +63,15 @@ class DSRLConfig:
     distill_steps: int = 1               # NA: Q^W regression steps (fresh noise each) per update
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo: expected one of {ALGOS}, got {self.algo!r}")
-        for name in ("obs_dim", "noise_dim", "action_dim", "hidden_dim", "num_layers", "batch_size", "distill_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.num_critics < 2:
-            raise ValueError(f"num_critics: expected >= 2 (min over an ensemble), got {self.num_critics}")
-        checks = {"noise_magnitude": (self.noise_magnitude > 0, "> 0"),
-                  "actor_lr": (self.actor_lr is None or self.actor_lr > 0, "> 0 or null (same as lr)"),
-                  "gamma": (0 <= self.gamma <= 1, "in [0, 1]"), "tau": (0 < self.tau <= 1, "in (0, 1]"),
-                  "lr": (self.lr > 0, "> 0"), "init_temperature": (self.init_temperature > 0, "> 0"),
-                  "distill_noise_fraction": (0 <= self.distill_noise_fraction <= 1, "in [0, 1]")}
-        for name, (ok, expected) in checks.items():
-            if not ok:                          # NaN fails every comparison, so it lands here too
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)}")
+        counts = ("obs_dim", "noise_dim", "action_dim", "hidden_dim", "num_layers", "batch_size", "distill_steps")
+        check_fields(self, [("algo", self.algo in ALGOS, f"one of {ALGOS}")]
+                     + [(name, int(getattr(self, name)) >= 1, "a positive integer") for name in counts]
+                     + [("num_critics", self.num_critics >= 2, ">= 2 (min over an ensemble)"),
+                        ("noise_magnitude", self.noise_magnitude > 0, "> 0"),   # NaN fails every comparison
+                        ("actor_lr", self.actor_lr is None or self.actor_lr > 0, "> 0 or null (same as lr)"),
+                        ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"), ("tau", 0 < self.tau <= 1, "in (0, 1]"),
+                        ("lr", self.lr > 0, "> 0"), ("init_temperature", self.init_temperature > 0, "> 0"),
+                        ("distill_noise_fraction", 0 <= self.distill_noise_fraction <= 1, "in [0, 1]")])
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
