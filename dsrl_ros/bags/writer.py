@@ -23,6 +23,7 @@ import yaml
 from mcap.writer import CompressionType, Writer as McapWriter
 
 from dsrl_ros.bags.typestore import ensure_type, make_typestore
+from dsrl_ros.core.durable import replace_durably
 
 COMPRESSION = {"none": CompressionType.NONE, "lz4": CompressionType.LZ4, "zstd": CompressionType.ZSTD}
 METADATA_FILE = "metadata.yaml"
@@ -188,4 +189,4 @@ class BagWriter:
         target = self.path / METADATA_FILE
         tmp = target.with_name(f".{METADATA_FILE}.tmp")
         tmp.write_text(yaml.safe_dump(self.metadata(), sort_keys=False))
-        os.replace(tmp, target)
+        replace_durably(tmp, target)     # the split it lists was fsynced when it closed

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from dsrl_ros.config import check_policy_fits_config, load_config
     from dsrl_ros.core.checkpoint import read_config, resolve_checkpoint
     from dsrl_ros.core.chunk_replay import chunk_schema
+    from dsrl_ros.core.durable import fsync_files_and_parents, fsync_path
     from dsrl_ros.core.episode_store import EpisodeStore
     from dsrl_ros.core.policy import PolicyConfig
 
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     converter = BagConverter(config, shapes, args.split_gap)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    store = EpisodeStore.create(partial, chunk_schema(pc.image_shape, pc.proprio_dim, shapes.chunk_dim))
+    # Not durable per episode: the output appears only at the rename below, after one sync of the whole tree.
+    store = EpisodeStore.create(partial, chunk_schema(pc.image_shape, pc.proprio_dim, shapes.chunk_dim),
+                                durable=False)
     started, results, provenance = time.perf_counter(), [], []
     try:
         for bag in args.bags:
@@ -73,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    fsync_files_and_parents([f for f in partial.rglob("*") if f.is_file()], partial)
     partial.rename(out)
+    fsync_path(out.absolute().parent)
     wall = time.perf_counter() - started
     steps = sum(e.chunks for r in results for e in r.episodes)
     summary = {"episodes": sum(len(r.episodes) for r in results), "steps": steps,

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from dsrl_ros.core.durable import write_atomic
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -29,18 +28,6 @@ DEFAULT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_block_na"
 LIFT_BASE_POLICY = PACKAGE_CHECKPOINTS / "base_policy_lift"
 LIFT_STEER_ACTOR = PACKAGE_CHECKPOINTS / "steer_actor_lift_na"
 FALLBACK_TASK = "lift"                      # for checkpoints that name no task
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write via a temp file in the same directory + rename, so a crash never leaves a torn file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: str) -> None:

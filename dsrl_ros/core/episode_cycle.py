@@ -26,6 +26,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsrl_ros.core.durable import replace_durably
+
 RESETTING, RUNNING, ENDED = 0, 1, 2               # = EpisodeEvent.STATE_*
 NONE, SUCCESS, FAILURE, TIMEOUT, ABORTED = 0, 1, 2, 3, 4   # = EpisodeEvent.OUTCOME_*
 STATE_NAMES = {RESETTING: "resetting", RUNNING: "running", ENDED: "ended"}
@@ -101,7 +103,7 @@ class EpisodeCycle:
         tmp = self.state_path.with_name(f".{STATE_FILE}.{os.getpid()}")
         tmp.write_text(json.dumps({"session": self.session, "episode": self.episode,
                                    "state": STATE_NAMES[self.state], "finished": self.finished}))
-        os.replace(tmp, self.state_path)
+        replace_durably(tmp, self.state_path)   # episode numbers must not repeat, power cut or not
 
     def recover(self, now: float) -> list[Event]:
         """After a restart: an episode that was RUNNING when the manager died is ended as ABORTED."""

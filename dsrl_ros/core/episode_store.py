@@ -1,7 +1,9 @@
 """Episode store on zarr: `data/<key>` (T_total, ...) + `meta/episode_ends` (cumulative int64), as diffusion_policy.
 
 Episode-atomic: an episode's rows are written first, then committed by writing `meta/episode_ends` and the
-counters in the group attrs *last*. Readers trust only the committed counters, never `array.shape[0]` (zarr
+counters in the group attrs *last*. Durable (`durable=True`, the default): the rows and ends are fsynced before the
+commit is written, and the commit before `append_episode` returns, so a committed episode survives a power cut and
+a commit never reaches the disk ahead of its rows (`core/durable.py`). Readers trust only the committed counters, never `array.shape[0]` (zarr
 resizes metadata before data lands). A writer that reopens a store with rows past the committed count (a writer
 was killed mid-episode) truncates them, so such a crash loses only the episode in flight.
 
@@ -11,12 +13,15 @@ rejected with one error naming the key, the expected and the received layout, an
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+
+from dsrl_ros.core.durable import fsync_files_and_parents, fsync_path
 
 Schema = dict[str, tuple[tuple[int, ...], str]]   # key -> (per-step shape, numpy dtype name)
 FORMAT = "dsrl_ros.episode_store/2"   # /2: counters in one "committed" attribute
@@ -76,8 +81,9 @@ def validate_episode(schema: Schema, episode: Mapping[str, np.ndarray]) -> dict[
 class EpisodeStore:
     """A zarr group of episodes. Use `create`, `open` or `open_or_create`, not the constructor."""
 
-    def __init__(self, group: zarr.Group, path: Path, writable: bool):
-        self._group, self.path, self.writable = group, path, writable
+    def __init__(self, group: zarr.Group, path: Path, writable: bool, durable: bool = True):
+        """durable=False skips the fsyncs (a bulk conversion that can simply be rerun); see the module doc."""
+        self._group, self.path, self.writable, self.durable = group, path, writable, durable
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT or "schema" not in attrs:
             raise ValueError(f"{path}: not a dsrl_ros episode store (format attr {attrs.get('format')!r})")
@@ -88,7 +94,7 @@ class EpisodeStore:
     # ---- opening ---------------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, schema: Mapping, overwrite: bool = False,
-               compression: str | None = "lz4") -> "EpisodeStore":
+               compression: str | None = "lz4", durable: bool = True) -> "EpisodeStore":
         """compression: a blosc codec name ('lz4', 'zstd', ...) or None (see bench/RESULTS.md for the trade)."""
         path, schema = Path(path), _normalize_schema(schema)
         if path.exists() and not overwrite:
@@ -106,10 +112,13 @@ class EpisodeStore:
                                                 dtype="int64", fill_value=0)
         group.attrs.update({"format": FORMAT, "schema": {k: [list(s), d] for k, (s, d) in schema.items()},
                             "committed": [0, 0], "meta": {}})
-        return cls(group, path, writable=True)
+        if durable:
+            fsync_files_and_parents([f for f in path.rglob("*") if f.is_file()], path)
+            fsync_path(path.absolute().parent)
+        return cls(group, path, writable=True, durable=durable)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "EpisodeStore":
+    def open(cls, path: str | Path, mode: str = "r", durable: bool = True) -> "EpisodeStore":
         if mode not in ("r", "a"):
             raise ValueError(f"mode: expected 'r' or 'a', got {mode!r}")
         path = Path(path)
@@ -119,14 +128,14 @@ class EpisodeStore:
             group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
         except Exception as err:  # zarr raises several types for "not a group"
             raise ValueError(f"{path}: not a zarr episode store ({err})") from err
-        return cls(group, path, writable=mode == "a")
+        return cls(group, path, writable=mode == "a", durable=durable)
 
     @classmethod
-    def open_or_create(cls, path: str | Path, schema: Mapping) -> "EpisodeStore":
+    def open_or_create(cls, path: str | Path, schema: Mapping, durable: bool = True) -> "EpisodeStore":
         schema = _normalize_schema(schema)
         if not Path(path).exists():
-            return cls.create(path, schema)
-        store = cls.open(path, mode="a")
+            return cls.create(path, schema, durable=durable)
+        store = cls.open(path, mode="a", durable=durable)
         if store.schema != schema:
             diff = sorted(k for k in set(schema) | set(store.schema) if schema.get(k) != store.schema.get(k))
             k = diff[0]
@@ -161,6 +170,7 @@ class EpisodeStore:
     def meta_attrs(self, value: dict) -> None:
         self._require_writable()
         self._group.attrs["meta"] = dict(value)
+        self._sync_attrs()
 
     def get_episode(self, index: int) -> dict[str, np.ndarray]:
         ends = self.episode_ends
@@ -183,18 +193,37 @@ class EpisodeStore:
         episode = validate_episode(self.schema, episode)
         n_episodes, n_steps = self._committed()
         length = len(next(iter(episode.values())))
+        written: list[Path] = []
         for key, value in episode.items():
             arr = self._group[f"data/{key}"]
             arr.resize((n_steps + length, *arr.shape[1:]))
             arr[n_steps:] = value
+            written += self._files_of_rows(arr, n_steps, n_steps + length)
         self._before_commit()
         ends = self._group["meta/episode_ends"]
         ends.resize((n_episodes + 1,))
         ends[n_episodes] = n_steps + length
+        written += self._files_of_rows(ends, n_episodes, n_episodes + 1)
+        if self.durable:      # rows and ends on disk before the commit can be
+            fsync_files_and_parents(written, self.path)
         # The commit point: one attribute key, so one write of the group's JSON document (replaced atomically on a
         # local store). Two keys would be two writes, and a kill between them would leave counts that disagree.
         self._group.attrs["committed"] = [n_episodes + 1, n_steps + length]
+        self._sync_attrs()
         return n_episodes
+
+    def _files_of_rows(self, arr: zarr.Array, start: int, stop: int) -> list[Path]:
+        """The files a write of rows [start, stop) of `arr` touched: its metadata (resized) and its chunks."""
+        base = self.path / arr.path
+        rows = range(start // arr.chunks[0], (stop - 1) // arr.chunks[0] + 1)
+        rest = [range(-(-size // chunk)) for size, chunk in zip(arr.shape[1:], arr.chunks[1:])]
+        return [base / "zarr.json"] + [base / arr.metadata.encode_chunk_key(coords)
+                                       for coords in itertools.product(rows, *rest)]
+
+    def _sync_attrs(self) -> None:
+        """The group's attrs document (commit counters, meta) on disk, with its name."""
+        if self.durable:
+            fsync_files_and_parents([self.path / "zarr.json"], self.path)
 
     def _before_commit(self) -> None:
         """Test hook: runs after the data rows are written and before the commit."""

@@ -33,8 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dsrl_ros.core.checkpoint import write_atomic
 from dsrl_ros.core.chunk_replay import ChunkReplay, chunk_schema
+from dsrl_ros.core.durable import fsync_path, replace_durably, write_atomic
 from dsrl_ros.core.episode_store import EpisodeStore
 from dsrl_ros.core.normalizer import FeatureWhitener
 from dsrl_ros.core.run_lock import lock_run_dir
@@ -323,10 +323,11 @@ class Learner:
                                                             "episodes": self.n_episodes,
                                                             "offline_updates": self.offline_updates,
                                                             "extra": self.trainer_extra})
+        fsync_path(self.run_dir)                  # the new directory's name, before a link can point at it
         link, tmp = self.run_dir / "checkpoint", self.run_dir / f".checkpoint.{os.getpid()}"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(name)
-        os.replace(tmp, link)                     # atomic: readers see the old or the new checkpoint
+        replace_durably(tmp, link)                # atomic: readers see the old or the new checkpoint
         for old in sorted(self.run_dir.glob("ckpt_*"), reverse=True)[CHECKPOINTS_KEPT:]:
             shutil.rmtree(old, ignore_errors=True)
         self._last_checkpoint = time.monotonic()

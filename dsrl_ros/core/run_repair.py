@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from dsrl_ros.core.durable import replace_durably
 from dsrl_ros.core.episode_store import EpisodeStore
 from dsrl_ros.core.steering import CHECKPOINT_FORMAT, TRAINER_STATE
 
@@ -172,7 +173,7 @@ def _repair_checkpoints(run_dir: Path, report: RepairReport) -> None:
         tmp = run_dir / f".{CHECKPOINT_LINK}.repair"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(whole[-1].name)
-        os.replace(tmp, link)
+        replace_durably(tmp, link)
         report.notes.append(f"checkpoint link now points at {whole[-1].name}")
     report.checkpoint = os.readlink(link) if link.is_symlink() else None
     _repair_version_file(run_dir, highest, report)

@@ -22,6 +22,7 @@ from torch import nn
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_config
 from dsrl_ros.core.dsrl import DSRL, DSRLConfig
+from dsrl_ros.core.durable import write_atomic
 from dsrl_ros.core.normalizer import FeatureWhitener, RangeNormalizer
 from dsrl_ros.core.policy import DiffusionPolicy, ImageEncoder
 from dsrl_ros.policies.base import BasePolicy
@@ -179,11 +180,10 @@ class PolicySteering:
         opt_state = {"actor": self.agent.actor_opt.state_dict(), "alpha": self.agent.alpha_opt.state_dict(),
                      "critics": [o.state_dict() for o in self.agent.critic_opts],
                      "torch_rng": torch.get_rng_state()}
-        tmp = directory / f".{TRAINER_STATE}.tmp"
         buffer = io.BytesIO()
         torch.save(opt_state, buffer)
-        tmp.write_bytes(buffer.getvalue())    # a plain write: a full disk is an OSError (ENOSPC), not torch's own
-        tmp.replace(directory / TRAINER_STATE)
+        # A plain write: a full disk is an OSError (ENOSPC), not torch's own.
+        write_atomic(directory / TRAINER_STATE, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
         config = {"format": CHECKPOINT_FORMAT, "agent": self.config.to_dict(),
                   "num_updates": self.agent.num_updates, "trainer": trainer}
         return save_tensors_and_config(directory, self.agent.state_dict(), config)
