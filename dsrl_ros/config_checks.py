@@ -180,7 +180,7 @@ def _check_realsense(c: StackConfig, require) -> None:
 
 
 def _check_bag_values(c: StackConfig, require) -> None:
-    require(0.0 <= c.learner.prior_fraction <= 1.0, "learner.prior_fraction", "a share of each batch in 0..1",
+    require(0.0 <= c.learner.prior_fraction <= 1.0, "learner.prior_fraction", "a share of each batch in [0, 1]",
             c.learner.prior_fraction)
     r, b = c.recording, c.bags
     for key in ("topics", "exclude"):

@@ -63,6 +63,9 @@ def test_policy_task_reads_the_checkpoint_else_falls_back(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("learner.utd=-1", "learner.utd: expected updates per transition > 0, got -1.0"),
+    ("learner.gamma=1.5", "learner.gamma: expected in [0, 1], got 1.5"),
+    ("learner.tau=0", "learner.tau: expected in (0, 1], got 0"),
+    ("learner.prior_fraction=2", "learner.prior_fraction: expected a share of each batch in [0, 1], got 2"),
     ("learner.utdd=5", "learner.utdd: unknown key; expected one of"),
     ("control.rate_hz=fast", "control.rate_hz: expected a finite number, got 'fast'"),
     ("control.execute_steps=2.5", "control.execute_steps: expected an integer, got 2.5"),

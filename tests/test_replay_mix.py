@@ -61,7 +61,7 @@ def test_one_side_empty_or_unusable_gives_the_whole_batch_to_the_other():
     assert sac.split(32, noise_known_only=False) == (16, 16)
     with pytest.raises(ValueError, match="no transitions"):
         MixedReplay(replay(), replay(), 0.5).sample(8, rng)
-    with pytest.raises(ValueError, match="prior_fraction"):
+    with pytest.raises(ValueError, match=r"^prior_fraction: expected in \[0, 1\], got 1.5$"):
         MixedReplay(replay(), replay(), 1.5)
 
 

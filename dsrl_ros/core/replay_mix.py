@@ -49,7 +49,7 @@ class MixedReplay:
     def add_part(self, replay, fraction: float, name: str) -> None:
         """Draw `fraction` of every batch from `replay` (anything with transition_indices / sample)."""
         if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"{name}: expected 0..1, got {fraction}")
+            raise ValueError(f"{name}: expected in [0, 1], got {fraction}")
         total = sum(f for _, f, _ in self.parts) + fraction
         if total > 1.0 + 1e-9:
             raise ValueError(f"{name}: the shares of all parts add up to {total:g}, expected at most 1")
