@@ -104,8 +104,9 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
     from sensor_msgs.msg import Image, JointState
 
     from dsrl_interfaces.msg import ActionChunk, ActorWeights, ChunkResult, EpisodeEvent, Noise, Observation
+    from dsrl_ros.core.run_identity import load_or_create_run_key
     from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, NOISE, OBSERVATION,
-                                       array_to_image, qos)
+                                       array_to_image, qos, sign)
 
     config = load_config(SIM)
     specs = [s for s in build_graph(config, SIM) if s.name in ("policy", "steering")]
@@ -134,6 +135,8 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
     payload, config_json = load_actor(LIFT_STEER_ACTOR, policy).actor_payload({"version": 1})
     weights = ActorWeights(version=1, num_updates=0, config_json=config_json)
     weights.safetensors = array.array("B", payload)
+    key = load_or_create_run_key(config.learner.run_dir)    # the nodes read the same run's key: as the learner,
+    sign(weights, key)                                      # the episode manager and the robot, this bench signs
     weights_pub.publish(weights)
     joint_names = [*config.joints.names, "gripper"]
 
@@ -163,6 +166,7 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
         time.sleep(2.0)
         event = EpisodeEvent(episode=1, state=EpisodeEvent.STATE_RUNNING)
         event.header.stamp = node.get_clock().now().to_msg()
+        sign(event, key)
         event_pub.publish(event)
         publish_sensors(observations[0])
         if not spin_until(lambda: chunks, 60):
@@ -174,6 +178,7 @@ def dds_latency(observations: list[dict], repeats: int) -> dict:
             stamp = publish_sensors(observations[i % len(observations)])
             result = ChunkResult(seq=last.seq, episode=1, steps_executed=8)
             result.header.stamp = stamp
+            sign(result, key)
             t0 = time.perf_counter()
             result_pub.publish(result)
             if not spin_until(lambda: len(chunks) > n_before, 5.0):

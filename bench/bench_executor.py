@@ -80,12 +80,14 @@ def write_config(tmp: Path, backend: str, rate_hz: float, realtime: int) -> Path
 class FakeArm:
     """The driver side: URDF, joint states at 100 Hz, chunks out, commands in (with receive times)."""
 
-    def __init__(self, command_type, topic: str):
+    def __init__(self, command_type, topic: str, run_dir: Path):
+        """run_dir: the executor's learner.run_dir; chunks are signed with its key, as the policy node signs them."""
         import rclpy
         from sensor_msgs.msg import JointState
         from std_msgs.msg import String
 
         from dsrl_interfaces.msg import ActionChunk
+        from dsrl_ros.core.run_identity import load_or_create_run_key
         from dsrl_ros.nodes.ros_io import ACTION_CHUNK, ns_stamp, qos
         from dsrl_ros.sim_hw.urdf import sim_arm_urdf
 
@@ -108,6 +110,7 @@ class FakeArm:
                                       q["status"])
         self.chunks = self.node.create_publisher(ActionChunk, ACTION_CHUNK, q["decision"])
         self.ActionChunk, self.seq = ActionChunk, 0
+        self.key = load_or_create_run_key(run_dir)
         # The receiving side at SCHED_FIFO (when permitted), so that its own scheduling is not what is measured.
         from dsrl_ros.nodes.arm_io import make_process_realtime
 
@@ -126,14 +129,15 @@ class FakeArm:
             self.rclpy.spin_once(self.node, timeout_sec=0.005)
 
     def send_chunk(self, steps: int, direction=(0.3, 0.0, 0.3, 0.0, 0.0)) -> None:
-        from dsrl_ros.nodes.ros_io import float32_field
+        from dsrl_ros.nodes.ros_io import float32_field, sign
 
         self.seq += 1
         actions = np.tile(np.asarray(direction, np.float32), (steps, 1))
-        sign = 1 if self.seq % 2 else -1                       # back and forth: stays in the workspace
+        back = 1 if self.seq % 2 else -1                       # back and forth: stays in the workspace
         msg = self.ActionChunk(seq=self.seq, episode=1, chunk_len=steps, action_dim=5, execute_steps=steps,
-                               noise=float32_field(np.zeros(actions.size)), actions=float32_field(sign * actions))
+                               noise=float32_field(np.zeros(actions.size)), actions=float32_field(back * actions))
         msg.header.stamp = self.ns_stamp(time.time_ns())
+        sign(msg, self.key)
         self.chunks.publish(msg)
 
     def close(self) -> None:
@@ -160,7 +164,7 @@ def bench_estop(tmp: Path, trials: int, realtime: int) -> dict:
     from dsrl_ros.nodes.arm_io import ESTOP_SERVICE
 
     proc = start_executor(write_config(tmp, "joint_trajectory", 500.0, realtime), tmp / f"estop_{realtime}.log")
-    arm = FakeArm(JointTrajectory, "/joint_trajectory_controller/joint_trajectory")
+    arm = FakeArm(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", tmp / "run")
     client = arm.node.create_client(SetBool, ESTOP_SERVICE)
     latencies, answers, skipped = [], [], 0
     rng = np.random.default_rng(0)
@@ -210,7 +214,7 @@ def bench_jitter(tmp: Path, rate_hz: float, seconds: float, realtime: int) -> di
 
     proc = start_executor(write_config(tmp, "forward_position", rate_hz, realtime),
                           tmp / f"jitter_{rate_hz:g}_{realtime}.log")
-    arm = FakeArm(Float64MultiArray, "/forward_position_controller/commands")
+    arm = FakeArm(Float64MultiArray, "/forward_position_controller/commands", tmp / "run")
     peer = subprocess.Popen([sys.executable, "-c", PEER, str(rate_hz), str(realtime)], env=os.environ.copy())
     peer_times: list[int] = []
     arm.node.create_subscription(Float64MultiArray, "/peer/commands", lambda m: peer_times.append(time.time_ns()),

@@ -49,6 +49,10 @@ class StackMonitor:
         node.create_subscription(ChunkResult, CHUNK_RESULT, self._on_result, q["decision"])
 
     def _on_result(self, msg: ChunkResult) -> None:
+        try:
+            check_signed(msg, self.key)
+        except ValueError:
+            return
         steps = sum(1 for s in msg.executed_sources if int(s) == OPERATOR)
         if steps:
             self.operator_steps[msg.episode] = self.operator_steps.get(msg.episode, 0) + steps

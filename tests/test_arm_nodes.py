@@ -61,12 +61,14 @@ class Nodes:
 class ArmProbe:
     """Plays the operator / test bench: records joint states, commands, results, e-stop state; sends chunks."""
 
-    def __init__(self, command_type, command_topic: str):
+    def __init__(self, command_type, command_topic: str, run_dir: Path):
+        """run_dir: the executor's learner.run_dir; chunks are signed with its key, as the policy node signs them."""
         import rclpy
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Bool
 
         from dsrl_interfaces.msg import ActionChunk, ChunkResult
+        from dsrl_ros.core.run_identity import load_or_create_run_key
         from dsrl_ros.nodes.arm_io import ESTOP_STATE
         from dsrl_ros.nodes.ros_io import ACTION_CHUNK, CHUNK_RESULT, qos
 
@@ -83,6 +85,7 @@ class ArmProbe:
         self.node.create_subscription(ChunkResult, CHUNK_RESULT, self.results.append, q["decision"])
         self.node.create_subscription(Bool, ESTOP_STATE, lambda m: self.estop_state.append(m.data), q["latched"])
         self.chunk_pub = self.node.create_publisher(ActionChunk, ACTION_CHUNK, q["decision"])
+        self.key = load_or_create_run_key(run_dir)
         self.seq = 0
 
     def spin(self, seconds: float = 0.0) -> None:
@@ -102,9 +105,10 @@ class ArmProbe:
                   "the executor to subscribe to chunks and joint states to flow")
         self.spin(1.0)                                    # let discovery match the executor's publishers too
 
-    def send(self, actions: np.ndarray, episode: int = 1) -> int:
+    def send(self, actions: np.ndarray, episode: int = 1, signed: bool = True) -> int:
+        """signed=False: a chunk as another stack on the domain would send it."""
         from dsrl_interfaces.msg import ActionChunk
-        from dsrl_ros.nodes.ros_io import float32_field, ns_stamp
+        from dsrl_ros.nodes.ros_io import float32_field, ns_stamp, sign
 
         self.seq += 1
         actions = np.asarray(actions, np.float32)
@@ -112,6 +116,8 @@ class ArmProbe:
                           execute_steps=len(actions), noise=float32_field(np.zeros(actions.size)),
                           actions=float32_field(actions.ravel()))
         msg.header.stamp = ns_stamp(time.time_ns())
+        if signed:
+            sign(msg, self.key)
         self.chunk_pub.publish(msg)
         return self.seq
 
@@ -150,7 +156,8 @@ def test_hostile_chunks_never_move_a_sim_joint_past_its_limits(tmp_path, backend
                           executor={"joint_margin_rad": 0.04, "backend": backend})
     nodes = Nodes(tmp_path, config, ["sim_hardware", "chunk_executor"])
     probe = ArmProbe(*{"joint_trajectory": (JointTrajectory, "/joint_trajectory_controller/joint_trajectory"),
-                       "forward_position": (Float64MultiArray, "/forward_position_controller/commands")}[backend])
+                       "forward_position": (Float64MultiArray, "/forward_position_controller/commands")}[backend],
+                     tmp_path / "run")
     try:
         probe.executor_ready()
         start = time.time_ns()
@@ -165,7 +172,9 @@ def test_hostile_chunks_never_move_a_sim_joint_past_its_limits(tmp_path, backend
         probe.spin(0.5)                                                  # the servos settle on the last target
         before = probe.positions()[-1]
         probe.send(nan)
+        foreign = probe.send(chunk([0, 0, 1, 0, 0]), signed=False)      # another stack's: within every limit
         probe.spin(1.0)
+        assert probe.result(foreign) is None                             # never ran
         q = probe.positions(start)
         v = probe.velocities(start)
         assert nodes.procs["chunk_executor"].poll() is None              # no hostile chunk killed it
@@ -184,6 +193,7 @@ def test_hostile_chunks_never_move_a_sim_joint_past_its_limits(tmp_path, backend
     assert "joints.position_lower[joint4]" in log and "joints.position_upper[joint2]" in log
     assert "joints.velocity_limit[joint7]" in log and "action.high[dz]: 50 limited to 1" in log
     assert "expected finite numbers" in log                              # the NaN chunk: refused whole
+    assert "action_chunk.run_id: expected" in log                       # the foreign one: dropped unread
     np.testing.assert_allclose(q[-1], before, atol=1e-3)                 # and nothing moved
 
 
@@ -200,7 +210,7 @@ def test_estop_halts_within_a_control_period_and_latches_until_reset(tmp_path):
     # scheduling alone measured 0.36-7 control periods p99 (bench/RESULTS.md).
     config = write_config(tmp_path, executor={"backend": "joint_trajectory", "realtime_priority": 40})
     nodes = Nodes(tmp_path, config, ["sim_hardware", "chunk_executor"])
-    probe = ArmProbe(JointTrajectory, "/joint_trajectory_controller/joint_trajectory")
+    probe = ArmProbe(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", tmp_path / "run")
     client = probe.node.create_client(SetBool, ESTOP_SERVICE)
     try:
         probe.executor_ready()
@@ -256,7 +266,7 @@ def test_watchdog_holds_when_joint_states_stop_and_when_chunks_stop(tmp_path):
 
     config = write_config(tmp_path, executor={"joint_state_timeout_s": 0.2, "chunk_timeout_s": 1.0})
     nodes = Nodes(tmp_path, config, ["chunk_executor"])
-    probe = ArmProbe(Float64MultiArray, "/forward_position_controller/commands")
+    probe = ArmProbe(Float64MultiArray, "/forward_position_controller/commands", tmp_path / "run")
     home = np.array([0.0, 0.505, 0.0, 1.585, 0.0, 1.052, 0.0])
     measured = home + 0.01                          # what the "arm" reports: distinct from any commanded target
     q = qos()
@@ -321,7 +331,7 @@ def test_an_operator_takeover_drives_the_arm_through_the_executor_and_a_lost_str
 
     config = write_config(tmp_path)                                       # forward_position at 100 Hz, 20 Hz steps
     nodes = Nodes(tmp_path, config, ["sim_hardware", "chunk_executor"])
-    probe = ArmProbe(Float64MultiArray, "/forward_position_controller/commands")
+    probe = ArmProbe(Float64MultiArray, "/forward_position_controller/commands", tmp_path / "run")
     try:
         probe.executor_ready()
         sender = OperatorSender(probe.node, load_or_create_run_key(tmp_path / "run"), "test-operator")

@@ -255,3 +255,38 @@ def test_bad_recording_and_bags_values_get_one_error_naming_the_field(override, 
     with pytest.raises(ConfigError) as err:
         load_config("robot_configs/sim_arm.yaml", [override])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bag_from_before_a_message_gained_fields_is_read_with_its_own_definition():
+    """ActionChunk and ChunkResult gained run_id + signature; a session bag recorded before carries the older
+    definition in its MCAP schema and must still convert (recordings are data we keep)."""
+    from rosbags.interfaces import MessageDefinition, MessageDefinitionFormat
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from dsrl_ros.bags.reader import BagConnection
+    from dsrl_ros.bags.typestore import REPO_MSG_DIR, typestore_for_bag
+
+    current = (REPO_MSG_DIR / "ActionChunk.msg").read_text()
+    old_text = "\n".join(line for line in current.splitlines()
+                         if not line.startswith(("string run_id", "uint8[] signature")))
+    assert old_text != current
+    old = get_typestore(Stores.ROS2_KILTED)
+    old.register(get_types_from_msg(old_text, "dsrl_interfaces/msg/ActionChunk"))
+    schema, _ = old.generate_msgdef("dsrl_interfaces/msg/ActionChunk")       # what the old recorder wrote
+    T = old.types
+    msg = T["dsrl_interfaces/msg/ActionChunk"](
+        header=T["std_msgs/msg/Header"](T["builtin_interfaces/msg/Time"](5, 6), ""), seq=7, episode=2,
+        actor_version=1, noise_source=0, chunk_len=1, action_dim=2, execute_steps=1,
+        noise=np.array([0.5, -0.5], np.float32), actions=np.array([0.25, 1.0], np.float32))
+    raw = old.serialize_cdr(msg, "dsrl_interfaces/msg/ActionChunk")
+
+    recorded = BagConnection("/dsrl/action_chunk", "dsrl_interfaces/msg/ActionChunk",
+                             MessageDefinition(MessageDefinitionFormat.MSG, schema))
+    store = typestore_for_bag([recorded])
+    back = store.deserialize_cdr(raw, "dsrl_interfaces/msg/ActionChunk")
+    assert back.seq == 7 and back.actions.tolist() == [0.25, 1.0] and not hasattr(back, "signature")
+    assert "dsrl_interfaces/msg/EpisodeEvent" in store.fielddefs                # the rest of ours still there
+    no_schema = BagConnection("/dsrl/action_chunk", "dsrl_interfaces/msg/ActionChunk",
+                              MessageDefinition(MessageDefinitionFormat.NONE, ""))
+    ours = typestore_for_bag([no_schema])                                     # a bag without one: ours
+    assert "signature" in [name for name, _ in ours.fielddefs["dsrl_interfaces/msg/ActionChunk"][1]]

@@ -118,9 +118,17 @@ def test_the_step_limit_ends_an_episode_as_a_timeout(manager):
 
     control = load_config(ROOT / "robot_configs" / "franka_fr3.yaml").control
     chunks = -(-control.max_episode_steps // control.execute_steps)    # the step limit, in whole chunks
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import sign
+
+    key = load_or_create_run_key(manager.run_dir)
+    foreign = ChunkResult(seq=10**6, episode=episode, steps_executed=control.max_episode_steps)
+    manager.result_pub.publish(foreign)                                 # another stack's: not counted
     for seq in range(chunks):
         assert manager.events[-1].state == E.STATE_RUNNING              # not ended before the limit
-        manager.result_pub.publish(ChunkResult(seq=seq, episode=episode, steps_executed=control.execute_steps))
+        result = ChunkResult(seq=seq, episode=episode, steps_executed=control.execute_steps)
+        sign(result, key)                                               # as the robot side signs its results
+        manager.result_pub.publish(result)
         wait(manager, lambda: True, "a moment")                     # one chunk at a time, as a robot reports
     wait(manager, lambda: manager.events[-1].state != E.STATE_RUNNING, "the end of the episode")
     ended = next(e for e in manager.events if e.state == E.STATE_ENDED and e.episode == episode)

@@ -128,34 +128,45 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         probe.wait(lambda: up.log("steering").count(" in use (") > adopted_before, 120,
                    "the learner's next version to be adopted")
 
-        # 3. Chunks from a stray publisher: one for another episode is refused; one naming the running episode is
-        #    held to the robot config's action limits by the sim itself (and its result, filed under that episode,
-        #    keeps the episode out of the replay: the check at the end); a NaN chunk is dropped.
+        # 3. Chunks. One from another stack (unsigned, naming the running episode, well within the limits) is
+        #    dropped unread: it never runs. Signed with this run's key (a fault in our own policy node): one for
+        #    another episode is refused; one naming the running episode is held to the robot config's action
+        #    limits by the sim itself (and its result, filed under that episode, keeps the episode out of the
+        #    replay: the check at the end); a NaN chunk is dropped.
         # The running episode can end while they are on the way (then each is refused as another episode's): the
-        # three go again for the next episode until the sim has answered each as below. Episodes last ~1 s here,
+        # four go again for the next episode until the sim has answered each as below. Episodes last ~1 s here,
         # so the refusal of a stray chunk may name a later running episode than the one it was made for, and the
         # sim logs only the first refusal per running episode (DropLog): any try's stray chunk refused counts.
-        expected = ["clipped to action limits: dx 1e+06 > 0.5", "actions: expected finite values, got NaN or inf"]
+        expected = ["clipped to action limits: dx 1e+06 > 0.5", "actions: expected finite values, got NaN or inf",
+                    f"action_chunk.run_id: expected {key.run_id!r} (this run), got ''"]
         stray_episodes: set[int] = set()        # one per try: the episode number the stray chunk names
 
         def answered() -> bool:
             log = up.log("sim_robot")
             refused = {int(e) for e in re.findall(r"expected the running episode \(\d+\), got (\d+) \(chunk 3\)", log)}
             return bool(refused & stray_episodes) and all(e in log for e in expected)
-        def chunk(seq: int, episode: int, actions: list[float]):
-            return ActionChunk(seq=seq, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
-                               noise=array.array("f", [0.0] * 40), actions=array.array("f", actions))
+
+        def chunk(seq: int, episode: int, actions: list[float], signed: bool = True):
+            msg = ActionChunk(seq=seq, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
+                              noise=array.array("f", [0.0] * 40), actions=array.array("f", actions))
+            if signed:
+                sign(msg, key)
+            return msg
         for _ in range(6):
             episode = _mid_episode(probe)
+            foreign = chunk(4, episode, [0.2, 0, 0, 0, 0] * 8, signed=False)
             stray = chunk(3, episode + 1000, [0.2, 0, 0, 0, 0] * 8)
             big = chunk(1, episode, [1e6, 0, 0, 0, 0] * 8)
             nan = chunk(2, episode, [float("nan")] * 40)
             stray_episodes.add(episode + 1000)
-            probe.publish(ActionChunk, ACTION_CHUNK, [stray, big, nan], "decision", seconds=10, until=answered)
+            probe.publish(ActionChunk, ACTION_CHUNK, [foreign, stray, big, nan], "decision", seconds=10,
+                          until=answered)
             if answered():
                 break
         assert answered(), up.log("sim_robot")[-5000:]
-        assert not any(r.seq == 3 for r in probe.results)              # the stray chunk never ran
+        assert not any(r.seq in (3, 4) for r in probe.results)         # neither the stray nor the foreign chunk ran
+        assert not re.search(r"chunk 4\b", up.log("sim_robot"))        # the foreign one was never even parsed
+        assert f"action_chunk.run_id: expected {key.run_id!r}" in up.log("learner")   # nor stored
 
         # 4. Forged episode events (an ENDED success for the running episode, then a flood of random ones):
         #    ignored by every reader, and the stack goes on making episodes.
@@ -188,7 +199,7 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         # Nothing unsafe was ever published, and every node is still the one that started.
         for c in probe.chunks:
             actions = np.frombuffer(c.actions, np.float32)
-            if c.seq > 3:                                        # ours (seq 1-3) are the hostile ones
+            if c.seq > 4:                                        # ours (seq 1-4) are the hostile ones
                 actions = actions.reshape(-1, 5)
                 assert np.isfinite(actions).all() and np.abs(actions).max() <= 1.0
                 assert actions[:, 0].max() <= 0.5                       # the config's limit, not the sim's

@@ -184,3 +184,56 @@ def test_a_refusal_is_logged_under_the_subscriptions_own_name_whichever_check_re
     sign(fresh, key)
     callback(fresh)
     assert seen == [3] and len(logger.lines) == 2
+
+
+@pytest.mark.parametrize("kind", ["ActionChunk", "ChunkResult"])
+def test_chunks_and_results_verify_after_the_wire_and_not_after_any_change(tmp_path, kind):
+    """The two decision messages the arm runs and the learner stores are signed by their publisher (policy node;
+    sim_robot / chunk executor). A signature must survive serialisation (a Python float in a float32 field reaches
+    the reader rounded) and must break when any field that matters changes."""
+    import copy
+
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from dsrl_interfaces.msg import ActionChunk, ChunkResult
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import check_signed, ns_stamp, sign
+
+    key = load_or_create_run_key(tmp_path)
+    if kind == "ActionChunk":
+        msg = ActionChunk(seq=12, episode=3, actor_version=7, noise_source=ActionChunk.SOURCE_ACTOR, chunk_len=2,
+                          action_dim=2, execute_steps=2, noise=array.array("f", [0.1, -0.2, 0.3, 1.5]),
+                          actions=array.array("f", [0.25, 0.0, -1.0, 0.5]))
+        changes = {"seq": 13, "episode": 4, "actor_version": 8, "noise_source": ActionChunk.SOURCE_BASE,
+                   "execute_steps": 1, "actions": array.array("f", [0.25, 0.0, -1.0, 0.75]),
+                   "noise": array.array("f", [0.1, -0.2, 0.3, 1.25])}
+    else:
+        msg = ChunkResult(seq=12, episode=3, steps_executed=2, reward=0.1, success=True, truncated=False,
+                          executed_indices=array.array("H", [0, 1]), executed_stamps=[ns_stamp(5), ns_stamp(6)],
+                          executed_actions=array.array("f", [0.1, 0.2, 0.3, 0.4]),
+                          executed_sources=array.array("B", [0, 1]), steps_late=0, steps_limited=1,
+                          ended_by="complete")
+        changes = {"seq": 13, "episode": 4, "steps_executed": 1, "reward": 0.2, "success": False, "truncated": True,
+                   "executed_indices": array.array("H", [0, 2]), "executed_stamps": [ns_stamp(5), ns_stamp(7)],
+                   "executed_actions": array.array("f", [0.1, 0.2, 0.3, 0.5]),
+                   "executed_sources": array.array("B", [0, 0]), "steps_late": 1, "steps_limited": 0,
+                   "ended_by": "replaced"}
+    msg.header.stamp = ns_stamp(1_700_000_000_123_456_789)
+    sign(msg, key)
+    received = deserialize_message(serialize_message(msg), type(msg))
+    check_signed(received, key)                                        # verifies as the reader gets it
+    prefix = "action_chunk" if kind == "ActionChunk" else "chunk_result"
+    for field, value in {**changes, "header.stamp": ns_stamp(1_700_000_000_123_456_790)}.items():
+        forged = copy.deepcopy(received)
+        if field == "header.stamp":
+            forged.header.stamp = value
+        else:
+            setattr(forged, field, value)
+        with pytest.raises(ValueError, match=rf"^{prefix}\.signature: does not match this run's key$"):
+            check_signed(forged, key)
+    unsigned = type(msg)()
+    with pytest.raises(ValueError, match=rf"^{prefix}\.run_id: expected '{key.run_id}' \(this run\), got ''$"):
+        check_signed(unsigned, key)
+    other = load_or_create_run_key(tmp_path / "other")                # another stack's key, its own run id
+    with pytest.raises(ValueError, match=rf"^{prefix}\.run_id: expected"):
+        check_signed(received, other)

@@ -85,7 +85,8 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
     from sensor_msgs.msg import Image, JointState
 
     from dsrl_interfaces.msg import ActionChunk, ActorWeights, Noise, Observation
-    from dsrl_ros.nodes.ros_io import ACTION_CHUNK, ACTOR_WEIGHTS, NOISE, OBSERVATION, qos
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import ACTION_CHUNK, ACTOR_WEIGHTS, NOISE, OBSERVATION, qos, sign
 
     up = Up(tmp_path / "run")
     try:
@@ -97,6 +98,7 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
         bad_obs = Observation(seq=1, episode=10**6, image=small, proprio=array.array("f", [0.0] * 11))
         bad_chunk = ActionChunk(seq=1, episode=10**6, chunk_len=8, action_dim=5, execute_steps=8,
                                 noise=array.array("f", [0.0] * 40), actions=array.array("f", [0.0] * 3))
+        sign(bad_chunk, load_or_create_run_key(tmp_path / "run"))   # this run's, so the sim parses it
         garbage = ActorWeights(version=10**6, config_json="{}", safetensors=b"\x80\x04 not safetensors")
         # A noise of the wrong length for the decision the policy node is waiting on (answered as it is asked).
         short_noise = probe.node.create_publisher(Noise, NOISE, qos()["decision"])

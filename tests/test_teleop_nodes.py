@@ -51,7 +51,8 @@ class Bench(Probe):
             qos()["sensor"])
         self.chunk_pub = self.node.create_publisher(ActionChunk, ACTION_CHUNK, qos()["decision"])
         self.reset_client = self.node.create_client(Trigger, SIM_RESET_SERVICE)
-        self.operator = OperatorSender(self.node, load_or_create_run_key(run_dir), "bench")
+        self.key = load_or_create_run_key(run_dir)
+        self.operator = OperatorSender(self.node, self.key, "bench")
         self.seq = 0
 
     def reset(self) -> None:
@@ -73,14 +74,16 @@ class Bench(Probe):
             self.rclpy.spin_once(self.node, timeout_sec=0.02)
 
     def send_chunk(self, actions: np.ndarray) -> int:
+        """A chunk as the policy node sends it: signed with the run's key."""
         from dsrl_interfaces.msg import ActionChunk
-        from dsrl_ros.nodes.ros_io import float32_field, ns_stamp
+        from dsrl_ros.nodes.ros_io import float32_field, ns_stamp, sign
 
         self.seq += 1
         msg = ActionChunk(seq=self.seq, episode=1, chunk_len=len(actions), action_dim=5,
                           execute_steps=len(actions), noise=float32_field(np.zeros(actions.size)),
                           actions=float32_field(np.asarray(actions, np.float32).ravel()))
         msg.header.stamp = ns_stamp(time.time_ns())
+        sign(msg, self.key)
         self.chunk_pub.publish(msg)
         return self.seq
 

@@ -27,7 +27,7 @@ from dsrl_ros.bags.episodes import EVENT_OUTCOMES, episode_spans, read_labels
 from dsrl_ros.bags.images import BagDataError, decode_image, raw_image, to_policy_input
 from dsrl_ros.bags.reader import BagReader
 from dsrl_ros.bags.streams import EPISODE_TOPIC, BagStreams, read_streams, sources
-from dsrl_ros.bags.typestore import make_typestore, register_from_bag
+from dsrl_ros.bags.typestore import typestore_for_bag
 from dsrl_ros.config import StackConfig
 from dsrl_ros.core.chunk_replay import SOURCE_EXTERNAL, ChunkEpisode
 from dsrl_ros.core.intervention import operator_executed
@@ -88,8 +88,7 @@ class BagConverter:
     def convert(self, path: str | Path, progress: Progress | None = None) -> BagResult:
         path = Path(path)
         with BagReader(path) as bag:
-            store = make_typestore()
-            register_from_bag(store, bag.connections)
+            store = typestore_for_bag(bag.connections)
             session = "/dsrl/action_chunk" in bag.topics
             result = BagResult(path.name, "session" if session else "external")
             for problem in bag.problems:

@@ -82,5 +82,23 @@ def register_from_bag(store: Typestore, connections) -> None:
     for conn in connections:
         if conn.msgtype in store.fielddefs or ensure_type(store, conn.msgtype):
             continue
-        if conn.msgdef.format == MessageDefinitionFormat.MSG and conn.msgdef.data:
+        if _has_msg_definition(conn):
             store.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+
+
+def typestore_for_bag(connections) -> Typestore:
+    """The types to read one bag with. Where the bag brings its own definition of one of our messages, that one
+    wins: a bag recorded before a message gained fields (ActionChunk's and ChunkResult's signature) is read with
+    the fields it has. Then the rest of ours, then whatever else the bag needs (`register_from_bag`)."""
+    store = get_typestore(Stores.ROS2_KILTED)
+    for conn in connections:
+        if conn.msgtype.startswith(f"{INTERFACE_PACKAGE}/") and conn.msgtype not in store.fielddefs \
+                and _has_msg_definition(conn):
+            store.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+    store.register({name: fields for name, fields in _interface_types().items() if name not in store.fielddefs})
+    register_from_bag(store, connections)
+    return store
+
+
+def _has_msg_definition(conn) -> bool:
+    return conn.msgdef.format == MessageDefinitionFormat.MSG and bool(conn.msgdef.data)

@@ -1,10 +1,11 @@
 """Who may steer this robot: a per-run key that authenticates actor weights and episode events (no ROS import).
 
 The pip ROS wheels have no DDS security (node creation fails with security enabled), so any process on the DDS
-domain can publish on any topic. Four messages change what the arm does or what the learner stores:
-`ActorWeights` (the steering actor), `EpisodeEvent` (episode start / end / outcome), `TeleopCommand` (the operator
-drives the arm) and `OperatorCommand` (start, label, abort, re-record, home). Their publishers (the learner, the
-episode manager, the teleop node and the console) sign them with HMAC-SHA256 under a key kept in the run directory
+domain can publish on any topic. Six messages change what the arm does or what the learner stores:
+`ActorWeights` (the steering actor), `EpisodeEvent` (episode start / end / outcome), `ActionChunk` (what the arm
+runs), `ChunkResult` (what it executed), `TeleopCommand` (the operator drives the arm) and `OperatorCommand`
+(start, label, abort, re-record, home). Their publishers (the learner, the episode manager, the policy node, the
+robot side, the teleop node and the console) sign them with HMAC-SHA256 under a key kept in the run directory
 (`run_key.json`, mode 0600); their readers drop what does not verify. Operator commands are also dropped when
 stale or repeated (`CommandGate`), so a recorded session replayed later cannot drive the arm.
 
@@ -101,6 +102,31 @@ def episode_event_fields(episode: int, state: int, outcome: int, chunks: int, st
 
 ACTOR_WEIGHTS_KIND = "dsrl_interfaces/ActorWeights"
 EPISODE_EVENT_KIND = "dsrl_interfaces/EpisodeEvent"
+
+
+# The decision stream's two messages that move the arm or enter the replay (the policy node signs chunks; sim_robot
+# and the chunk executor sign results). Numbers as the wire carries them: float32 fields as their bytes, so the
+# publisher's Python float and the reader's float32 agree.
+def action_chunk_fields(seq: int, episode: int, actor_version: int, noise_source: int, chunk_len: int,
+                        action_dim: int, execute_steps: int, stamp_ns: int, noise_bytes: bytes,
+                        actions_bytes: bytes) -> tuple:
+    return (int(seq), int(episode), int(actor_version), int(noise_source), int(chunk_len), int(action_dim),
+            int(execute_steps), int(stamp_ns), hashlib.sha256(bytes(noise_bytes)).hexdigest(),
+            hashlib.sha256(bytes(actions_bytes)).hexdigest())
+
+
+def chunk_result_fields(seq: int, episode: int, steps_executed: int, reward_bytes: bytes, success: bool,
+                        truncated: bool, stamp_ns: int, executed_indices: list[int], executed_stamps_ns: list[int],
+                        executed_actions_bytes: bytes, executed_sources: list[int], steps_late: int,
+                        steps_limited: int, ended_by: str) -> tuple:
+    return (int(seq), int(episode), int(steps_executed), bytes(reward_bytes).hex(), int(bool(success)),
+            int(bool(truncated)), int(stamp_ns), ",".join(str(int(i)) for i in executed_indices),
+            ",".join(str(int(t)) for t in executed_stamps_ns), hashlib.sha256(bytes(executed_actions_bytes)).hexdigest(),
+            ",".join(str(int(x)) for x in executed_sources), int(steps_late), int(steps_limited), ended_by)
+
+
+ACTION_CHUNK_KIND = "dsrl_interfaces/ActionChunk"
+CHUNK_RESULT_KIND = "dsrl_interfaces/ChunkResult"
 
 
 # Operator commands (the teleop node and the console sign them; sim_robot, chunk_executor, episode_manager read).

@@ -2,11 +2,12 @@
 hardware mode). A thin shell over `dsrl_ros/arm/executor.py`.
 
 Subscribes to the URDF on executor.robot_description_topic (transient local) and, once it has built the
-kinematics from it, to /dsrl/action_chunk (from anyone on the domain: every chunk is held to the same limits)
-and the episode events (signed; only the running episode's chunks run; an ended episode stops its chunk); also
-the joint states and, if set, executor.success_topic (std_msgs/Bool).
+kinematics from it, to /dsrl/action_chunk (signed by this run's policy node: another stack's chunks are dropped
+unread; this run's are still held to every limit) and the episode events (signed; only the running episode's
+chunks run; an ended episode stops its chunk); also the joint states and, if set, executor.success_topic
+(std_msgs/Bool).
 Publishes the backend's controller commands (executor.command_topic; gripper on executor.gripper_topic in topic
-mode) and /dsrl/chunk_result with the actions actually executed and when.
+mode) and /dsrl/chunk_result (signed) with the actions actually executed and when.
 
 Operator takeovers: signed TeleopCommands on /dsrl/teleop_command (this run's, fresh, in order; the teleop node's
 stream) reach the executor core, which gives the operator the arm from the next due step, through the same safety
@@ -46,7 +47,7 @@ from dsrl_ros.nodes import arm_io
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import accept, action_array
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, TELEOP_COMMAND, check_signed,
-                                   guarded, qos, run_node, stamp_ns)
+                                   guarded, qos, run_node, sign, stamp_ns)
 
 COMMAND_TYPES = {"joint_trajectory": JointTrajectory, "forward_position": Float64MultiArray,
                  "cartesian_pose": PoseStamped, "cartesian_twist": TwistStamped}
@@ -247,7 +248,9 @@ class ChunkExecutorNode(ConfiguredNode):
             elif isinstance(cmd, GripperCommand):
                 self.gripper_pub.publish(arm_io.float64_array_msg([cmd.width]))
         for report in out.reports:
-            self.result_pub.publish(arm_io.chunk_result_msg(report))
+            result = arm_io.chunk_result_msg(report)
+            sign(result, self.key)
+            self.result_pub.publish(result)
         for line in out.logs:
             self.get_logger().warning(line)
 

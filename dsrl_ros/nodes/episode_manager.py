@@ -60,7 +60,7 @@ class EpisodeManagerNode(ConfiguredNode):
         q = qos()
         self.event_pub = self.create_publisher(EpisodeEvent, EPISODE, q["events"])
         self.create_subscription(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result,
-                                                                    RATE_CAP_HZ["decision"]), q["decision"])
+                                                                    RATE_CAP_HZ["decision"], self.key), q["decision"])
         self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
                                                                    RATE_CAP_HZ["decision"]), q["decision"])
         self.learner_seen = float("-inf")       # monotonic time of the learner's last status

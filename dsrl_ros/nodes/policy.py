@@ -33,7 +33,7 @@ from dsrl_ros.policies import load_base_policy
 from dsrl_ros.policies.remote import PolicyUnavailable
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, NOISE, OBSERVATION,
                                    RATE_CAP_HZ, array_to_image, check_signed, float32_array, float32_field, guarded,
-                                   image_to_array, joint_positions, ns_stamp, qos, run_node, stamp_ns)
+                                   image_to_array, joint_positions, ns_stamp, qos, run_node, sign, stamp_ns)
 
 class PolicyNode(ConfiguredNode):
     def __init__(self):
@@ -227,6 +227,7 @@ class PolicyNode(ConfiguredNode):
                           execute_steps=self.config.control.execute_steps, noise=float32_field(noise),
                           actions=float32_field(np.clip(chunk, self.low, self.high)))
         msg.header.stamp = obs_msg.header.stamp
+        sign(msg, self.key)                        # the arm runs only this run's chunks
         self.clock.on_chunk_sent(obs_msg.seq, time.monotonic_ns())
         self.chunk_pub.publish(msg)
 

@@ -7,8 +7,8 @@ publishes its ChunkResult. While it has nothing to execute the arm holds still: 
 keep streaming the current state. Reset: the `/sim_robot/reset` service (std_srvs/Trigger); episode i resets
 with seed robot.sim_seed + i.
 
-Like a real arm's executor, it holds every chunk to the robot config's `action.low/high` itself, whoever
-published it: out-of-bound actions are clipped (each dimension's hit logged once per episode), non-finite chunks
+Like a real arm's executor, it runs only chunks this run signed (the policy node's; another stack's are dropped
+unread), signs its results, and holds every chunk to the robot config's `action.low/high` itself: out-of-bound actions are clipped (each dimension's hit logged once per episode), non-finite chunks
 are dropped; and, once it has seen this run's (signed) episode events, it runs only chunks of the running episode:
 a stray chunk of another episode or run is refused, and one that names the running episode gets its result
 filed under that episode, which the learner then does not store (a decision it never saw).
@@ -48,7 +48,7 @@ from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import accept, action_array
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, SIM_EXPERT_STATE,
                                    SIM_RESET_SERVICE, TELEOP_COMMAND, array_to_image, check_signed, float32_array,
-                                   float32_field, guarded, qos, run_node)
+                                   float32_field, guarded, qos, run_node, sign)
 
 GRIPPER_JOINT = "gripper"
 
@@ -87,7 +87,7 @@ class SimRobotNode(ConfiguredNode):
         self.create_subscription(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode,
                                                                 RATE_CAP_HZ["event"], self.key), q["events"])
         self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
-                                                                    RATE_CAP_HZ["decision"]), q["decision"])
+                                                                    RATE_CAP_HZ["decision"], self.key), q["decision"])
         self.low, self.high = np.array(c.action.low, np.float32), np.array(c.action.high, np.float32)
         self.limit_hits_logged: set[str] = set()     # action dimensions whose limit hit was logged this episode
         self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
@@ -206,6 +206,7 @@ class SimRobotNode(ConfiguredNode):
             result.executed_sources = array.array("B", [s for _, s, _ in self.executed])
             result.executed_actions = float32_field(np.array([a for _, _, a in self.executed], np.float32))
         result.header.stamp = stamp
+        sign(result, self.key)
         self.result_pub.publish(result)
 
     def _publish_obs(self):

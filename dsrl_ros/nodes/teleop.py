@@ -64,7 +64,8 @@ class TeleopNode(ConfiguredNode):
                                      guarded(self.drop, SIM_EXPERT_STATE, self._on_state, RATE_CAP_HZ["teleop"]),
                                      q["decision"])
             self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
-                                                                        RATE_CAP_HZ["decision"]), q["decision"])
+                                                                        RATE_CAP_HZ["decision"], self.sender.key),
+                                     q["decision"])
         elif self.device == "joy":
             from sensor_msgs.msg import Joy
 
