@@ -1,4 +1,5 @@
-"""Episode store: append speed per 200-step episode (lz4 vs no compression), bulk load, RAM minibatch gather.
+"""Episode store: append speed per 200-step episode (lz4 vs no compression; durable commits vs not), bulk load,
+RAM minibatch gather.
 
 Run: `.venv/bin/python bench/bench_store.py`.
 """
@@ -33,10 +34,11 @@ def make_episode(rng: np.random.Generator, length: int = 200) -> dict[str, np.nd
             "reward": np.zeros(length, np.float32)}
 
 
-def bench_append(tmp: Path, compressed: bool, episodes: int) -> tuple[list[float], Path]:
-    path = tmp / f"store_{'lz4' if compressed else 'raw'}.zarr"
-    # Peer: the same layout without a compressor.
-    store = EpisodeStore.create(path, demo_schema(84, 11, 5), compression="lz4" if compressed else None)
+def bench_append(tmp: Path, compressed: bool, episodes: int, durable: bool = True) -> tuple[list[float], Path]:
+    path = tmp / f"store_{'lz4' if compressed else 'raw'}{'' if durable else '_nosync'}.zarr"
+    # Peers: the same layout without a compressor; the same without the fsyncs of a durable commit.
+    store = EpisodeStore.create(path, demo_schema(84, 11, 5), compression="lz4" if compressed else None,
+                                durable=durable)
     rng = np.random.default_rng(0)
     times = []
     for _ in range(episodes):
@@ -55,14 +57,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     try:
         rows = {}
-        for compressed in (True, False):
-            times, path = bench_append(tmp, compressed, args.episodes)
+        for compressed, durable in ((True, True), (False, True), (True, False)):
+            times, path = bench_append(tmp, compressed, args.episodes, durable)
             disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             t0 = time.perf_counter()
             data, _ = EpisodeStore.open(path).load_all()
             load_s = time.perf_counter() - t0
             raw_mb = sum(v.nbytes for v in data.values()) / 1e6
-            rows["lz4" if compressed else "none"] = {
+            rows[("lz4" if compressed else "none") + ("" if durable else ", not durable")] = {
                 "append_ms_median": 1e3 * float(np.median(times)), "disk_mb": disk / 1e6, "data_mb": raw_mb,
                 "load_all_s": load_s, "load_mb_per_s": raw_mb / load_s}
         ram = RamEpisodes.from_store(EpisodeStore.open(tmp / "store_lz4.zarr"))

@@ -1,11 +1,12 @@
 """Episode store on zarr: `data/<key>` (T_total, ...) + `meta/episode_ends` (cumulative int64), as diffusion_policy.
 
 Episode-atomic: an episode's rows are written first, then committed by writing `meta/episode_ends` and the
-counters in the group attrs *last*. Durable (`durable=True`, the default): the rows and ends are fsynced before the
-commit is written, and the commit before `append_episode` returns, so a committed episode survives a power cut and
-a commit never reaches the disk ahead of its rows (`core/durable.py`). Readers trust only the committed counters, never `array.shape[0]` (zarr
+counters in the group attrs *last*. Readers trust only the committed counters, never `array.shape[0]` (zarr
 resizes metadata before data lands). A writer that reopens a store with rows past the committed count (a writer
-was killed mid-episode) truncates them, so such a crash loses only the episode in flight.
+was killed mid-episode) truncates them, so such a crash loses only the episode in flight. Durable (`durable=True`,
+the default): the rows and ends are fsynced before the commit is written and the commit before `append_episode`
+returns, so a committed episode survives a power cut and a commit never reaches the disk ahead of its rows
+(`core/durable.py`).
 
 The schema (per-step shape and dtype of every key) lives in the attrs; an episode that does not match it is
 rejected with one error naming the key, the expected and the received layout, and nothing is written.

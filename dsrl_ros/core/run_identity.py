@@ -119,10 +119,12 @@ def chunk_result_fields(seq: int, episode: int, steps_executed: int, reward_byte
                         truncated: bool, stamp_ns: int, executed_indices: list[int], executed_stamps_ns: list[int],
                         executed_actions_bytes: bytes, executed_sources: list[int], steps_late: int,
                         steps_limited: int, ended_by: str) -> tuple:
+    def joined(values) -> str:
+        return ",".join(str(int(v)) for v in values)
     return (int(seq), int(episode), int(steps_executed), bytes(reward_bytes).hex(), int(bool(success)),
-            int(bool(truncated)), int(stamp_ns), ",".join(str(int(i)) for i in executed_indices),
-            ",".join(str(int(t)) for t in executed_stamps_ns), hashlib.sha256(bytes(executed_actions_bytes)).hexdigest(),
-            ",".join(str(int(x)) for x in executed_sources), int(steps_late), int(steps_limited), ended_by)
+            int(bool(truncated)), int(stamp_ns), joined(executed_indices), joined(executed_stamps_ns),
+            hashlib.sha256(bytes(executed_actions_bytes)).hexdigest(), joined(executed_sources), int(steps_late),
+            int(steps_limited), ended_by)
 
 
 ACTION_CHUNK_KIND = "dsrl_interfaces/ActionChunk"

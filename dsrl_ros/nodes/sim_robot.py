@@ -8,10 +8,11 @@ keep streaming the current state. Reset: the `/sim_robot/reset` service (std_srv
 with seed robot.sim_seed + i.
 
 Like a real arm's executor, it runs only chunks this run signed (the policy node's; another stack's are dropped
-unread), signs its results, and holds every chunk to the robot config's `action.low/high` itself: out-of-bound actions are clipped (each dimension's hit logged once per episode), non-finite chunks
-are dropped; and, once it has seen this run's (signed) episode events, it runs only chunks of the running episode:
-a stray chunk of another episode or run is refused, and one that names the running episode gets its result
-filed under that episode, which the learner then does not store (a decision it never saw).
+unread), signs its results, and holds every chunk to the robot config's `action.low/high` itself: out-of-bound
+actions are clipped (each dimension's hit logged once per episode), non-finite chunks are dropped; and, once it
+has seen this run's (signed) episode events, it runs only chunks of the running episode: a stray chunk of another
+episode is refused, and one that names the running episode gets its result filed under that episode, which the
+learner then does not store (a decision it never saw).
 
 Interventions (core/intervention.py): signed TeleopCommands on /dsrl/teleop_command (this run's, fresh, in
 order) let the operator take over: from the next control tick the running chunk's steps are the operator's
