@@ -6,7 +6,11 @@ node watches every chunk, result, episode event and learner status. Then the dam
 
 Figures (the last stdout line is one JSON object):
   committed_episodes_lost   committed episodes that changed or vanished (rows hashed when first seen)   must be 0
-  stalls                    gaps of more than --stall-s without any chunk result                       must be 0
+  stalls                    gaps of more than --stall-s without any chunk result (each with its window and,
+                            if it lies inside a killed node's restart, which node and the supervisor's
+                            back-off then: a node killed again before it ran HEALTHY_AFTER_S waits 1, 2, 4 ...
+                            up to 30 s, by design)
+  stalls_outside_restarts   those that no restart explains                                              must be 0
   non_finite_or_out_of_limit_actions   such chunks published by the policy node                        must be 0
   episodes_not_stored_per_kill         (episodes that ended - episodes stored) / kills, over the soak
   recovery_s_p50 / _max     kill -> the node restarted and the graph acting again (a chunk result, or for the
@@ -60,6 +64,7 @@ def main() -> int:
     results = {"kills": 0, "kills_per_node": {n: 0 for n in NODES}}
     seen_rows: dict[int, str] = {}
     recovery, lost = [], 0
+    restarts: list[tuple[float, float, str, float]] = []   # (kill, graph acting again: wall s; node; back-off s)
     try:
         probe.wait(lambda: len(probe.ended()) >= 3, 300, "three episodes before the first kill")
         started_ended, started_stored = len(probe.ended()), _stored(work / "run")
@@ -73,7 +78,7 @@ def main() -> int:
                 probe.wait(lambda: time.monotonic() >= deadline, 20, "the moment")
             lost += _check_committed(work / "run", seen_rows)
             pid, restarts = up.pid(node), up.state()[node]["restarts"]
-            killed = time.monotonic()
+            killed, killed_wall = time.monotonic(), time.time()
             os.kill(pid, signal.SIGKILL)
             results["kills"] += 1
             results["kills_per_node"][node] += 1
@@ -83,6 +88,7 @@ def main() -> int:
             n = len(watch)
             probe.wait(lambda: len(watch) > n, 180, f"the graph to act again after killing {node}")
             recovery.append(time.monotonic() - killed)
+            restarts.append((killed_wall, time.time(), node, up.state()[node].get("last_backoff_s", 0.0)))
             print(f"[soak] kill {results['kills']:2d}: {node:15s} recovered in {recovery[-1]:5.1f} s", flush=True)
         n = len(probe.ended())
         probe.wait(lambda: len(probe.ended()) >= n + 2, 240, "two clean episodes after the last kill")
@@ -95,7 +101,8 @@ def main() -> int:
     lost += _check_committed(work / "run", seen_rows)
     results.update({
         "committed_episodes_lost": lost,
-        "stalls": len(stalls := _stalls(probe, args.stall_s)), "stall_windows": stalls,
+        "stalls": len(stalls := _stalls(probe, args.stall_s, restarts)), "stall_windows": stalls,
+        "stalls_outside_restarts": sum(1 for s in stalls if len(s) == 2),
         "non_finite_or_out_of_limit_actions": _unsafe_chunks(probe),
         "episodes_ended_during_soak": len(ended), "episodes_stored_during_soak": stored,
         "episodes_not_stored_per_kill": round((len(ended) - stored) / max(1, results["kills"]), 2),
@@ -161,11 +168,19 @@ def _check_committed(run_dir: Path, seen: dict[int, str]) -> int:
     return bad
 
 
-def _stalls(probe: Probe, stall_s: float) -> list[list[float]]:
-    """[gap start, gap end] (wall-clock stamps of the chunk results either side) of every gap over stall_s:
-    compare them with the node logs' stamps to see what the graph was doing."""
+def _stalls(probe: Probe, stall_s: float, restarts: list[tuple[float, float, str, float]]) -> list[list]:
+    """[gap start, gap end] (wall-clock stamps of the chunk results either side) of every gap over stall_s,
+    followed by the killed node and its back-off when the gap lies inside that kill's restart (kill -> the graph
+    acting again); a gap with no such restart is a stall nothing here explains: compare its window with the node
+    logs' stamps."""
     stamps = sorted(r.header.stamp.sec + r.header.stamp.nanosec * 1e-9 for r in probe.results)
-    return [[round(a, 1), round(b, 1)] for a, b in zip(stamps, stamps[1:]) if b - a > stall_s]
+    out = []
+    for a, b in zip(stamps, stamps[1:]):
+        if b - a > stall_s:
+            cause = next(([node, backoff] for killed, acting, node, backoff in restarts
+                          if killed - 1.0 <= a and b <= acting + 1.0), [])
+            out.append([round(a, 1), round(b, 1), *cause])
+    return out
 
 
 def _unsafe_chunks(probe: Probe) -> int:

@@ -39,7 +39,8 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     restart_at: float | None = None
-    backoff_s: float = BACKOFF_FIRST_S
+    backoff_s: float = BACKOFF_FIRST_S   # the delay before the next restart
+    last_backoff_s: float = 0.0         # the delay the last (or pending) restart waited
     exit_codes: list[int] = field(default_factory=list)
     start_failures: list[str] = field(default_factory=list)   # last log line of each failed start, in a row
 
@@ -93,6 +94,7 @@ class Supervisor:
                 if now - child.started_at >= HEALTHY_AFTER_S:
                     child.backoff_s = BACKOFF_FIRST_S
                 child.state, child.restart_at = "crashed", now + child.backoff_s
+                child.last_backoff_s = child.backoff_s
                 self.say(f"[supervisor] {child.spec.name} exited with code {code} ({last}); restarting in "
                          f"{child.backoff_s:.0f} s (log: {self.log_dir / (child.spec.name + '.log')})")
                 child.backoff_s = min(child.backoff_s * 2, BACKOFF_MAX_S)
@@ -140,7 +142,8 @@ class Supervisor:
 
     def _write_state(self) -> None:
         state = {c.spec.name: {"pid": c.process.pid if c.process else None, "state": c.state,
-                               "restarts": c.restarts, "exit_codes": c.exit_codes} for c in self.children}
+                               "restarts": c.restarts, "exit_codes": c.exit_codes,
+                               "last_backoff_s": c.last_backoff_s} for c in self.children}
         tmp = self.log_dir / ".supervisor.json.tmp"
         try:
             tmp.write_text(json.dumps(state, indent=2) + "\n")

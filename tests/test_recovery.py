@@ -198,6 +198,8 @@ def test_a_crashing_node_is_restarted_with_doubling_back_off_then_given_up_on_wh
     assert supervisor.fatal == ("crasher cannot start: RuntimeError: the driver is not there (failed the same way "
                                 f"at each of {CRASH_LOOP_STARTS} starts)")
     assert supervisor.children[0].state == "failed" and supervisor.children[0].exit_codes == [1, 1, 1]
+    state = json.loads((tmp_path / "logs" / "supervisor.json").read_text())["crasher"]
+    assert state["state"] == "failed" and state["last_backoff_s"] == 2.0   # what the last restart waited
 
 
 def test_a_fatal_exit_code_is_never_restarted(tmp_path):
