@@ -64,7 +64,7 @@ def main() -> int:
     results = {"kills": 0, "kills_per_node": {n: 0 for n in NODES}}
     seen_rows: dict[int, str] = {}
     recovery, lost = [], 0
-    restarts: list[tuple[float, float, str, float]] = []   # (kill, graph acting again: wall s; node; back-off s)
+    restart_windows: list[tuple[float, float, str, float]] = []   # (kill, acting again: wall s; node; back-off s)
     try:
         probe.wait(lambda: len(probe.ended()) >= 3, 300, "three episodes before the first kill")
         started_ended, started_stored = len(probe.ended()), _stored(work / "run")
@@ -88,7 +88,7 @@ def main() -> int:
             n = len(watch)
             probe.wait(lambda: len(watch) > n, 180, f"the graph to act again after killing {node}")
             recovery.append(time.monotonic() - killed)
-            restarts.append((killed_wall, time.time(), node, up.state()[node].get("last_backoff_s", 0.0)))
+            restart_windows.append((killed_wall, time.time(), node, up.state()[node].get("last_backoff_s", 0.0)))
             print(f"[soak] kill {results['kills']:2d}: {node:15s} recovered in {recovery[-1]:5.1f} s", flush=True)
         n = len(probe.ended())
         probe.wait(lambda: len(probe.ended()) >= n + 2, 240, "two clean episodes after the last kill")
@@ -101,7 +101,7 @@ def main() -> int:
     lost += _check_committed(work / "run", seen_rows)
     results.update({
         "committed_episodes_lost": lost,
-        "stalls": len(stalls := _stalls(probe, args.stall_s, restarts)), "stall_windows": stalls,
+        "stalls": len(stalls := _stalls(probe, args.stall_s, restart_windows)), "stall_windows": stalls,
         "stalls_outside_restarts": sum(1 for s in stalls if len(s) == 2),
         "non_finite_or_out_of_limit_actions": _unsafe_chunks(probe),
         "episodes_ended_during_soak": len(ended), "episodes_stored_during_soak": stored,
