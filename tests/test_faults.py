@@ -75,17 +75,23 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         _steered(probe)
         key = load_or_create_run_key(tmp_path / "run")
 
-        # 1. Noise with the current seq but huge values races the steering node: refused, base noise instead.
+        # 1. Noise with the current seq but huge values races the steering node. A stranger's (unsigned) is dropped
+        #    unread; this run's (a fault in its own steering node) is refused: base noise instead.
         answered = []
         noise_pub = probe.node.create_publisher(Noise, NOISE, qos()["decision"])
 
         def answer(obs):
             if not obs.final:
-                noise_pub.publish(Noise(seq=obs.seq, episode=obs.episode, actor_version=99, source=0,
-                                        noise=array.array("f", [1e30] * 40)))
+                for signed in (False, True):
+                    noise = Noise(seq=obs.seq, episode=obs.episode, actor_version=99, source=0,
+                                  noise=array.array("f", [1e30] * 40))
+                    if signed:
+                        sign(noise, key)
+                    noise_pub.publish(noise)
                 answered.append(obs.seq)
         obs_sub = probe.node.create_subscription(Observation, OBSERVATION, answer, qos()["decision"])
-        probe.wait(lambda: "refused noise" in up.log("policy") and len(answered) >= 5, 60, "refused noise")
+        probe.wait(lambda: "refused noise" in (log := up.log("policy")) and "noise.run_id: expected" in log
+                   and len(answered) >= 5, 60, "refused noise")
         probe.node.destroy_subscription(obs_sub)
 
         # 2. Actor weights: unsigned, signed but NaN / 1e30 / another architecture: none adopted.

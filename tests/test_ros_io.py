@@ -186,21 +186,33 @@ def test_a_refusal_is_logged_under_the_subscriptions_own_name_whichever_check_re
     assert seen == [3] and len(logger.lines) == 2
 
 
-@pytest.mark.parametrize("kind", ["ActionChunk", "ChunkResult"])
-def test_chunks_and_results_verify_after_the_wire_and_not_after_any_change(tmp_path, kind):
-    """The two decision messages the arm runs and the learner stores are signed by their publisher (policy node;
-    sim_robot / chunk executor). A signature must survive serialisation (a Python float in a float32 field reaches
-    the reader rounded) and must break when any field that matters changes."""
+@pytest.mark.parametrize("kind", ["Observation", "Noise", "ActionChunk", "ChunkResult"])
+def test_decision_messages_verify_after_the_wire_and_not_after_any_change(tmp_path, kind):
+    """The decision stream the arm runs and the learner stores is signed by its publishers (policy node, steering
+    node, sim_robot / chunk executor). A signature must survive serialisation (a Python float in a float32 field
+    reaches the reader rounded) and must break when any field that matters changes."""
     import copy
 
     from rclpy.serialization import deserialize_message, serialize_message
 
-    from dsrl_interfaces.msg import ActionChunk, ChunkResult
+    from sensor_msgs.msg import Image
+
+    from dsrl_interfaces.msg import ActionChunk, ChunkResult, Noise, Observation
     from dsrl_ros.core.run_identity import load_or_create_run_key
     from dsrl_ros.nodes.ros_io import check_signed, ns_stamp, sign
 
     key = load_or_create_run_key(tmp_path)
-    if kind == "ActionChunk":
+    if kind == "Observation":
+        msg = Observation(seq=12, episode=3, final=False, proprio=array.array("f", [0.1, 0.2]),
+                          image=Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(range(12))))
+        changes = {"seq": 13, "episode": 4, "final": True, "proprio": array.array("f", [0.1, 0.25]),
+                   "image": Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(range(1, 13)))}
+    elif kind == "Noise":
+        msg = Noise(seq=12, episode=3, actor_version=7, source=Noise.SOURCE_ACTOR,
+                    noise=array.array("f", [0.1, -0.2, 0.3]))
+        changes = {"seq": 13, "episode": 4, "actor_version": 8, "source": Noise.SOURCE_BASE,
+                   "noise": array.array("f", [0.1, -0.2, 0.35])}
+    elif kind == "ActionChunk":
         msg = ActionChunk(seq=12, episode=3, actor_version=7, noise_source=ActionChunk.SOURCE_ACTOR, chunk_len=2,
                           action_dim=2, execute_steps=2, noise=array.array("f", [0.1, -0.2, 0.3, 1.5]),
                           actions=array.array("f", [0.25, 0.0, -1.0, 0.5]))
@@ -222,7 +234,8 @@ def test_chunks_and_results_verify_after_the_wire_and_not_after_any_change(tmp_p
     sign(msg, key)
     received = deserialize_message(serialize_message(msg), type(msg))
     check_signed(received, key)                                        # verifies as the reader gets it
-    prefix = "action_chunk" if kind == "ActionChunk" else "chunk_result"
+    prefix = {"Observation": "observation", "Noise": "noise", "ActionChunk": "action_chunk",
+              "ChunkResult": "chunk_result"}[kind]
     for field, value in {**changes, "header.stamp": ns_stamp(1_700_000_000_123_456_790)}.items():
         forged = copy.deepcopy(received)
         if field == "header.stamp":

@@ -91,19 +91,27 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
     up = Up(tmp_path / "run")
     try:
         probe.wait(lambda: probe.running(), 180, "a running episode")
+        key = load_or_create_run_key(tmp_path / "run")    # what the nodes sign with: these are this run's own
         small = Image(width=32, height=32, encoding="rgb8", step=96, data=bytes(32 * 32 * 3))
         bgr = Image(width=84, height=84, encoding="bgr8", step=252, data=bytes(84 * 84 * 3))
         short = Image(width=84, height=84, encoding="rgb8", step=252, data=bytes(100))
         nan_joints = JointState(name=[f"joint{i}" for i in range(1, 8)] + ["gripper"], position=[float("nan")] * 8)
         bad_obs = Observation(seq=1, episode=10**6, image=small, proprio=array.array("f", [0.0] * 11))
+        sign(bad_obs, key)                                           # so its readers parse it
+        ok_image = Image(width=84, height=84, encoding="rgb8", step=252, data=bytes(84 * 84 * 3))
+        foreign_obs = Observation(seq=2, episode=10**6, image=ok_image, proprio=array.array("f", [0.0] * 11))
         bad_chunk = ActionChunk(seq=1, episode=10**6, chunk_len=8, action_dim=5, execute_steps=8,
                                 noise=array.array("f", [0.0] * 40), actions=array.array("f", [0.0] * 3))
-        sign(bad_chunk, load_or_create_run_key(tmp_path / "run"))   # this run's, so the sim parses it
+        sign(bad_chunk, key)                                         # so the sim parses it
         garbage = ActorWeights(version=10**6, config_json="{}", safetensors=b"\x80\x04 not safetensors")
         # A noise of the wrong length for the decision the policy node is waiting on (answered as it is asked).
         short_noise = probe.node.create_publisher(Noise, NOISE, qos()["decision"])
-        probe.node.create_subscription(Observation, OBSERVATION, lambda o: short_noise.publish(
-            Noise(seq=o.seq, episode=o.episode, noise=array.array("f", [0.0] * 7))), qos()["decision"])
+
+        def answer_short(o):
+            noise = Noise(seq=o.seq, episode=o.episode, noise=array.array("f", [0.0] * 7))
+            sign(noise, key)                                          # so the policy parses it
+            short_noise.publish(noise)
+        probe.node.create_subscription(Observation, OBSERVATION, answer_short, qos()["decision"])
         expected = {
             "policy": ["dropped a malformed message on /camera/color/image_raw (1 like it so far): image: expected "
                        "84x84, got 32x32", "image.encoding: expected 'rgb8', got 'bgr8'",
@@ -112,8 +120,10 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
                        "finite number, got nan", "refused noise (base policy's own noise used instead) on "
                        "/dsrl/noise", "noise.noise: expected 40 numbers, got 7"],
             "steering": ["dropped a malformed message on /dsrl/observation", "dropped actor weights (the actor in use "
-                         "stays) on /dsrl/actor_weights"],
-            "learner": ["dropped a malformed message on /dsrl/observation"],
+                         "stays) on /dsrl/actor_weights", f"observation.run_id: expected {key.run_id!r}"],
+            "learner": ["dropped a malformed message on /dsrl/observation",
+                        f"observation.run_id: expected {key.run_id!r}"],
+            "episode_manager": [f"observation.run_id: expected {key.run_id!r}"],   # another stack's: unread
             "sim_robot": ["dropped a malformed message on /dsrl/action_chunk", "action_chunk.actions: expected 40 "
                           "numbers, got 3"]}
 
@@ -121,7 +131,7 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
             return all(e in up.log(node) for node, lines in expected.items() for e in lines)
         probe.publish(Image, "/camera/color/image_raw", [small, bgr, short], "status", until=all_logged, seconds=60)
         probe.publish(JointState, "/joint_states", [nan_joints], "status", until=all_logged, seconds=30)
-        probe.publish(Observation, OBSERVATION, [bad_obs], "decision", until=all_logged, seconds=30)
+        probe.publish(Observation, OBSERVATION, [bad_obs, foreign_obs], "decision", until=all_logged, seconds=30)
         probe.publish(ActionChunk, ACTION_CHUNK, [bad_chunk], "decision", until=all_logged, seconds=30)
         probe.publish(ActorWeights, ACTOR_WEIGHTS, [garbage], "latched", until=all_logged, seconds=30)
         probe.wait(all_logged, 60, "every malformed message to be logged")
@@ -141,17 +151,26 @@ def test_kill_9_of_steering_falls_back_to_base_noise_and_the_restarted_node_gets
     from dsrl_ros.nodes.ros_io import ACTOR_WEIGHTS, qos
 
     from dsrl_interfaces.msg import Noise, Observation
-    from dsrl_ros.nodes.ros_io import NOISE, OBSERVATION
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import NOISE, OBSERVATION, sign
 
     published = []                                      # (receive time, version) of every actor the learner sends
     probe.node.create_subscription(ActorWeights, ACTOR_WEIGHTS, lambda m: published.append((time.time(), m.version)),
                                    qos()["decision"])
     # While steering is down, a late answer (0.3 s, past the 0.1 s deadline) to every decision: it must be ignored.
+    # Signed with the run's key (the key file is made here, before the nodes, which then share it): a late answer
+    # of this run's own steering node, not a foreign one (that would be dropped for its signature alone).
+    key = load_or_create_run_key(tmp_path / "run")
     late, late_pub = [], probe.node.create_publisher(Noise, NOISE, qos()["decision"])
     answer_late = [False]
-    probe.node.create_subscription(Observation, OBSERVATION, lambda o: answer_late[0] and not o.final and late.append(
-        (time.monotonic() + 0.3, Noise(seq=o.seq, episode=o.episode, actor_version=77, source=0,
-                                       noise=array.array("f", [0.5] * 40)))), qos()["decision"])
+
+    def answer(o):
+        if answer_late[0] and not o.final:
+            noise = Noise(seq=o.seq, episode=o.episode, actor_version=77, source=0, noise=array.array("f", [0.5] * 40))
+            noise.header.stamp = o.header.stamp
+            sign(noise, key)
+            late.append((time.monotonic() + 0.3, noise))
+    probe.node.create_subscription(Observation, OBSERVATION, answer, qos()["decision"])
 
     def send_due():
         while late and late[0][0] <= time.monotonic():

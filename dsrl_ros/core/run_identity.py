@@ -1,13 +1,15 @@
-"""Who may steer this robot: a per-run key that authenticates actor weights and episode events (no ROS import).
+"""Who may steer this robot: a per-run key that authenticates every message of ours (no ROS import).
 
 The pip ROS wheels have no DDS security (node creation fails with security enabled), so any process on the DDS
-domain can publish on any topic. Six messages change what the arm does or what the learner stores:
-`ActorWeights` (the steering actor), `EpisodeEvent` (episode start / end / outcome), `ActionChunk` (what the arm
-runs), `ChunkResult` (what it executed), `TeleopCommand` (the operator drives the arm) and `OperatorCommand`
-(start, label, abort, re-record, home). Their publishers (the learner, the episode manager, the policy node, the
-robot side, the teleop node and the console) sign them with HMAC-SHA256 under a key kept in the run directory
-(`run_key.json`, mode 0600); their readers drop what does not verify. Operator commands are also dropped when
-stale or repeated (`CommandGate`), so a recorded session replayed later cannot drive the arm.
+domain can publish on any topic. Every message of ours that changes what the arm does or what the learner stores
+is signed: `ActorWeights` (the steering actor), `EpisodeEvent` (episode start / end / outcome), the decision stream
+(`Observation`, `Noise`, `ActionChunk`: what the arm runs, `ChunkResult`: what it executed), `TeleopCommand` (the
+operator drives the arm) and `OperatorCommand` (start, label, abort, re-record). Their publishers (the learner,
+the episode manager, the policy and steering nodes, the robot side, the teleop node and the console) sign them
+with HMAC-SHA256 under a key kept in the run directory (`run_key.json`, mode 0600); their readers drop what does
+not verify. Only the robot's own sensor messages (camera, joint states: its drivers') are not ours to sign.
+Operator commands are also dropped when stale or repeated (`CommandGate`), so a recorded session replayed later
+cannot drive the arm.
 
 This protects against a second stack on the same domain, a replayed bag of another run, and a stray publisher
 that does not hold the key. It does not encrypt anything and does not stop a process that can read the run
@@ -104,9 +106,20 @@ ACTOR_WEIGHTS_KIND = "dsrl_interfaces/ActorWeights"
 EPISODE_EVENT_KIND = "dsrl_interfaces/EpisodeEvent"
 
 
-# The decision stream's two messages that move the arm or enter the replay (the policy node signs chunks; sim_robot
-# and the chunk executor sign results). Numbers as the wire carries them: float32 fields as their bytes, so the
-# publisher's Python float and the reader's float32 agree.
+# The decision stream, every message of which moves the arm or enters the replay: the policy node signs observations
+# and chunks, the steering node noise, sim_robot and the chunk executor results. Numbers as the wire carries them:
+# float32 fields as their bytes, so the publisher's Python float and the reader's float32 agree.
+def observation_fields(seq: int, episode: int, final: bool, stamp_ns: int, height: int, width: int, encoding: str,
+                       step: int, image_bytes: bytes, proprio_bytes: bytes) -> tuple:
+    return (int(seq), int(episode), int(bool(final)), int(stamp_ns), int(height), int(width), encoding, int(step),
+            hashlib.sha256(bytes(image_bytes)).hexdigest(), hashlib.sha256(bytes(proprio_bytes)).hexdigest())
+
+
+def noise_fields(seq: int, episode: int, actor_version: int, source: int, stamp_ns: int, noise_bytes: bytes) -> tuple:
+    return (int(seq), int(episode), int(actor_version), int(source), int(stamp_ns),
+            hashlib.sha256(bytes(noise_bytes)).hexdigest())
+
+
 def action_chunk_fields(seq: int, episode: int, actor_version: int, noise_source: int, chunk_len: int,
                         action_dim: int, execute_steps: int, stamp_ns: int, noise_bytes: bytes,
                         actions_bytes: bytes) -> tuple:
@@ -127,6 +140,8 @@ def chunk_result_fields(seq: int, episode: int, steps_executed: int, reward_byte
             int(steps_limited), ended_by)
 
 
+OBSERVATION_KIND = "dsrl_interfaces/Observation"
+NOISE_KIND = "dsrl_interfaces/Noise"
 ACTION_CHUNK_KIND = "dsrl_interfaces/ActionChunk"
 CHUNK_RESULT_KIND = "dsrl_interfaces/ChunkResult"
 

@@ -62,7 +62,7 @@ class EpisodeManagerNode(ConfiguredNode):
         self.create_subscription(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result,
                                                                     RATE_CAP_HZ["decision"], self.key), q["decision"])
         self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
-                                                                   RATE_CAP_HZ["decision"]), q["decision"])
+                                                                   RATE_CAP_HZ["decision"], self.key), q["decision"])
         self.learner_seen = float("-inf")       # monotonic time of the learner's last status
         self.create_subscription(LearnerStatus, LEARNER_STATUS, guarded(self.drop, LEARNER_STATUS, self._on_status,
                                                                         RATE_CAP_HZ["decision"]), q["status"])

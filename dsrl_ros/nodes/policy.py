@@ -168,6 +168,7 @@ class PolicyNode(ConfiguredNode):
                           proprio=float32_field(proprio))
         msg.header.stamp = ns_stamp(decision.stamp_ns)
         array_to_image(self.image, msg.header.stamp, "camera_color_optical_frame", msg.image)
+        sign(msg, self.key)
         self.obs_pub.publish(msg)
         if decision.final:
             return

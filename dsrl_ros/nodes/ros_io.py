@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 
 from dsrl_ros.core.run_identity import (ACTION_CHUNK_KIND, ACTOR_WEIGHTS_KIND, CHUNK_RESULT_KIND, EPISODE_EVENT_KIND,
-                                        OPERATOR_COMMAND_KIND, TELEOP_COMMAND_KIND, RunKey, action_chunk_fields,
-                                        actor_weights_fields, chunk_result_fields, episode_event_fields,
+                                        NOISE_KIND, OBSERVATION_KIND, OPERATOR_COMMAND_KIND, TELEOP_COMMAND_KIND,
+                                        RunKey, action_chunk_fields, actor_weights_fields, chunk_result_fields,
+                                        episode_event_fields, noise_fields, observation_fields,
                                         operator_command_fields, teleop_command_fields)
 from dsrl_ros.ros_env import (CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT, die_with_supervisor, note_stop_requests,
                               ros_environment, stop_requested)
@@ -229,6 +230,11 @@ _SIGNED = {
         m.sender, m.seq, stamp_ns(m.header.stamp), m.intervene, _float32_bytes(m.action))),
     "OperatorCommand": (OPERATOR_COMMAND_KIND, "operator_command", lambda m: operator_command_fields(
         m.sender, m.seq, stamp_ns(m.header.stamp), m.command)),
+    "Observation": (OBSERVATION_KIND, "observation", lambda m: observation_fields(
+        m.seq, m.episode, m.final, stamp_ns(m.header.stamp), m.image.height, m.image.width, m.image.encoding,
+        m.image.step, bytes(m.image.data), _float32_bytes(m.proprio))),
+    "Noise": (NOISE_KIND, "noise", lambda m: noise_fields(
+        m.seq, m.episode, m.actor_version, m.source, stamp_ns(m.header.stamp), _float32_bytes(m.noise))),
     "ActionChunk": (ACTION_CHUNK_KIND, "action_chunk", lambda m: action_chunk_fields(
         m.seq, m.episode, m.actor_version, m.noise_source, m.chunk_len, m.action_dim, m.execute_steps,
         stamp_ns(m.header.stamp), _float32_bytes(m.noise), _float32_bytes(m.actions))),
@@ -244,8 +250,8 @@ def _float32_bytes(field) -> bytes:
 
 
 def sign(msg, key: RunKey) -> None:
-    """Sets run_id and signature of a signed message type (EpisodeEvent, ActorWeights, ActionChunk, ChunkResult,
-    TeleopCommand, OperatorCommand) under this run's key. Call it last: a field set after it breaks the signature."""
+    """Sets run_id and signature of a signed message type (every type in `_SIGNED`) under this run's key. Call it
+    last: a field set after it breaks the signature."""
     kind, _, fields = _SIGNED[type(msg).__name__]
     msg.run_id = key.run_id
     msg.signature = array.array("B", key.sign(kind, *fields(msg)))

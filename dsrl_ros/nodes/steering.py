@@ -22,7 +22,7 @@ from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
 from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ,
-                                   float32_field, guarded, observation_arrays, qos, run_node)
+                                   float32_field, guarded, observation_arrays, qos, run_node, sign)
 
 
 class SteeringNode(ConfiguredNode):
@@ -39,7 +39,7 @@ class SteeringNode(ConfiguredNode):
         q = qos()
         self.noise_pub = self.create_publisher(Noise, NOISE, q["decision"])
         self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
-                                                                   RATE_CAP_HZ["decision"]), q["decision"])
+                                                                   RATE_CAP_HZ["decision"], self.key), q["decision"])
         self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(
             self.drop, ACTOR_WEIGHTS, self._on_weights, RATE_CAP_HZ["weights"], self.key,
             what="actor weights (the actor in use stays)"), q["latched"])
@@ -58,6 +58,7 @@ class SteeringNode(ConfiguredNode):
         out = Noise(seq=msg.seq, episode=msg.episode, actor_version=self.version, source=source,
                     noise=float32_field(noise))
         out.header.stamp = msg.header.stamp
+        sign(out, self.key)
         self.noise_pub.publish(out)
 
     def _on_weights(self, msg: ActorWeights) -> None:
