@@ -30,7 +30,7 @@ JOINTS = "sensor_msgs/msg/JointState"
 def noise_cdr(ts, i: int) -> bytes:
     T = ts.types
     msg = T[NOISE](T["std_msgs/msg/Header"](T["builtin_interfaces/msg/Time"](i, 7), "f"), i, 3, 1, 0,
-                   np.arange(40, dtype=np.float32) + i)
+                   np.arange(40, dtype=np.float32) + i, "run", np.arange(32, dtype=np.uint8))   # run_id, signature
     return bytes(ts.serialize_cdr(msg, NOISE))
 
 
