@@ -23,7 +23,7 @@ import yaml
 from mcap.writer import CompressionType, Writer as McapWriter
 
 from dsrl_ros.bags.typestore import ensure_type, make_typestore
-from dsrl_ros.core.durable import replace_durably
+from dsrl_ros.core.durable import write_atomic
 
 COMPRESSION = {"none": CompressionType.NONE, "lz4": CompressionType.LZ4, "zstd": CompressionType.ZSTD}
 METADATA_FILE = "metadata.yaml"
@@ -186,7 +186,6 @@ class BagWriter:
         }}
 
     def _write_metadata(self) -> None:
-        target = self.path / METADATA_FILE
-        tmp = target.with_name(f".{METADATA_FILE}.tmp")
-        tmp.write_text(yaml.safe_dump(self.metadata(), sort_keys=False))
-        replace_durably(tmp, target)     # the split it lists was fsynced when it closed
+        text = yaml.safe_dump(self.metadata(), sort_keys=False)
+        # Durable, and the splits it lists were fsynced when they closed.
+        write_atomic(self.path / METADATA_FILE, lambda tmp: Path(tmp).write_text(text))

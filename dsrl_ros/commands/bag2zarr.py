@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from dsrl_ros.config import check_policy_fits_config, load_config
     from dsrl_ros.core.checkpoint import read_config, resolve_checkpoint
     from dsrl_ros.core.chunk_replay import chunk_schema
-    from dsrl_ros.core.durable import fsync_files_and_parents, fsync_path
+    from dsrl_ros.core.durable import fsync_path, fsync_tree
     from dsrl_ros.core.episode_store import EpisodeStore
     from dsrl_ros.core.policy import PolicyConfig
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    fsync_files_and_parents([f for f in partial.rglob("*") if f.is_file()], partial)
+    fsync_tree(partial)
     partial.rename(out)
     fsync_path(out.absolute().parent)
     wall = time.perf_counter() - started

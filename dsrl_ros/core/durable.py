@@ -54,6 +54,11 @@ def fsync_files_and_parents(files: Iterable[str | Path], root: str | Path) -> No
         fsync_path(directory, missing_ok=True)
 
 
+def fsync_tree(root: str | Path) -> None:
+    """Every file under `root` and every directory holding one, `root` included (a store written unsynced)."""
+    fsync_files_and_parents([f for f in Path(root).rglob("*") if f.is_file()], root)
+
+
 def replace_durably(tmp: str | Path, path: str | Path) -> None:
     """os.replace(tmp, path) with tmp's bytes on disk before the rename and the rename on disk after it. A
     symlink's target name is part of the directory entry, which the directory's fsync covers."""

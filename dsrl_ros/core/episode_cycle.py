@@ -22,11 +22,10 @@ gone) is ended as ABORTED and the next one reset: any single node's crash costs 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsrl_ros.core.durable import replace_durably
+from dsrl_ros.core.durable import write_atomic
 
 RESETTING, RUNNING, ENDED = 0, 1, 2               # = EpisodeEvent.STATE_*
 NONE, SUCCESS, FAILURE, TIMEOUT, ABORTED = 0, 1, 2, 3, 4   # = EpisodeEvent.OUTCOME_*
@@ -100,10 +99,10 @@ class EpisodeCycle:
     def _persist(self) -> None:
         if self.state_path is None:
             return
-        tmp = self.state_path.with_name(f".{STATE_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps({"session": self.session, "episode": self.episode,
-                                   "state": STATE_NAMES[self.state], "finished": self.finished}))
-        replace_durably(tmp, self.state_path)   # episode numbers must not repeat, power cut or not
+        state = json.dumps({"session": self.session, "episode": self.episode, "state": STATE_NAMES[self.state],
+                            "finished": self.finished})
+        # Durable: episode numbers must not repeat, power cut or not.
+        write_atomic(self.state_path, lambda tmp: Path(tmp).write_text(state))
 
     def recover(self, now: float) -> list[Event]:
         """After a restart: an episode that was RUNNING when the manager died is ended as ABORTED."""

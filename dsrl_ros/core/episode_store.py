@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from dsrl_ros.core.durable import fsync_files_and_parents, fsync_path
+from dsrl_ros.core.durable import fsync_files_and_parents, fsync_path, fsync_tree
 
 Schema = dict[str, tuple[tuple[int, ...], str]]   # key -> (per-step shape, numpy dtype name)
 FORMAT = "dsrl_ros.episode_store/2"   # /2: counters in one "committed" attribute
@@ -114,7 +114,7 @@ class EpisodeStore:
         group.attrs.update({"format": FORMAT, "schema": {k: [list(s), d] for k, (s, d) in schema.items()},
                             "committed": [0, 0], "meta": {}})
         if durable:
-            fsync_files_and_parents([f for f in path.rglob("*") if f.is_file()], path)
+            fsync_tree(path)
             fsync_path(path.absolute().parent)
         return cls(group, path, writable=True, durable=durable)
 
