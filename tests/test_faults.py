@@ -186,6 +186,12 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
                               outcome=int(rng.integers(0, 5))) for _ in range(200)]
         assert probe.flood(EpisodeEvent, EPISODE, flood, "events", seconds=10, rate_hz=2000) > 15_000   # ~20 k in 10 s
         probe.wait(lambda: len(probe.ended()) >= ended_before + 2, 120, "episodes going on after the flood")
+        # The nodes drain the flood's backlog after it ends; step 5 starts once the policy node has acted in an
+        # episode that began after the flood (its event readers have caught up), so that it measures the noise
+        # flood, not the tail of this one (a RUNNING event lost under that tail once stalled an episode there).
+        first_after = max(e.episode for e in probe.running() if e.run_id == key.run_id) + 1   # ours, not forged
+        probe.wait(lambda: any(c.episode >= first_after for c in probe.chunks), 120,
+                   "the policy acting in an episode after the event flood")
         for node in ("policy", "learner"):
             assert "episode_event.signature" in up.log(node) or "episode_event.run_id" in up.log(node)
 
