@@ -170,9 +170,14 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
             if answered():
                 break
         assert answered(), up.log("sim_robot")[-5000:]
+        # The learner discovers a new publisher on its own (~0.35 s): the sim may have answered before the
+        # learner matched the probe's publisher, so the foreign chunk goes on until the learner has dropped it too.
+        learner_dropped = f"action_chunk.run_id: expected {key.run_id!r} (this run), got ''"
+        probe.publish(ActionChunk, ACTION_CHUNK, [foreign], "decision", seconds=30,
+                      until=lambda: learner_dropped in up.log("learner"))
+        assert learner_dropped in up.log("learner"), up.log("learner")[-3000:]          # dropped unread: not stored
         assert not any(r.seq in (3, 4) for r in probe.results)         # neither the stray nor the foreign chunk ran
         assert not re.search(r"chunk 4\b", up.log("sim_robot"))        # the foreign one was never even parsed
-        assert f"action_chunk.run_id: expected {key.run_id!r}" in up.log("learner")   # nor stored
 
         # 4. Forged episode events (an ENDED success for the running episode, then a flood of random ones):
         #    ignored by every reader, and the stack goes on making episodes.
