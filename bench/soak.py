@@ -17,7 +17,8 @@ Figures (the last stdout line is one JSON object):
                             learner a status message, after the restart)
   whole_episodes_checked    stored episodes re-simulated from their seed, bit for bit (none merged or halved)
   flood_result_rate_ratio   chunk results per second during 15 s of a wrong-seq noise flood (FLOOD_HZ messages
-                            per second from one publisher) / the 15 s before it
+                            per second from one publisher, carrying the run's run_id with a forged signature, so
+                            every one is read and dropped) / the 15 s before it
   damaged_replay, disk_full outcome of those cases ("ok" or what went wrong)
 
   MUJOCO_GL=egl .venv/bin/python bench/soak.py --kills 24 --seed 0
@@ -44,6 +45,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", "97")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from stack_harness import Probe, Up, assert_stored_episodes_are_whole  # noqa: E402
+
+from dsrl_ros.core.run_identity import load_or_create_run_key  # noqa: E402
 
 NODES = ("sim_robot", "episode_manager", "policy", "steering", "learner")
 FLOOD_HZ = 2000
@@ -92,7 +95,7 @@ def main() -> int:
             print(f"[soak] kill {results['kills']:2d}: {node:15s} recovered in {recovery[-1]:5.1f} s", flush=True)
         n = len(probe.ended())
         probe.wait(lambda: len(probe.ended()) >= n + 2, 240, "two clean episodes after the last kill")
-        results["flood_result_rate_ratio"] = _flood_ratio(probe)
+        results["flood_result_rate_ratio"] = _flood_ratio(probe, load_or_create_run_key(work / "run").run_id)
         lost += _check_committed(work / "run", seen_rows)
         ended = [e for e in probe.ended()[started_ended:]]
         stored = _stored(work / "run") - started_stored
@@ -118,7 +121,9 @@ def main() -> int:
     return 0
 
 
-def _flood_ratio(probe: Probe, seconds: float = 15.0) -> float:
+def _flood_ratio(probe: Probe, run_id: str, seconds: float = 15.0) -> float:
+    """The flood carries the run's (public) run_id, so it passes DDS's run filter and every message is read and
+    dropped by the signature check: the costly case (another run's messages never reach a node at all)."""
     import array
 
     from dsrl_interfaces.msg import Noise
@@ -126,7 +131,8 @@ def _flood_ratio(probe: Probe, seconds: float = 15.0) -> float:
 
     def rate(flood: bool) -> float:
         n, start = len(probe.results), time.monotonic()
-        junk = [Noise(seq=s, episode=1, noise=array.array("f", [0.0] * 40)) for s in range(1, 101)]
+        junk = [Noise(seq=s, episode=1, noise=array.array("f", [0.0] * 40), run_id=run_id,
+                      signature=array.array("B", bytes(32))) for s in range(1, 101)]
         if flood:
             probe.flood(Noise, NOISE, junk, "decision", seconds=seconds, rate_hz=FLOOD_HZ)
         else:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from dsrl_interfaces.msg import ChunkResult, EpisodeEvent, LearnerStatus
 from dsrl_ros.core.intervention import OPERATOR
 from dsrl_ros.core.run_identity import RunKey
-from dsrl_ros.nodes.ros_io import CHUNK_RESULT, EPISODE, LEARNER_STATUS, check_signed, outcome_name, qos, stamp_ns
+from dsrl_ros.nodes.ros_io import (CHUNK_RESULT, EPISODE, LEARNER_STATUS, check_signed, outcome_name, qos, run_filter,
+                                   stamp_ns)
 
 
 @dataclass
@@ -43,10 +44,12 @@ class StackMonitor:
         self._running: dict[int, int] = {}      # episode -> stamp (ns) of its RUNNING event
         # Transient local: a restarted episode manager's first events (the interrupted episode's end) may go out
         # before it has discovered this node; the writer's history delivers them once matched.
-        node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["events"])
+        node.create_subscription(EpisodeEvent, EPISODE, self._on_episode, q["events"],
+                                 content_filter_options=run_filter(EpisodeEvent, key))
         node.create_subscription(LearnerStatus, LEARNER_STATUS, self._on_status, q["status"])
         self.operator_steps: dict[int, int] = {}   # episode -> control steps the operator commanded
-        node.create_subscription(ChunkResult, CHUNK_RESULT, self._on_result, q["decision"])
+        node.create_subscription(ChunkResult, CHUNK_RESULT, self._on_result, q["decision"],
+                                 content_filter_options=run_filter(ChunkResult, key))
 
     def _on_result(self, msg: ChunkResult) -> None:
         try:

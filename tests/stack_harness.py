@@ -121,6 +121,8 @@ class Probe:
         self.chunks: list = []
         self.results: list = []
         self.status: list = []
+        self.key = None          # the run's key, once known: running() and ended() then count only its events
+        self._ours: dict[int, bool] = {}
         q = qos()
         # Transient local (the manager's history): events sent before this probe was matched arrive too.
         self.node.create_subscription(EpisodeEvent, EPISODE, self.events.append, q["events"])
@@ -134,15 +136,29 @@ class Probe:
     def wait(self, predicate, timeout_s: float, what: str):
         return wait_for(predicate, timeout_s, what, self.spin)
 
+    def is_ours(self, event) -> bool:
+        """Whether this run signed the event (always, until `key` is set); each event is checked once."""
+        from dsrl_ros.nodes.ros_io import check_signed
+
+        if self.key is None:
+            return True
+        if id(event) not in self._ours:
+            try:
+                check_signed(event, self.key)
+                self._ours[id(event)] = True
+            except ValueError:
+                self._ours[id(event)] = False
+        return self._ours[id(event)]
+
     def running(self) -> list:
         from dsrl_interfaces.msg import EpisodeEvent
 
-        return [e for e in self.events if e.state == EpisodeEvent.STATE_RUNNING]
+        return [e for e in self.events if e.state == EpisodeEvent.STATE_RUNNING and self.is_ours(e)]
 
     def ended(self) -> list:
         from dsrl_interfaces.msg import EpisodeEvent
 
-        return [e for e in self.events if e.state == EpisodeEvent.STATE_ENDED]
+        return [e for e in self.events if e.state == EpisodeEvent.STATE_ENDED and self.is_ours(e)]
 
     def publish(self, msg_type, topic: str, messages: list, profile: str, until=None, seconds: float = 1.5,
                 rounds_hz: float = 20.0):

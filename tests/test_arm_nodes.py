@@ -4,6 +4,7 @@ explicit reset, the watchdog holds when joint states or chunks stop."""
 
 from __future__ import annotations
 
+import array
 import os
 import subprocess
 import sys
@@ -105,8 +106,9 @@ class ArmProbe:
                   "the executor to subscribe to chunks and joint states to flow")
         self.spin(1.0)                                    # let discovery match the executor's publishers too
 
-    def send(self, actions: np.ndarray, episode: int = 1, signed: bool = True) -> int:
-        """signed=False: a chunk as another stack on the domain would send it."""
+    def send(self, actions: np.ndarray, episode: int = 1, signed: bool = True, copied_run_id: bool = False) -> int:
+        """signed=False: a chunk as another stack on the domain would send it; with copied_run_id, one that carries
+        this run's (public) run_id without its signature."""
         from dsrl_interfaces.msg import ActionChunk
         from dsrl_ros.nodes.ros_io import float32_field, ns_stamp, sign
 
@@ -118,6 +120,8 @@ class ArmProbe:
         msg.header.stamp = ns_stamp(time.time_ns())
         if signed:
             sign(msg, self.key)
+        elif copied_run_id:
+            msg.run_id, msg.signature = self.key.run_id, array.array("B", bytes(32))
         self.chunk_pub.publish(msg)
         return self.seq
 
@@ -173,8 +177,10 @@ def test_hostile_chunks_never_move_a_sim_joint_past_its_limits(tmp_path, backend
         before = probe.positions()[-1]
         probe.send(nan)
         foreign = probe.send(chunk([0, 0, 1, 0, 0]), signed=False)      # another stack's: within every limit
-        probe.spin(1.0)
-        assert probe.result(foreign) is None                             # never ran
+        forged = probe.send(chunk([0, 0, 1, 0, 0]), signed=False, copied_run_id=True)   # our run_id, not our key
+        probe.wait(lambda: "action_chunk.signature" in nodes.log("chunk_executor"), 10, "the forged chunk dropped")
+        probe.spin(0.5)
+        assert probe.result(foreign) is None and probe.result(forged) is None   # neither ran
         q = probe.positions(start)
         v = probe.velocities(start)
         assert nodes.procs["chunk_executor"].poll() is None              # no hostile chunk killed it
@@ -193,7 +199,9 @@ def test_hostile_chunks_never_move_a_sim_joint_past_its_limits(tmp_path, backend
     assert "joints.position_lower[joint4]" in log and "joints.position_upper[joint2]" in log
     assert "joints.velocity_limit[joint7]" in log and "action.high[dz]: 50 limited to 1" in log
     assert "expected finite numbers" in log                              # the NaN chunk: refused whole
-    assert "action_chunk.run_id: expected" in log                       # the foreign one: dropped unread
+    # Another run's chunk never even reaches the node (DDS's run filter, ros_io.run_filter): never read, never
+    # logged. The one with our run_id but no valid signature is read and dropped by the signature check.
+    assert "action_chunk.run_id" not in log and "action_chunk.signature: does not match this run's key" in log
     np.testing.assert_allclose(q[-1], before, atol=1e-3)                 # and nothing moved
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import subprocess
 import sys
 import time
@@ -124,6 +125,9 @@ def test_the_step_limit_ends_an_episode_as_a_timeout(manager):
     key = load_or_create_run_key(manager.run_dir)
     foreign = ChunkResult(seq=10**6, episode=episode, steps_executed=control.max_episode_steps)
     manager.result_pub.publish(foreign)                                 # another stack's: not counted
+    forged = ChunkResult(seq=10**6 + 1, episode=episode, steps_executed=control.max_episode_steps,
+                         run_id=key.run_id, signature=array.array("B", bytes(32)))
+    manager.result_pub.publish(forged)                                  # our run_id, not our key: nor this
     for seq in range(chunks):
         assert manager.events[-1].state == E.STATE_RUNNING              # not ended before the limit
         result = ChunkResult(seq=seq, episode=episode, steps_executed=control.execute_steps)

@@ -74,25 +74,30 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
     try:
         _steered(probe)
         key = load_or_create_run_key(tmp_path / "run")
+        probe.key = key                       # the probe counts this run's episode events only (step 4 forges some)
 
-        # 1. Noise with the current seq but huge values races the steering node. A stranger's (unsigned) is dropped
-        #    unread; this run's (a fault in its own steering node) is refused: base noise instead.
+        # 1. Noise with the current seq but huge values races the steering node. Another run's never reaches the
+        #    policy node (DDS's run filter, ros_io.run_filter); one with this run's public run_id but no valid
+        #    signature is dropped unread; this run's own (a fault in its steering node) is refused: base noise.
         answered = []
         noise_pub = probe.node.create_publisher(Noise, NOISE, qos()["decision"])
 
         def answer(obs):
             if not obs.final:
-                for signed in (False, True):
+                for sender in ("another run", "copied run_id", "this run"):
                     noise = Noise(seq=obs.seq, episode=obs.episode, actor_version=99, source=0,
                                   noise=array.array("f", [1e30] * 40))
-                    if signed:
+                    if sender == "this run":
                         sign(noise, key)
+                    elif sender == "copied run_id":
+                        noise.run_id, noise.signature = key.run_id, array.array("B", bytes(32))
                     noise_pub.publish(noise)
                 answered.append(obs.seq)
         obs_sub = probe.node.create_subscription(Observation, OBSERVATION, answer, qos()["decision"])
-        probe.wait(lambda: "refused noise" in (log := up.log("policy")) and "noise.run_id: expected" in log
+        probe.wait(lambda: "refused noise" in (log := up.log("policy")) and "noise.signature: does not match" in log
                    and len(answered) >= 5, 60, "refused noise")
         probe.node.destroy_subscription(obs_sub)
+        assert "noise.run_id" not in up.log("policy")                  # another run's: never even read
 
         # 2. Actor weights: unsigned, signed but NaN / 1e30 / another architecture: none adopted.
         good = _actor_payload(FAST)
@@ -122,20 +127,21 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         forged.append(("architecture", msg))
         for label, msg in forged:
             probe.publish(ActorWeights, ACTOR_WEIGHTS, [msg], "latched", seconds=1.0)
-        refusals = [f"actor_weights.run_id: expected {key.run_id!r} (this run), got ''",
-                    "actor_weights.signature: does not match this run's key",
+        refusals = ["actor_weights.signature: does not match this run's key",
                     "expected finite values, got NaN or inf", "expected |values| <= 10000",
                     "agent.hidden_dim: expected 32", "actor_weights.version: expected > "]
         log = probe.wait(lambda: all(r in (text := up.log("steering")) for r in refusals) and text, 60,
                          f"the steering node to refuse every forged actor: {refusals}")
         assert " version 100000" not in log.replace("stays version", "")   # no forged version ever in use
+        assert "actor_weights.run_id" not in log                          # the unsigned one: never even read
         # ... and the learner's next real version is still adopted afterwards.
         adopted_before = log.count(" in use (")
         probe.wait(lambda: up.log("steering").count(" in use (") > adopted_before, 120,
                    "the learner's next version to be adopted")
 
-        # 3. Chunks. One from another stack (unsigned, naming the running episode, well within the limits) is
-        #    dropped unread: it never runs. Signed with this run's key (a fault in our own policy node): one for
+        # 3. Chunks. One from another stack (unsigned, naming the running episode, well within the limits) never
+        #    reaches a node; one with this run's run_id but no valid signature is dropped unread by the sim and the
+        #    learner: neither runs, neither is stored. Signed with this run's key (a fault in our own policy node): one for
         #    another episode is refused; one naming the running episode is held to the robot config's action
         #    limits by the sim itself (and its result, filed under that episode, keeps the episode out of the
         #    replay: the check at the end); a NaN chunk is dropped.
@@ -143,8 +149,9 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         # four go again for the next episode until the sim has answered each as below. Episodes last ~1 s here,
         # so the refusal of a stray chunk may name a later running episode than the one it was made for, and the
         # sim logs only the first refusal per running episode (DropLog): any try's stray chunk refused counts.
+        forged_dropped = "action_chunk.signature: does not match this run's key"
         expected = ["clipped to action limits: dx 1e+06 > 0.5", "actions: expected finite values, got NaN or inf",
-                    f"action_chunk.run_id: expected {key.run_id!r} (this run), got ''"]
+                    forged_dropped]
         stray_episodes: set[int] = set()        # one per try: the episode number the stray chunk names
 
         def answered() -> bool:
@@ -152,59 +159,66 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
             refused = {int(e) for e in re.findall(r"expected the running episode \(\d+\), got (\d+) \(chunk 3\)", log)}
             return bool(refused & stray_episodes) and all(e in log for e in expected)
 
-        def chunk(seq: int, episode: int, actions: list[float], signed: bool = True):
+        def chunk(seq: int, episode: int, actions: list[float], signed: bool = True, copied_run_id: bool = False):
             msg = ActionChunk(seq=seq, episode=episode, chunk_len=8, action_dim=5, execute_steps=8,
                               noise=array.array("f", [0.0] * 40), actions=array.array("f", actions))
             if signed:
                 sign(msg, key)
+            elif copied_run_id:
+                msg.run_id, msg.signature = key.run_id, array.array("B", bytes(32))
             return msg
         for _ in range(6):
             episode = _mid_episode(probe)
             foreign = chunk(4, episode, [0.2, 0, 0, 0, 0] * 8, signed=False)
+            forged = chunk(0, episode, [0.2, 0, 0, 0, 0] * 8, signed=False, copied_run_id=True)
             stray = chunk(3, episode + 1000, [0.2, 0, 0, 0, 0] * 8)
             big = chunk(1, episode, [1e6, 0, 0, 0, 0] * 8)
             nan = chunk(2, episode, [float("nan")] * 40)
             stray_episodes.add(episode + 1000)
-            probe.publish(ActionChunk, ACTION_CHUNK, [foreign, stray, big, nan], "decision", seconds=10,
+            probe.publish(ActionChunk, ACTION_CHUNK, [foreign, forged, stray, big, nan], "decision", seconds=10,
                           until=answered)
             if answered():
                 break
         assert answered(), up.log("sim_robot")[-5000:]
         # The learner discovers a new publisher on its own (~0.35 s): the sim may have answered before the
-        # learner matched the probe's publisher, so the foreign chunk goes on until the learner has dropped it too.
-        learner_dropped = f"action_chunk.run_id: expected {key.run_id!r} (this run), got ''"
-        probe.publish(ActionChunk, ACTION_CHUNK, [foreign], "decision", seconds=30,
-                      until=lambda: learner_dropped in up.log("learner"))
-        assert learner_dropped in up.log("learner"), up.log("learner")[-3000:]          # dropped unread: not stored
-        assert not any(r.seq in (3, 4) for r in probe.results)         # neither the stray nor the foreign chunk ran
-        assert not re.search(r"chunk 4\b", up.log("sim_robot"))        # the foreign one was never even parsed
+        # learner matched the probe's publisher, so the two go on until the learner has dropped the forged one too.
+        probe.publish(ActionChunk, ACTION_CHUNK, [foreign, forged], "decision", seconds=30,
+                      until=lambda: forged_dropped in up.log("learner"))
+        assert forged_dropped in up.log("learner"), up.log("learner")[-3000:]            # dropped unread: not stored
+        assert not any(r.seq in (0, 3, 4) for r in probe.results)      # the stray, forged, foreign chunks never ran
+        assert not re.search(r"chunk [04]\b", up.log("sim_robot"))     # the forged and foreign were never parsed
+        for node in ("sim_robot", "learner"):                          # another run's never reached a node
+            assert "action_chunk.run_id" not in up.log(node)
 
-        # 4. Forged episode events (an ENDED success for the running episode, then a flood of random ones):
-        #    ignored by every reader, and the stack goes on making episodes.
+        # 4. Forged episode events (an ENDED success for the running episode, then a flood of random ones, half
+        #    another run's, half with this run's public run_id but no valid signature): ignored by every reader,
+        #    and the stack goes on making episodes.
         episode = _mid_episode(probe)
-        fake_end = EpisodeEvent(episode=episode, state=EpisodeEvent.STATE_ENDED,
-                                outcome=EpisodeEvent.OUTCOME_SUCCESS, chunks=1, steps=8)
+        fake_end = EpisodeEvent(episode=episode, state=EpisodeEvent.STATE_ENDED, outcome=EpisodeEvent.OUTCOME_SUCCESS,
+                                chunks=1, steps=8, run_id=key.run_id, signature=array.array("B", bytes(32)))
         probe.publish(EpisodeEvent, EPISODE, [fake_end], "events", seconds=1.0)
         rng = np.random.default_rng(0)
         ended_before = len(probe.ended())
         flood = [EpisodeEvent(episode=int(rng.integers(0, 10**6)), state=int(rng.integers(0, 3)),
-                              outcome=int(rng.integers(0, 5))) for _ in range(200)]
+                              outcome=int(rng.integers(0, 5)), run_id=key.run_id if i % 2 else "",
+                              signature=array.array("B", rng.bytes(32) if i % 2 else b"")) for i in range(200)]
         assert probe.flood(EpisodeEvent, EPISODE, flood, "events", seconds=10, rate_hz=2000) > 15_000   # ~20 k in 10 s
         probe.wait(lambda: len(probe.ended()) >= ended_before + 2, 120, "episodes going on after the flood")
         # The nodes drain the flood's backlog after it ends; step 5 starts once the policy node has acted in an
         # episode that began after the flood (its event readers have caught up), so that it measures the noise
         # flood, not the tail of this one (a RUNNING event lost under that tail once stalled an episode there).
-        first_after = max(e.episode for e in probe.running() if e.run_id == key.run_id) + 1   # ours, not forged
+        first_after = max(e.episode for e in probe.running()) + 1             # ours (signed), not forged
         probe.wait(lambda: any(c.episode >= first_after for c in probe.chunks), 120,
                    "the policy acting in an episode after the event flood")
-        for node in ("policy", "learner"):
-            assert "episode_event.signature" in up.log(node) or "episode_event.run_id" in up.log(node)
+        for node in ("policy", "learner"):              # read and dropped; another run's never even read
+            assert "episode_event.signature" in up.log(node) and "episode_event.run_id" not in up.log(node)
 
         # 5. A flood of noise for decisions nobody asked about (~1000 messages/s, a hundred times the graph's own
         #    rate; the flooding process itself shares the test machine's cores): control goes on.
         #    Counted by the executor's stamps on its results, after the probe has read every result up to the
         #    flood's end: the probe's own busy publishing loop must not read as a stalled graph.
-        junk = [Noise(seq=int(s), episode=1, noise=array.array("f", [0.0] * 40)) for s in rng.integers(1, 10**9, 100)]
+        junk = [Noise(seq=int(s), episode=1, noise=array.array("f", [0.0] * 40), run_id=key.run_id,   # past the
+                      signature=array.array("B", rng.bytes(32))) for s in rng.integers(1, 10**9, 100)]  # run filter
         flood_start_ns = time.time_ns()
         probe.flood(Noise, NOISE, junk, "decision", seconds=10, rate_hz=1000)
         flood_end_ns = time.time_ns()

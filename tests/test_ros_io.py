@@ -154,6 +154,28 @@ def test_a_flood_of_forged_signed_messages_never_crowds_out_the_runs_own(tmp_pat
     assert seen == [own, 0, 1, 2, 3, 4]
 
 
+def test_the_run_filter_admits_this_runs_signed_types_only():
+    """What `ros_io.subscribe` hands DDS (the flood it stops: tests/test_ros_roundtrip.py): a filter on run_id for
+    every signed type, none for unsigned types or without a key, and one clear error for a run_id that cannot be
+    quoted in the filter's SQL."""
+    from dsrl_interfaces.msg import ActionChunk, EpisodeEvent, LearnerStatus
+    from sensor_msgs.msg import Image
+
+    from dsrl_ros.core.run_identity import RunKey
+    from dsrl_ros.nodes.ros_io import _SIGNED, run_filter
+
+    key = RunKey("3f9a_c0-de", bytes(32))
+    for msg_type in (EpisodeEvent, ActionChunk):
+        f = run_filter(msg_type, key)
+        assert (f.filter_expression, f.expression_parameters) == ("run_id = %0", ["'3f9a_c0-de'"])
+    assert len(_SIGNED) == 8
+    assert run_filter(LearnerStatus, key) is None and run_filter(Image, key) is None
+    assert run_filter(EpisodeEvent, None) is None
+    with pytest.raises(ValueError) as err:
+        run_filter(EpisodeEvent, RunKey("x' OR '1'='1", bytes(32)))
+    assert str(err.value) == "run_id: expected letters, digits, '_' or '-', got \"x' OR '1'='1\""
+
+
 def test_a_refusal_is_logged_under_the_subscriptions_own_name_whichever_check_refused(tmp_path):
     """The steering node names dropped weights 'actor weights (the actor in use stays)': a forged signature
     (refused by `guarded`) and a stale version (refused by the handler) both must say so; the signature check

@@ -100,10 +100,13 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
         sign(bad_obs, key)                                           # so its readers parse it
         ok_image = Image(width=84, height=84, encoding="rgb8", step=252, data=bytes(84 * 84 * 3))
         foreign_obs = Observation(seq=2, episode=10**6, image=ok_image, proprio=array.array("f", [0.0] * 11))
+        forged_obs = Observation(seq=3, episode=10**6, image=ok_image, proprio=array.array("f", [0.0] * 11),
+                                 run_id=key.run_id, signature=array.array("B", bytes(32)))   # our run_id, no key
         bad_chunk = ActionChunk(seq=1, episode=10**6, chunk_len=8, action_dim=5, execute_steps=8,
                                 noise=array.array("f", [0.0] * 40), actions=array.array("f", [0.0] * 3))
         sign(bad_chunk, key)                                         # so the sim parses it
         garbage = ActorWeights(version=10**6, config_json="{}", safetensors=b"\x80\x04 not safetensors")
+        sign(garbage, key)                                           # so the steering node parses it
         # A noise of the wrong length for the decision the policy node is waiting on (answered as it is asked).
         short_noise = probe.node.create_publisher(Noise, NOISE, qos()["decision"])
 
@@ -120,10 +123,10 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
                        "finite number, got nan", "refused noise (base policy's own noise used instead) on "
                        "/dsrl/noise", "noise.noise: expected 40 numbers, got 7"],
             "steering": ["dropped a malformed message on /dsrl/observation", "dropped actor weights (the actor in use "
-                         "stays) on /dsrl/actor_weights", f"observation.run_id: expected {key.run_id!r}"],
+                         "stays) on /dsrl/actor_weights", "observation.signature: does not match this run's key"],
             "learner": ["dropped a malformed message on /dsrl/observation",
-                        f"observation.run_id: expected {key.run_id!r}"],
-            "episode_manager": [f"observation.run_id: expected {key.run_id!r}"],   # another stack's: unread
+                        "observation.signature: does not match this run's key"],
+            "episode_manager": ["observation.signature: does not match this run's key"],   # dropped unread
             "sim_robot": ["dropped a malformed message on /dsrl/action_chunk", "action_chunk.actions: expected 40 "
                           "numbers, got 3"]}
 
@@ -131,13 +134,17 @@ def test_malformed_messages_are_logged_and_dropped_and_no_node_dies(tmp_path, pr
             return all(e in up.log(node) for node, lines in expected.items() for e in lines)
         probe.publish(Image, "/camera/color/image_raw", [small, bgr, short], "status", until=all_logged, seconds=60)
         probe.publish(JointState, "/joint_states", [nan_joints], "status", until=all_logged, seconds=30)
-        probe.publish(Observation, OBSERVATION, [bad_obs, foreign_obs], "decision", until=all_logged, seconds=30)
+        probe.publish(Observation, OBSERVATION, [foreign_obs, bad_obs, forged_obs], "decision", until=all_logged,
+                      seconds=30)
         probe.publish(ActionChunk, ACTION_CHUNK, [bad_chunk], "decision", until=all_logged, seconds=30)
         probe.publish(ActorWeights, ACTOR_WEIGHTS, [garbage], "latched", until=all_logged, seconds=30)
         probe.wait(all_logged, 60, "every malformed message to be logged")
         missing = {node: [e for e in lines if e not in up.log(node)] for node, lines in expected.items()}
         assert not any(missing.values()), missing
         assert " 1000000 in use" not in up.log("steering")
+        # Another stack's observation (published with the forged one, by the same writer) never reached a node:
+        # DDS's run filter (ros_io.run_filter) keeps it out of their queues.
+        assert not any("observation.run_id" in up.log(node) for node in ("steering", "learner", "episode_manager"))
         assert all(s["state"] == "running" and s["restarts"] == 0 for s in up.state().values()), up.state()
         before = len(probe.chunks)
         probe.wait(lambda: len(probe.chunks) > before + 3, 60, "the stack to keep acting")

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from dsrl_ros.core.run_identity import load_or_create_run_key
     from dsrl_ros.core.teleop_input import KeyMapper
     from dsrl_ros.nodes.operator_io import OperatorSender
-    from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, check_signed, qos
+    from dsrl_ros.nodes.ros_io import EPISODE, LEARNER_STATUS, check_signed, qos, run_filter
 
     rclpy.init()
     node = rclpy.create_node("console")
@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         status.actor_version, status.updates = msg.actor_version, msg.num_updates
         status.updates_per_s, status.stored = msg.updates_per_s, msg.episodes
 
-    node.create_subscription(EpisodeEvent, EPISODE, on_event, qos()["events"])
+    node.create_subscription(EpisodeEvent, EPISODE, on_event, qos()["events"],
+                             content_filter_options=run_filter(EpisodeEvent, key))
     node.create_subscription(LearnerStatus, LEARNER_STATUS, on_status, qos()["status"])
     sender = OperatorSender(node, key, "console")
     t = config.teleop

@@ -46,8 +46,8 @@ from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes import arm_io
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import accept, action_array
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, TELEOP_COMMAND, check_signed,
-                                   guarded, qos, run_node, sign, stamp_ns)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, TELEOP_COMMAND, check_signed, qos, run_node,
+                                   sign, stamp_ns, subscribe)
 
 COMMAND_TYPES = {"joint_trajectory": JointTrajectory, "forward_position": Float64MultiArray,
                  "cartesian_pose": PoseStamped, "cartesian_twist": TwistStamped}
@@ -76,8 +76,7 @@ class ChunkExecutorNode(ConfiguredNode):
         self.abort_client = self.create_client(Trigger, arm_io.EPISODE_ABORT_SERVICE)
 
         def sub(msg_type, topic, handler, role, profile):
-            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role],
-                                                                    key=self.key), q[profile])
+            subscribe(self, msg_type, topic, handler, role, profile, self.key)
         self.sub = sub
         sub(String, e.robot_description_topic, self._on_description, "event", "latched")
         sub(JointState, c.proprio.joint_states_topic, self._on_joints, "sensor", "sensor")

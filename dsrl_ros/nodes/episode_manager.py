@@ -34,8 +34,8 @@ from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import COMMAND_NAMES, accept
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, LEARNER_STATUS,
-                                   OBSERVATION, OPERATOR_COMMAND, RATE_CAP_HZ, SIM_RESET_SERVICE, guarded,
-                                   outcome_name, qos, run_node, sign)
+                                   OBSERVATION, OPERATOR_COMMAND, SIM_RESET_SERVICE, outcome_name, qos, run_node, sign,
+                                   subscribe)
 from dsrl_ros.ros_env import SESSION_ENV
 
 # The learner's 1 Hz status is its heartbeat: a learner killed with SIGKILL stays in the DDS graph until its
@@ -59,16 +59,12 @@ class EpisodeManagerNode(ConfiguredNode):
                                   c.learner.run_dir, os.environ.get(SESSION_ENV, ""))
         q = qos()
         self.event_pub = self.create_publisher(EpisodeEvent, EPISODE, q["events"])
-        self.create_subscription(ChunkResult, CHUNK_RESULT, guarded(self.drop, CHUNK_RESULT, self._on_result,
-                                                                    RATE_CAP_HZ["decision"], self.key), q["decision"])
-        self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
-                                                                   RATE_CAP_HZ["decision"], self.key), q["decision"])
+        subscribe(self, ChunkResult, CHUNK_RESULT, self._on_result, "decision", "decision", self.key)
+        subscribe(self, Observation, OBSERVATION, self._on_observation, "decision", "decision", self.key)
         self.learner_seen = float("-inf")       # monotonic time of the learner's last status
-        self.create_subscription(LearnerStatus, LEARNER_STATUS, guarded(self.drop, LEARNER_STATUS, self._on_status,
-                                                                        RATE_CAP_HZ["decision"]), q["status"])
+        subscribe(self, LearnerStatus, LEARNER_STATUS, self._on_status, "decision", "status")
         self.gate = CommandGate(int(c.teleop.command_max_age_s * 1e9))
-        on_command = guarded(self.drop, OPERATOR_COMMAND, self._on_command, RATE_CAP_HZ["event"], self.key)
-        self.create_subscription(OperatorCommand, OPERATOR_COMMAND, on_command, q["decision"])
+        subscribe(self, OperatorCommand, OPERATOR_COMMAND, self._on_command, "event", "decision", self.key)
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(SetBool, "~/label", self._on_label)
         self.create_service(Trigger, "~/abort", self._on_abort)

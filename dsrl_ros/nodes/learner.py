@@ -28,8 +28,8 @@ from dsrl_ros.core.steering import PolicySteering
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, ACTOR_WEIGHTS, CHUNK_RESULT, EPISODE, LEARNER_STATUS, OBSERVATION,
-                                   RATE_CAP_HZ, check_signed, float32_array, guarded, observation_arrays,
-                                   outcome_name, qos, run_node, sign)
+                                   check_signed, float32_array, observation_arrays, outcome_name, qos, run_node, sign,
+                                   subscribe)
 
 
 class LearnerNode(ConfiguredNode):
@@ -52,8 +52,7 @@ class LearnerNode(ConfiguredNode):
                                         takeover_penalty=lc.takeover_penalty)
 
         def sub(msg_type, topic, handler, role):
-            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role],
-                                                                    key=self.key), q["decision"])
+            subscribe(self, msg_type, topic, handler, role, "decision", self.key)
         sub(Observation, OBSERVATION, self._on_observation, "decision")
         sub(ActionChunk, ACTION_CHUNK, self._on_chunk, "decision")
         sub(ChunkResult, CHUNK_RESULT, self._on_result, "decision")

@@ -32,8 +32,8 @@ from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
 from dsrl_ros.policies.remote import PolicyUnavailable
 from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, DISCOVERY_SETTLE_S, EPISODE, NOISE, OBSERVATION,
-                                   RATE_CAP_HZ, array_to_image, check_signed, float32_array, float32_field, guarded,
-                                   image_to_array, joint_positions, ns_stamp, qos, run_node, sign, stamp_ns)
+                                   array_to_image, check_signed, float32_array, float32_field, image_to_array,
+                                   joint_positions, ns_stamp, qos, run_node, sign, stamp_ns, subscribe)
 
 class PolicyNode(ConfiguredNode):
     def __init__(self):
@@ -69,8 +69,7 @@ class PolicyNode(ConfiguredNode):
         self.first_decision_at = time.monotonic() + DISCOVERY_SETTLE_S
 
         def sub(msg_type, topic, handler, role, profile):
-            self.create_subscription(msg_type, topic, guarded(self.drop, topic, handler, RATE_CAP_HZ[role],
-                                                                    key=self.key), q[profile])
+            subscribe(self, msg_type, topic, handler, role, profile, self.key)
         sub(Image, c.camera.topic, self._on_image, "sensor", "sensor")
         sub(JointState, c.proprio.joint_states_topic, self._on_joints, "sensor", "sensor")
         if c.proprio.ee_pose_topic:

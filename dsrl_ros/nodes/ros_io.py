@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import errno
 import os
+import re
 import sys
 import time
 from typing import Callable
@@ -255,6 +256,34 @@ def sign(msg, key: RunKey) -> None:
     kind, _, fields = _SIGNED[type(msg).__name__]
     msg.run_id = key.run_id
     msg.signature = array.array("B", key.sign(kind, *fields(msg)))
+
+
+def run_filter(msg_type, key: RunKey | None):
+    """A DDS content filter that lets only this run's messages of a signed type into a reader (None: unsigned type
+    or no key). Fast DDS applies it before the reader's history (writer side when the writer knows it), so another
+    run's traffic on the domain (another stack, a replayed bag) never takes a slot of the KEEP_LAST queue where it
+    could push out one of ours before the node reads it. A run_id is no secret: the signature check still decides
+    what is this run's. An RMW without content filters (Cyclone DDS) delivers everything; nothing else changes."""
+    if key is None or msg_type.__name__ not in _SIGNED:
+        return None
+    from rclpy.subscription_content_filter_options import ContentFilterOptions
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", key.run_id):      # it goes into the filter's SQL as a quoted literal
+        raise ValueError(f"run_id: expected letters, digits, '_' or '-', got {key.run_id!r}")
+    return ContentFilterOptions("run_id = %0", [f"'{key.run_id}'"])
+
+
+def subscribe(node, msg_type, topic: str, handler: Callable, role: str, profile: str, key: RunKey | None = None,
+              what: str = "a malformed message"):
+    """The one way a node subscribes: `guarded` (signature, input rate cap of `role`, malformed messages logged and
+    dropped) behind this run's content filter (`run_filter`), with the QoS profile named `profile`."""
+    only_ours = run_filter(msg_type, key)
+    sub = node.create_subscription(msg_type, topic, guarded(node.drop, topic, handler, RATE_CAP_HZ[role], key, what),
+                                   qos()[profile], content_filter_options=only_ours)
+    if only_ours is not None and not sub.is_cft_enabled:
+        node.get_logger().warning(f"{topic}: this RMW has no content filters; other runs' messages are read, then "
+                                  "dropped by the signature check")
+    return sub
 
 
 def check_signed(msg, key: RunKey) -> None:

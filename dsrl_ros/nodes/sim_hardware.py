@@ -28,8 +28,7 @@ from trajectory_msgs.msg import JointTrajectory
 from dsrl_ros.arm.kinematics import ArmKinematics, Pose
 from dsrl_ros.nodes import arm_io
 from dsrl_ros.nodes.base import ConfiguredNode
-from dsrl_ros.nodes.ros_io import (RATE_CAP_HZ, SIM_RESET_SERVICE, array_to_image, guarded, ns_stamp, qos, run_node,
-                                   stamp_ns)
+from dsrl_ros.nodes.ros_io import (SIM_RESET_SERVICE, array_to_image, ns_stamp, qos, run_node, stamp_ns, subscribe)
 from dsrl_ros.sim_hw.controllers import CartesianPose, CartesianTwist, ForwardPosition, TrajectoryFollower
 from dsrl_ros.sim_hw.urdf import TIP_LINK, sim_arm_urdf
 
@@ -68,12 +67,9 @@ class SimHardwareNode(ConfiguredNode):
         self.create_publisher(String, e.robot_description_topic, q["latched"]).publish(String(data=self.urdf))
         types = {"joint_trajectory": JointTrajectory, "forward_position": Float64MultiArray,
                  "cartesian_pose": PoseStamped, "cartesian_twist": TwistStamped}
-        self.create_subscription(types[e.backend], e.topic, guarded(self.drop, e.topic, self._on_command,
-                                                                    RATE_CAP_HZ["sensor"]), q["status"])
+        subscribe(self, types[e.backend], e.topic, self._on_command, "sensor", "status")
         if e.gripper_mode == "topic":
-            self.create_subscription(Float64MultiArray, e.gripper_topic,
-                                     guarded(self.drop, e.gripper_topic, self._on_gripper, RATE_CAP_HZ["sensor"]),
-                                     q["status"])
+            subscribe(self, Float64MultiArray, e.gripper_topic, self._on_gripper, "sensor", "status")
         self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
         self.rate_hz = e.controller_rate_hz
         self.camera_every = max(1, round(e.controller_rate_hz / c.control.rate_hz))

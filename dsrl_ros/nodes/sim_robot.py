@@ -47,9 +47,9 @@ from dsrl_ros.core.intervention import END_TELEOP_LOST, LOST, OPERATOR, Operator
 from dsrl_ros.core.run_identity import CommandGate, load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import accept, action_array
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, RATE_CAP_HZ, SIM_EXPERT_STATE,
-                                   SIM_RESET_SERVICE, TELEOP_COMMAND, array_to_image, check_signed, float32_array,
-                                   float32_field, guarded, qos, run_node, sign)
+from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, CHUNK_RESULT, EPISODE, SIM_EXPERT_STATE, SIM_RESET_SERVICE,
+                                   TELEOP_COMMAND, array_to_image, check_signed, float32_array, float32_field, qos,
+                                   run_node, sign, subscribe)
 
 GRIPPER_JOINT = "gripper"
 
@@ -85,17 +85,14 @@ class SimRobotNode(ConfiguredNode):
         self.events_seen = False                     # ... once there was one (else every chunk is taken)
         # Subscribed before the chunks: when an episode's start and its first chunk wait together, the executor
         # takes them in this order.
-        self.create_subscription(EpisodeEvent, EPISODE, guarded(self.drop, EPISODE, self._on_episode,
-                                                                RATE_CAP_HZ["event"], self.key), q["events"])
-        self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
-                                                                    RATE_CAP_HZ["decision"], self.key), q["decision"])
+        subscribe(self, EpisodeEvent, EPISODE, self._on_episode, "event", "events", self.key)
+        subscribe(self, ActionChunk, ACTION_CHUNK, self._on_chunk, "decision", "decision", self.key)
         self.low, self.high = np.array(c.action.low, np.float32), np.array(c.action.high, np.float32)
         self.limit_hits_logged: set[str] = set()     # action dimensions whose limit hit was logged this episode
         self.create_service(Trigger, SIM_RESET_SERVICE, self._on_reset)
         self.gate = CommandGate(int(c.teleop.command_max_age_s * 1e9))
         self.operator = OperatorStream(int(c.teleop.max_age_s * 1e9), self.low, self.high)
-        self.create_subscription(TeleopCommand, TELEOP_COMMAND, guarded(self.drop, TELEOP_COMMAND, self._on_teleop,
-                                                                        RATE_CAP_HZ["teleop"], self.key), q["decision"])
+        subscribe(self, TeleopCommand, TELEOP_COMMAND, self._on_teleop, "teleop", "decision", self.key)
         self.executed: list[tuple[int, int, np.ndarray]] = []   # (index, source, action) of the chunk's steps
         # The scripted operator (teleop.device scripted) reads the privileged state; nobody else gets it.
         self.expert_pub = (self.create_publisher(Float64MultiArray, SIM_EXPERT_STATE, q["decision"])

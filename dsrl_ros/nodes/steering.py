@@ -21,8 +21,8 @@ from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.policies import load_base_policy
-from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, RATE_CAP_HZ,
-                                   float32_field, guarded, observation_arrays, qos, run_node, sign)
+from dsrl_ros.nodes.ros_io import (ACTOR_WEIGHTS, NOISE, OBSERVATION, float32_field, observation_arrays, qos, run_node,
+                                   sign, subscribe)
 
 
 class SteeringNode(ConfiguredNode):
@@ -38,11 +38,9 @@ class SteeringNode(ConfiguredNode):
         self.rng = np.random.default_rng()
         q = qos()
         self.noise_pub = self.create_publisher(Noise, NOISE, q["decision"])
-        self.create_subscription(Observation, OBSERVATION, guarded(self.drop, OBSERVATION, self._on_observation,
-                                                                   RATE_CAP_HZ["decision"], self.key), q["decision"])
-        self.create_subscription(ActorWeights, ACTOR_WEIGHTS, guarded(
-            self.drop, ACTOR_WEIGHTS, self._on_weights, RATE_CAP_HZ["weights"], self.key,
-            what="actor weights (the actor in use stays)"), q["latched"])
+        subscribe(self, Observation, OBSERVATION, self._on_observation, "decision", "decision", self.key)
+        subscribe(self, ActorWeights, ACTOR_WEIGHTS, self._on_weights, "weights", "latched", self.key,
+                  what="actor weights (the actor in use stays)")
         self.get_logger().info("no actor yet: answering with w ~ N(0, I) until the learner publishes one")
 
     def _on_observation(self, msg: Observation) -> None:

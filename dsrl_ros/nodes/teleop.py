@@ -32,8 +32,7 @@ from dsrl_interfaces.msg import ActionChunk
 from dsrl_ros.core.run_identity import load_or_create_run_key
 from dsrl_ros.nodes.base import ConfiguredNode
 from dsrl_ros.nodes.operator_io import OperatorSender
-from dsrl_ros.nodes.ros_io import (ACTION_CHUNK, RATE_CAP_HZ, SIM_EXPERT_STATE, float32_array, guarded, qos,
-                                   run_node)
+from dsrl_ros.nodes.ros_io import ACTION_CHUNK, SIM_EXPERT_STATE, float32_array, run_node, subscribe
 
 DEVICES = ("joy", "spacemouse", "keyboard", "scripted")
 
@@ -50,7 +49,6 @@ class TeleopNode(ConfiguredNode):
         self.intervening = False
         self.reader = None                       # spacemouse
         self._input_lock = threading.Lock()      # device threads (keyboard, spacemouse) vs the stream timer
-        q = qos()
         limits = dict(names=c.action.names, low=c.action.low, high=c.action.high, speed=t.speed,
                       deadband=t.deadband, release_s=t.release_s)
         if self.device == "scripted":
@@ -60,12 +58,8 @@ class TeleopNode(ConfiguredNode):
                 raise ValueError("teleop.device: 'scripted' needs the direct sim (robot.kind sim, sim_interface "
                                  "direct)")
             self.operator = ScriptedOperator.from_teleop(c.robot.sim_task, t)
-            self.create_subscription(Float64MultiArray, SIM_EXPERT_STATE,
-                                     guarded(self.drop, SIM_EXPERT_STATE, self._on_state, RATE_CAP_HZ["teleop"]),
-                                     q["decision"])
-            self.create_subscription(ActionChunk, ACTION_CHUNK, guarded(self.drop, ACTION_CHUNK, self._on_chunk,
-                                                                        RATE_CAP_HZ["decision"], self.sender.key),
-                                     q["decision"])
+            subscribe(self, Float64MultiArray, SIM_EXPERT_STATE, self._on_state, "teleop", "decision")
+            subscribe(self, ActionChunk, ACTION_CHUNK, self._on_chunk, "decision", "decision", self.sender.key)
         elif self.device == "joy":
             from sensor_msgs.msg import Joy
 
@@ -76,8 +70,7 @@ class TeleopNode(ConfiguredNode):
                        "rerecord": t.joy_rerecord_button}
             self.mapper = JoyMapper(axes=t.joy_axes, signs=t.joy_axis_signs, buttons=buttons,
                                     grip_button=t.joy_grip_button, intervene_button=t.joy_intervene_button, **limits)
-            self.create_subscription(Joy, t.joy_topic, guarded(self.drop, t.joy_topic, self._on_joy,
-                                                               RATE_CAP_HZ["teleop"]), q["sensor"])
+            subscribe(self, Joy, t.joy_topic, self._on_joy, "teleop", "sensor")
             self.create_timer(1.0 / t.rate_hz, self._stream)
         elif self.device == "spacemouse":
             from dsrl_ros.core.teleop_input import JoyMapper
