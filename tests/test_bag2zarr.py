@@ -224,3 +224,53 @@ def test_train_steer_offline_learns_from_a_converted_bag_alone(mcap_bag, tmp_pat
     assert main([*online[:2], str(tmp_path / "o2o_bad"), *online[3:], "--set",
                  f"learner.prior_replay={tmp_path / 'nope.zarr'}"]) == 2
     assert "learner.prior_replay: " in capsys.readouterr().err
+
+
+def test_a_session_bag_holding_two_runs_converts_each_runs_episodes_unmixed(tmp_path):
+    """Two stacks on one domain: both number their episodes from 1, and their messages interleave in the bag.
+    Paired across runs, run B's starts looked older than run A's newest and its episodes were lost or mixed with
+    A's; each run's own pairing gives both runs' episodes, each holding only its own chunks."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from dsrl_interfaces.msg import ActionChunk, ChunkResult, EpisodeEvent, Observation
+    from dsrl_ros.bags.convert import SESSION_TOPICS
+    from dsrl_ros.bags.writer import BagWriter
+
+    writer = BagWriter(tmp_path / "two_runs")
+    for topic, msgtype in SESSION_TOPICS.items():
+        writer.add_topic(topic, msgtype)
+    clock = iter(range(10**9, 10**12, 10**7))
+    image = Image(height=84, width=84, encoding="rgb8", step=252, data=bytes(84 * 84 * 3))
+    value = {"runA": 0.25, "runB": -0.5}                 # every action of a run's chunks: tells the runs apart
+
+    def put(topic: str, msg, run: str) -> None:
+        msg.run_id = run
+        writer.write(topic, next(clock), serialize_message(msg))
+
+    for episode in (1, 2):
+        for run in value:
+            put("/dsrl/episode", EpisodeEvent(episode=episode, state=EpisodeEvent.STATE_RUNNING), run)
+        for run in value:
+            put("/dsrl/observation", Observation(seq=10 * episode, episode=episode, image=image,
+                                                 proprio=[0.0] * 11), run)
+        for run in value:
+            put("/dsrl/action_chunk", ActionChunk(seq=10 * episode, episode=episode, chunk_len=8, action_dim=5,
+                                                  execute_steps=8, noise=[0.0] * 40, actions=[value[run]] * 40), run)
+        for run in value:
+            put("/dsrl/chunk_result", ChunkResult(seq=10 * episode, episode=episode, steps_executed=8, reward=1.0,
+                                                  success=True), run)
+        for run in value:
+            put("/dsrl/observation", Observation(seq=10 * episode + 1, episode=episode, final=True, image=image,
+                                                 proprio=[0.0] * 11), run)
+        for run in value:
+            put("/dsrl/episode", EpisodeEvent(episode=episode, state=EpisodeEvent.STATE_ENDED, chunks=1, steps=8,
+                                              outcome=EpisodeEvent.OUTCOME_SUCCESS), run)
+    writer.close()
+
+    result = convert(tmp_path / "two_runs")
+    assert result.kind == "session" and result.skipped == []
+    got = sorted((e.run_id, e.name, e.outcome) for e in result.episodes)
+    assert got == [(run, f"episode {n} of run {run}", "success") for run in ("runA", "runB") for n in (1, 2)]
+    for e in result.episodes:
+        assert e.chunks == 1 and (e.rows["action"][:1] == value[e.run_id]).all(), (e.name, e.rows["action"])

@@ -59,6 +59,7 @@ class Episode:
     name: str
     outcome: str
     rows: dict[str, np.ndarray]
+    run_id: str = ""                            # a session bag's run (its messages' run_id); "" otherwise
 
     @property
     def chunks(self) -> int:
@@ -113,12 +114,24 @@ class BagConverter:
             if progress is not None:
                 progress(1)
         messages.sort(key=lambda m: m[:2])      # receive order (files are read one after another)
-        recorder = EpisodeRecorder(self.shapes.chunk_dim, self.config.learner.reward,        # as the learner node
-                                   action_dim=self.shapes.action_dim,
-                                   takeover_penalty=self.config.learner.takeover_penalty)
+        # One recorder per run (run_id; "" in bags from before messages carried one): a bag that caught two stacks
+        # on one domain holds two episode 1s, and pairing across runs would mix them or drop one run's episodes
+        # (a recorder ignores a start older than the newest it saw). Names say the run only when there are two.
+        recorders: dict[str, EpisodeRecorder] = {}
         event_type = store.types[SESSION_TOPICS[EPISODE_TOPIC]]
+        runs = {getattr(store.deserialize_cdr(raw, msgtype), "run_id", "") for _, _, topic, msgtype, raw in messages
+                if topic == EPISODE_TOPIC}
+
+        def label(run: str) -> str:
+            return f" of run {run or '(none)'}" if len(runs) > 1 else ""
         for log_ns, _, topic, msgtype, raw in messages:
             msg = store.deserialize_cdr(raw, msgtype)
+            run = getattr(msg, "run_id", "")
+            if run not in recorders:
+                recorders[run] = EpisodeRecorder(self.shapes.chunk_dim, self.config.learner.reward,   # as the
+                                                 action_dim=self.shapes.action_dim,                   # learner
+                                                 takeover_penalty=self.config.learner.takeover_penalty)
+            recorder = recorders[run]
             if topic == "/dsrl/observation":
                 recorder.observation(msg.episode, msg.seq, self._observation(msg, topic), bool(msg.final))
             elif topic == "/dsrl/action_chunk":
@@ -135,22 +148,24 @@ class BagConverter:
             elif msg.state == event_type.STATE_ENDED and msg.outcome in EVENT_OUTCOMES:
                 recorder.end(msg.episode, EVENT_OUTCOMES[msg.outcome], log_ns / 1e9, int(msg.chunks),
                              str(msg.detail))
-            self._collect(recorder.poll(log_ns / 1e9), result)
-        self._collect(recorder.poll(math.inf), result)
-        for episode in recorder.open_episodes:
-            result.skip(f"episode {episode}", "no ENDED event: the recording stops mid-episode")
+            self._collect(recorder.poll(log_ns / 1e9), result, run, label(run))
+        for run, recorder in recorders.items():
+            self._collect(recorder.poll(math.inf), result, run, label(run))
+            for episode in recorder.open_episodes:
+                result.skip(f"episode {episode}{label(run)}", "no ENDED event: the recording stops mid-episode")
 
-    def _collect(self, done, result: BagResult) -> None:
+    def _collect(self, done, result: BagResult, run_id: str, run_label: str) -> None:
         for d in done:
+            name = f"episode {d.episode}{run_label}"
             if d.rows is None:
                 if d.reason.startswith("aborted"):
-                    result.skip(f"episode {d.episode}", "aborted by the operator")
+                    result.skip(name, "aborted by the operator")
                 elif d.reason.startswith("incomplete after"):    # the learner's grace period, in bag time
-                    result.skip(f"episode {d.episode}", f"incomplete in the bag: {d.reason.split(': ', 1)[-1]}")
+                    result.skip(name, f"incomplete in the bag: {d.reason.split(': ', 1)[-1]}")
                 else:
-                    result.skip(f"episode {d.episode}", d.reason)
+                    result.skip(name, d.reason)
             else:
-                result.episodes.append(Episode(result.bag, f"episode {d.episode}", d.outcome, d.rows))
+                result.episodes.append(Episode(result.bag, name, d.outcome, d.rows, run_id))
 
     def _observation(self, msg, topic: str) -> dict[str, np.ndarray]:
         h, w, _ = self.shapes.image_shape

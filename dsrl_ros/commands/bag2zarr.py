@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
                 result = converter.convert(bag, bar.update)
             for episode in result.episodes:
                 store.append_episode(episode.rows)
-                provenance.append({"bag": str(bag), "episode": episode.name, "outcome": episode.outcome,
-                                   "chunks": episode.chunks})
+                provenance.append({"bag": str(bag), "episode": episode.name, "run_id": episode.run_id,
+                                   "outcome": episode.outcome, "chunks": episode.chunks})
             results.append(result)
             print(f"{bag}: {result.kind} bag, {len(result.episodes)} episodes, "
                   f"{sum(e.chunks for e in result.episodes)} steps, {len(result.skipped)} skipped", flush=True)
