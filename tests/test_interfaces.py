@@ -43,6 +43,10 @@ def test_constants():
     assert (EpisodeEvent.STATE_RESETTING, EpisodeEvent.STATE_RUNNING, EpisodeEvent.STATE_ENDED) == (0, 1, 2)
     assert (EpisodeEvent.OUTCOME_NONE, EpisodeEvent.OUTCOME_SUCCESS, EpisodeEvent.OUTCOME_FAILURE,
             EpisodeEvent.OUTCOME_TIMEOUT, EpisodeEvent.OUTCOME_ABORTED) == (0, 1, 2, 3, 4)
+    from dsrl_ros.nodes.operator_io import COMMANDS           # the operator's buttons: exactly the message's
+    defined = {name.lower(): getattr(OperatorCommand, name) for name in dir(OperatorCommand)
+               if name.isupper() and isinstance(getattr(OperatorCommand, name), int)}
+    assert COMMANDS == defined
 
 
 def test_observation_round_trip():

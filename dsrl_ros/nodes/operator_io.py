@@ -21,7 +21,7 @@ from dsrl_ros.nodes.ros_io import (OPERATOR_COMMAND, TELEOP_COMMAND, check_signe
                                    stamp_ns)
 
 # OperatorCommand.* by name (the console's and the teleop node's buttons).
-COMMANDS = {"start": 1, "success": 2, "failure": 3, "abort": 4, "rerecord": 5, "home": 6}
+COMMANDS = {"start": 1, "success": 2, "failure": 3, "abort": 4, "rerecord": 5}   # = OperatorCommand.* (test_interfaces)
 COMMAND_NAMES = {v: k for k, v in COMMANDS.items()}
 
 
