@@ -263,7 +263,8 @@ def run_filter(msg_type, key: RunKey | None):
     or no key). Fast DDS applies it before the reader's history (writer side when the writer knows it), so another
     run's traffic on the domain (another stack, a replayed bag) never takes a slot of the KEEP_LAST queue where it
     could push out one of ours before the node reads it. A run_id is no secret: the signature check still decides
-    what is this run's. An RMW without content filters (Cyclone DDS) delivers everything; nothing else changes."""
+    what is this run's. Where the RMW has no content filter (Cyclone DDS) the queue is unprotected and nothing
+    else changes (`subscribe` logs it)."""
     if key is None or msg_type.__name__ not in _SIGNED:
         return None
     from rclpy.subscription_content_filter_options import ContentFilterOptions
@@ -281,8 +282,8 @@ def subscribe(node, msg_type, topic: str, handler: Callable, role: str, profile:
     sub = node.create_subscription(msg_type, topic, guarded(node.drop, topic, handler, RATE_CAP_HZ[role], key, what),
                                    qos()[profile], content_filter_options=only_ours)
     if only_ours is not None and not sub.is_cft_enabled:
-        node.get_logger().warning(f"{topic}: this RMW has no content filters; other runs' messages are read, then "
-                                  "dropped by the signature check")
+        node.get_logger().warning(f"{topic}: no DDS content filter on this RMW; other runs' messages share this "
+                                  "reader's queue and are dropped by the signature check")
     return sub
 
 
