@@ -61,7 +61,7 @@ def test_rclpy_pub_sub_round_trip_across_processes():
 
 
 FOREIGN_FLOOD = textwrap.dedent("""
-    import sys, time
+    import select, sys, time
     import rclpy
     from dsrl_interfaces.msg import EpisodeEvent
     from dsrl_ros.core.run_identity import RunKey
@@ -71,16 +71,20 @@ FOREIGN_FLOOD = textwrap.dedent("""
     rclpy.init()
     node = rclpy.create_node("another_stack")
     pub = node.create_publisher(EpisodeEvent, "/dsrl_test/events", qos()["decision"])
-    deadline = time.monotonic() + 30
-    while pub.get_subscription_count() < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)                              # every reader matched
-    for i in range(5000):                        # 10 of ours among 4990 of another (validly signed) run
-        msg = EpisodeEvent(episode=i, state=EpisodeEvent.STATE_RUNNING)
-        sign(msg, ours if i % 500 == 0 else theirs)
-        pub.publish(msg)
+
+    def event(episode, key):
+        msg = EpisodeEvent(episode=episode, state=EpisodeEvent.STATE_RUNNING)
+        sign(msg, key)
+        return msg
+    while not select.select([sys.stdin], [], [], 0.05)[0]:     # one of ours every 50 ms until the reader has it
+        pub.publish(event(10**6, ours))                         # on both readers: matched both ways
+    sys.stdin.readline()
+    for i in range(1000):                        # 10 of ours among 990 of another (validly signed) run
+        pub.publish(event(i, ours if i % 100 == 0 else theirs))
+        if i % 50 == 49:
+            time.sleep(0.002)                    # paced: no loss in the transport, only in the queues
     print("SENT", flush=True)
-    time.sleep(5.0)
+    sys.stdin.readline()
     node.destroy_node()
     rclpy.try_shutdown()
 """)
@@ -97,7 +101,9 @@ def test_another_runs_flood_never_takes_a_slot_in_a_readers_queue():
     from dsrl_ros.nodes.ros_io import DropLog, qos, subscribe
 
     key = RunKey("ours01", bytes(range(32)))
-    flood = subprocess.Popen([sys.executable, "-c", FOREIGN_FLOOD, key.key.hex()], stdout=subprocess.PIPE, text=True)
+    flood = subprocess.Popen([sys.executable, "-c", FOREIGN_FLOOD, key.key.hex()], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    warm_up = 10**6                                              # an episode number the flood never uses
     try:
         rclpy.init()
         node = rclpy.create_node("reader")
@@ -108,6 +114,14 @@ def test_another_runs_flood_never_takes_a_slot_in_a_readers_queue():
         assert sub.is_cft_enabled and qos()["decision"].depth == 20
         node.create_subscription(EpisodeEvent, "/dsrl_test/events", lambda m: plain.append((m.episode, m.run_id)),
                                  qos()["decision"])
+        # Both readers matched both ways before the burst: each has received the flood process's warm-up.
+        deadline = time.monotonic() + 30
+        while not (warm_up in filtered and (warm_up, key.run_id) in plain) and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        assert warm_up in filtered and (warm_up, key.run_id) in plain, "the flood process never matched"
+        seen_filtered, seen_plain = len(filtered), len(plain)
+        flood.stdin.write("\n")
+        flood.stdin.flush()
         assert flood.stdout.readline().strip() == "SENT"          # nothing read meanwhile: the queues filled
         time.sleep(1.0)
         deadline = time.monotonic() + 3
@@ -116,8 +130,14 @@ def test_another_runs_flood_never_takes_a_slot_in_a_readers_queue():
         node.destroy_node()
         rclpy.shutdown()
     finally:
-        flood.terminate()
-        flood.wait(timeout=10)
-    assert filtered == list(range(0, 5000, 500))                # every one of ours, in order
+        flood.stdin.close()                                      # its last readline ends: it shuts down
+        try:
+            flood.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            flood.kill()
+            flood.wait(timeout=10)
+    burst_filtered = [e for e in filtered[seen_filtered:] if e != warm_up]   # (warm-ups still in flight at go)
+    burst_plain = [(e, r) for e, r in plain[seen_plain:] if e != warm_up]
+    assert burst_filtered == list(range(0, 1000, 100))          # every one of ours, in order
     assert node.drop.counts == {}                                # and not one of theirs was even read
-    assert len(plain) == 20 and sum(run_id == key.run_id for _, run_id in plain) <= 1   # the control lost ours
+    assert len(burst_plain) == 20 and not any(r == key.run_id for _, r in burst_plain)   # the control lost ours
