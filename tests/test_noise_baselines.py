@@ -156,3 +156,46 @@ def test_scaled_gaussian_scales_and_zero_draws_nothing():
     assert w.dtype == np.float32 and w.std() == pytest.approx(0.3, rel=0.03)
     state = rng.bit_generator.state
     assert not scaled_gaussian((4, 5), 0.0, rng)(None).any() and rng.bit_generator.state == state
+
+
+def _oracle_bench():
+    """bench/oracle_piecewise_noise.py (a bench script, not part of the package)."""
+    import importlib
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    return importlib.import_module("oracle_piecewise_noise")
+
+
+def test_the_oracles_four_yaw_bins_split_where_the_grasp_and_the_turn_change():
+    """On lift_block the block needs the turned grasp where |yaw mod 180| < 45 deg (tests/test_sim.py): with 4 bins
+    the two middle bins are exactly those states, and a yaw and the same yaw turned by 180 deg share a bin."""
+    yaw_bin = _oracle_bench().yaw_bin
+    for deg in np.arange(-89.5, 90, 1.0):
+        yaw = np.radians(deg)
+        assert (yaw_bin(yaw, 4) in (1, 2)) == (abs(deg) < 45), deg
+        assert yaw_bin(yaw, 4) == (1 if -45 < deg < 0 else 2 if 0 < deg < 45 else 0 if deg < 0 else 3)
+        assert yaw_bin(yaw + np.pi, 4) == yaw_bin(yaw, 4) == yaw_bin(yaw - np.pi, 4)
+    assert {yaw_bin(np.radians(d), 8) for d in np.arange(-89.5, 90, 1.0)} == set(range(8))
+    assert yaw_bin(np.pi / 2 - 1e-12, 4) == 3 and yaw_bin(-np.pi / 2, 4) == 0
+
+
+def test_the_oracles_first_decision_only_chooser_plays_w_once_then_zero():
+    chooser = _oracle_bench().first_decision_only(np.full((2, 1), 0.7, np.float32))
+    played = [chooser(None) for _ in range(4)]
+    assert np.all(played[0] == 0.7) and not any(p.any() for p in played[1:])
+    assert all(p.shape == (2, 1) for p in played)
+
+
+def test_the_oracles_seed_scan_keeps_only_the_bins_states():
+    class YawEnv:   # reset(seed) puts the block at yaw = seed degrees
+        def reset(self, seed):
+            self.yaw = np.radians(seed % 180 - 90)
+
+        def cube_pose(self):
+            return np.zeros(3), self.yaw
+    bench = _oracle_bench()
+    seeds = bench.seeds_in_bin(YawEnv(), 4, 2, first=0, count=50)
+    assert len(seeds) == 50 == len(set(seeds)) and seeds == sorted(seeds)
+    assert all(bench.yaw_bin(np.radians(s % 180 - 90), 4) == 2 for s in seeds)
+    assert seeds[0] == 90        # yaw 0: the first seed in the bin
