@@ -112,7 +112,8 @@ def evaluate(args, env, policy) -> None:
     noises = {}
     for which in range(args.bins):
         record = json.loads((out / f"bin_{which}_of_{args.bins}.json").read_text())
-        noises[which] = np.array(record["noise"], dtype=np.float32).reshape(policy.config.noise_shape)
+        noise = np.array(record["noise"], dtype=np.float32).reshape(policy.config.noise_shape)
+        noises[which] = noise if args.clip is None else np.clip(noise, -args.clip, args.clip)
     zero = np.zeros(policy.config.noise_shape, np.float32)
     later = np.random.default_rng(args.seed)
     # column -> the noise chooser of one episode in bin `which`
@@ -136,7 +137,8 @@ def evaluate(args, env, policy) -> None:
     total = {k: sum(b[k] for b in per_bin.values()) for k in ["episodes", *columns]}
     print(json.dumps({"bins": args.bins, "seed": args.seed, "episodes": args.episodes,
                       **{f"{k}_success_rate": total[k] / total["episodes"] for k in columns},
-                      "per_bin": per_bin, "steer": {f"actor{i}": d for i, d in enumerate(args.steer)},
+                      "per_bin": per_bin, "clip": args.clip,
+                      "steer": {f"actor{i}": d for i, d in enumerate(args.steer)},
                       "policy": args.policy, "threads": torch.get_num_threads(),
                       "seconds": round(time.time() - start, 1), "machine": machine_description()}))
 
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=3, help="CEM searches per bin; the best on validation kept")
     parser.add_argument("--seed", type=int, default=100_000, help="evaluate: first held-out seed")
     parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--clip", type=float, default=None,
+                        help="evaluate: clip the oracle's noises to +-CLIP (e.g. an actor's bound b)")
     parser.add_argument("--steer", nargs="*", default=[],
                         help="evaluate: trained actor directories to split by bin beside the oracle")
     parser.add_argument("--out", required=True)
