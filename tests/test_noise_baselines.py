@@ -158,19 +158,19 @@ def test_scaled_gaussian_scales_and_zero_draws_nothing():
     assert not scaled_gaussian((4, 5), 0.0, rng)(None).any() and rng.bit_generator.state == state
 
 
-def _oracle_bench():
-    """bench/oracle_piecewise_noise.py (a bench script, not part of the package)."""
+def _bench(module: str = "oracle_piecewise_noise"):
+    """A module of bench/ (bench scripts are not part of the package)."""
     import importlib
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    return importlib.import_module("oracle_piecewise_noise")
+    return importlib.import_module(module)
 
 
 def test_the_oracles_four_yaw_bins_split_where_the_grasp_and_the_turn_change():
     """On lift_block the block needs the turned grasp where |yaw mod 180| < 45 deg (tests/test_sim.py): with 4 bins
     the two middle bins are exactly those states, and a yaw and the same yaw turned by 180 deg share a bin."""
-    yaw_bin = _oracle_bench().yaw_bin
+    yaw_bin = _bench().yaw_bin
     for deg in np.arange(-89.5, 90, 1.0):
         yaw = np.radians(deg)
         assert (yaw_bin(yaw, 4) in (1, 2)) == (abs(deg) < 45), deg
@@ -181,7 +181,7 @@ def test_the_oracles_four_yaw_bins_split_where_the_grasp_and_the_turn_change():
 
 
 def test_the_oracles_first_decision_only_chooser_plays_w_once_then_zero():
-    chooser = _oracle_bench().first_decision_only(np.full((2, 1), 0.7, np.float32))
+    chooser = _bench().first_decision_only(np.full((2, 1), 0.7, np.float32))
     played = [chooser(None) for _ in range(4)]
     assert np.all(played[0] == 0.7) and not any(p.any() for p in played[1:])
     assert all(p.shape == (2, 1) for p in played)
@@ -194,8 +194,33 @@ def test_the_oracles_seed_scan_keeps_only_the_bins_states():
 
         def cube_pose(self):
             return np.zeros(3), self.yaw
-    bench = _oracle_bench()
+    bench = _bench()
     seeds = bench.seeds_in_bin(YawEnv(), 4, 2, first=0, count=50)
     assert len(seeds) == 50 == len(set(seeds)) and seeds == sorted(seeds)
     assert all(bench.yaw_bin(np.radians(s % 180 - 90), 4) == 2 for s in seeds)
     assert seeds[0] == 90        # yaw 0: the first seed in the bin
+
+
+def test_first_noise_rules_average_the_winners_by_each_reading_of_the_state():
+    """bench/first_noise_regression.py on a toy whose answer is known: winners in bin b drew their noise around
+    m_b, losers anywhere. `bin` must return each bin's winners' mean, `none` the mean of all winners, `pose` a
+    ridge fit that tells the bins apart when the pose shows them, `features` the same through the whitening."""
+    bench = _bench("first_noise_regression")
+    rng = np.random.default_rng(0)
+    n, centres = 400, np.array([[0.0, 0.0], [2.0, -1.0], [-2.0, 1.0], [0.0, 0.0]])
+    bins = rng.integers(0, 4, n)
+    noises = rng.standard_normal((n, 2))
+    won = rng.random(n) < 0.5
+    noises[won] = centres[bins[won]] + 0.1 * rng.standard_normal((won.sum(), 2))
+    pose = np.eye(4)[bins]                                    # a pose that shows the bin plainly
+    features = np.c_[pose, 0.01 * rng.standard_normal((n, 6))] @ rng.standard_normal((10, 10))
+    rules = bench.first_noise_rules({"bin": bins, "pose": pose, "features": features}, noises, won, components=4)
+    for b in range(4):
+        assert np.allclose(rules["bin"](np.array([b]))[0], noises[won & (bins == b)].mean(0))
+        assert np.abs(rules["pose"](np.eye(4)[[b]])[0] - centres[b]).max() < 0.15
+        assert np.abs(rules["features"](features[bins == b][:1])[0] - centres[b]).max() < 0.15
+    assert np.allclose(rules["none"](np.zeros((3, 1))), noises[won].mean(0))
+    empty = bench.first_noise_rules({"bin": bins, "pose": pose, "features": features}, noises, np.zeros(n, bool))
+    assert not empty["bin"](np.array([1])).any() and not empty["none"](np.zeros((1, 1))).any()
+    white = bench.whitening(features, 3)(features)
+    assert white.shape == (n, 3) and np.allclose(white.std(0), 1.0, atol=1e-6)

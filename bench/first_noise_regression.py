@@ -1,0 +1,133 @@
+"""Do 150 episodes hold the answer? Average the winners' first noises, given one reading of the state or another.
+
+bench/oracle_piecewise_noise.py shows that one constant first noise per 45° bin of the block's yaw reaches ~99 % on
+`lift_block`. This bench asks what a learner could extract from the data of a short run. It plays `--size` base
+episodes whose first noise is z0 ~ N(0, I) and every later one w = 0 (the first decision alone sets the grasp),
+keeps the episodes that succeeded, and turns their first noises into a first-noise rule with nothing but
+averaging, reading the state four ways:
+
+- `none`: the mean of every winning z0 (one noise for all states: state-blind);
+- `bin` (privileged): the mean of the winning z0 of each yaw bin (4 bins, as the oracle);
+- `pose` (privileged): ridge regression of the winning z0 on the block's pose (cos 2 yaw, sin 2 yaw, x, y);
+- `features`: the same on the frozen policy's observation features at the reset, on their top 8 principal
+  components (`--components`) at unit variance (what DSRL's `whitened_features` encoder feeds its actor; the
+  components fit on every state of the run, winners or not).
+
+Each rule is then played at the first decision (w = 0 after) on the held-out seeds, beside w = 0. One JSON line
+per data seed; the gap between `bin`, `pose` and `features` is what reading the state costs at this amount of data.
+
+Run: `.venv/bin/python bench/first_noise_regression.py --size 150 --data-seeds 0,1,2` (~2 min a data seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_description  # noqa: E402
+from oracle_piecewise_noise import first_decision_only, yaw_bin  # noqa: E402
+
+from dsrl_ros.core.checkpoint import PACKAGE_CHECKPOINTS  # noqa: E402
+from dsrl_ros.policies import load_base_policy  # noqa: E402
+from dsrl_ros.rollout import run_episode  # noqa: E402
+
+DATA_SEED = 600_000      # training seeds: data seed d plays seeds DATA_SEED + 10000 d + i
+READERS = ("none", "bin", "pose", "features")
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0):
+    """y (n, d) ~ [x, 1] @ W, the L2 penalty on every weight (the intercept too: with no winners it predicts 0)."""
+    design = np.c_[x, np.ones(len(x))]
+    weights = np.linalg.solve(design.T @ design + l2 * np.eye(design.shape[1]), design.T @ y)
+    return lambda rows: np.c_[rows, np.ones(len(rows))] @ weights
+
+
+def whitening(features: np.ndarray, components: int):
+    """The top principal components of `features` at unit variance (fit on these rows): rows -> (n, components)."""
+    mean = features.mean(0)
+    _, singular, vt = np.linalg.svd(features - mean, full_matrices=False)
+    scale = singular[:components] / np.sqrt(len(features)) + 1e-8
+    return lambda rows: (rows - mean) @ vt[:components].T / scale
+
+
+def first_noise_rules(states: dict[str, np.ndarray], noises: np.ndarray, won: np.ndarray, bins: int = 4,
+                      components: int = 8) -> dict[str, object]:
+    """states: per reader, one row per episode (`bin` holds bin indices); noises (n, noise numbers); won (n,) bool.
+    Returns per reader a function state rows -> noise rows (n, noise numbers)."""
+    winners = noises[won]
+    overall = winners.mean(0) if len(winners) else np.zeros(noises.shape[1])
+    per_bin = np.array([noises[won & (states["bin"] == b)].mean(0) if (won & (states["bin"] == b)).any()
+                        else np.zeros(noises.shape[1]) for b in range(bins)])
+    white = whitening(states["features"], components)
+    return {"none": lambda rows: np.repeat(overall[None], len(rows), 0),
+            "bin": lambda rows: per_bin[np.asarray(rows, int)],
+            "pose": ridge_fit(states["pose"][won], winners),
+            "features": (lambda fit: lambda rows: fit(white(rows)))(ridge_fit(white(states["features"][won]),
+                                                                                winners))}
+
+
+def read_state(env, policy, obs) -> dict[str, np.ndarray]:
+    position, yaw = env.cube_pose()
+    with torch.no_grad():
+        features = policy.encode_obs({k: torch.as_tensor(v)[None, None] for k, v in obs.items()})[0].numpy()
+    return {"bin": np.array(yaw_bin(yaw, 4)), "features": features,
+            "pose": np.array([np.cos(2 * yaw), np.sin(2 * yaw), 10 * position[0], 10 * position[1]])}
+
+
+def main() -> None:
+    from dsrl_ros.sim import make_env
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", default=str(PACKAGE_CHECKPOINTS / "base_policy_lift_block"))
+    parser.add_argument("--task", default="lift_block")
+    parser.add_argument("--size", type=int, default=150, help="episodes of data")
+    parser.add_argument("--data-seeds", default="0,1,2")
+    parser.add_argument("--seed", type=int, default=100_000, help="first held-out seed")
+    parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per rule")
+    parser.add_argument("--components", type=int, default=8, help="principal components the features reader keeps")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    policy = load_base_policy(args.policy)
+    env = make_env(args.task, image_size=policy.config.image_shape[0])
+    shape = policy.config.noise_shape
+    held_out = []
+    for seed in range(args.seed, args.seed + args.episodes):
+        held_out.append((seed, read_state(env, policy, env.reset(seed=seed)[0])))
+    zero = np.zeros(shape, np.float32)
+    zero_wins = sum(run_episode(env, policy, first_decision_only(zero), seed).success for seed, _ in held_out)
+    for data_seed in [int(s) for s in args.data_seeds.split(",")]:
+        start, rng = time.time(), np.random.default_rng(data_seed)
+        rows, noises, won = [], [], []
+        for i in range(args.size):
+            seed = DATA_SEED + 10_000 * data_seed + i
+            rows.append(read_state(env, policy, env.reset(seed=seed)[0]))
+            noises.append(rng.standard_normal(shape).astype(np.float32))
+            won.append(run_episode(env, policy, first_decision_only(noises[-1]), seed).success)
+        states = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+        rules = first_noise_rules(states, np.array([n.ravel() for n in noises]), np.array(won),
+                                  components=args.components)
+        success = {}
+        for reader in READERS:
+            wins = 0
+            for seed, state in held_out:
+                row = state["bin" if reader == "none" else reader][None]   # `none` ignores what it is given
+                w = rules[reader](row)[0].reshape(shape).astype(np.float32)
+                wins += run_episode(env, policy, first_decision_only(w), seed).success
+            success[reader] = wins / len(held_out)
+        print(json.dumps({"data_seed": data_seed, "size": args.size, "components": args.components,
+                          "winners": int(sum(won)),
+                          "first_noise_success_rate": success, "zero_success_rate": zero_wins / len(held_out),
+                          "held_out_seed": args.seed, "episodes": args.episodes, "policy": args.policy,
+                          "seconds": round(time.time() - start, 1), "machine": machine_description()}), flush=True)
+    env.close()
+
+
+if __name__ == "__main__":
+    main()
