@@ -81,6 +81,48 @@ def read_state(env, policy, obs) -> dict[str, np.ndarray]:
             "pose": np.array([np.cos(2 * yaw), np.sin(2 * yaw), 10 * position[0], 10 * position[1]])}
 
 
+def state_row(state: dict[str, np.ndarray], reader: str) -> np.ndarray:
+    """The one-row input of a reader's rule (`none` ignores what it is given)."""
+    return state["bin" if reader == "none" else reader][None]
+
+
+def fit_rules(data: dict, components: int) -> dict[str, object]:
+    states = {k: np.array([row[k] for row in data["rows"]]) for k in data["rows"][0]}
+    return first_noise_rules(states, np.array(data["noises"]), np.array(data["won"]), components=components)
+
+
+def play_rounds(env, policy, args, data_seed: int, reader: str | None):
+    """args.size episodes on the data seed's training seeds, in args.rounds rounds. Round 0 draws z0 ~ N(0, I);
+    each later round plays reader's rule (fit on every winner so far) plus args.explore * N(0, I). The same seeds
+    and, in round 0, the same noises for every reader. Returns (data, the last rule, success per round)."""
+    shape, rng = policy.config.noise_shape, np.random.default_rng(data_seed)
+    data, rule, per_round, size = {"rows": [], "noises": [], "won": []}, None, [], args.size // args.rounds
+    for r in range(args.rounds):
+        for i in range(r * size, (r + 1) * size):
+            seed = DATA_SEED + 10_000 * data_seed + i
+            state = read_state(env, policy, env.reset(seed=seed)[0])
+            centre = 0.0 if rule is None else rule(state_row(state, reader))[0].reshape(shape)
+            noise = (centre + (1.0 if rule is None else args.explore) * rng.standard_normal(shape)).astype(np.float32)
+            data["rows"].append(state)
+            data["noises"].append(noise.ravel())
+            data["won"].append(run_episode(env, policy, first_decision_only(noise), seed).success)
+        per_round.append(float(np.mean(data["won"][-size:])))
+        if reader is not None:
+            rule = fit_rules(data, args.components)[reader]
+    return data, rule, per_round
+
+
+def evaluate_readers(env, policy, data, held_out, components: int, readers) -> dict[str, float]:
+    """Fit the readers' rules on `data` and play each at the first decision of the held-out episodes."""
+    rules, shape, success = fit_rules(data, components), policy.config.noise_shape, {}
+    for reader in readers:
+        wins = sum(run_episode(env, policy, first_decision_only(
+            rules[reader](state_row(state, reader))[0].reshape(shape).astype(np.float32)), seed).success
+            for seed, state in held_out)
+        success[reader] = wins / len(held_out)
+    return success
+
+
 def main() -> None:
     from dsrl_ros.sim import make_env
 
@@ -92,7 +134,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100_000, help="first held-out seed")
     parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per rule")
     parser.add_argument("--components", type=int, default=8, help="principal components the features reader keeps")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="R > 1: size / R episodes a round; after the first, each reader's first noise is its "
+                             "rule's noise for the state plus --explore * N(0, I), the rule refit on every winner")
+    parser.add_argument("--readers", default=",".join(READERS), help="--rounds > 1: the readers to run")
+    parser.add_argument("--explore", type=float, default=0.5, help="exploration scale around the rule (--rounds > 1)")
     args = parser.parse_args()
+    unknown = set(args.readers.split(",")) - set(READERS)
+    if unknown:
+        raise SystemExit(f"--readers: expected names from {list(READERS)}, got {sorted(unknown)}")
     torch.set_num_threads(1)
     policy = load_base_policy(args.policy)
     env = make_env(args.task, image_size=policy.config.image_shape[0])
@@ -103,27 +153,21 @@ def main() -> None:
     zero = np.zeros(shape, np.float32)
     zero_wins = sum(run_episode(env, policy, first_decision_only(zero), seed).success for seed, _ in held_out)
     for data_seed in [int(s) for s in args.data_seeds.split(",")]:
-        start, rng = time.time(), np.random.default_rng(data_seed)
-        rows, noises, won = [], [], []
-        for i in range(args.size):
-            seed = DATA_SEED + 10_000 * data_seed + i
-            rows.append(read_state(env, policy, env.reset(seed=seed)[0]))
-            noises.append(rng.standard_normal(shape).astype(np.float32))
-            won.append(run_episode(env, policy, first_decision_only(noises[-1]), seed).success)
-        states = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-        rules = first_noise_rules(states, np.array([n.ravel() for n in noises]), np.array(won),
-                                  components=args.components)
-        success = {}
-        for reader in READERS:
-            wins = 0
-            for seed, state in held_out:
-                row = state["bin" if reader == "none" else reader][None]   # `none` ignores what it is given
-                w = rules[reader](row)[0].reshape(shape).astype(np.float32)
-                wins += run_episode(env, policy, first_decision_only(w), seed).success
-            success[reader] = wins / len(held_out)
-        print(json.dumps({"data_seed": data_seed, "size": args.size, "components": args.components,
-                          "winners": int(sum(won)),
-                          "first_noise_success_rate": success, "zero_success_rate": zero_wins / len(held_out),
+        start = time.time()
+        if args.rounds == 1:      # every reader sees the same data: play it once
+            data, _, per_round = play_rounds(env, policy, args, data_seed, reader=None)
+            success = evaluate_readers(env, policy, data, held_out, args.components, READERS)
+            winners, round_success = int(sum(data["won"])), per_round
+        else:
+            success, winners, round_success = {}, {}, {}
+            for reader in args.readers.split(","):
+                data, _, round_success[reader] = play_rounds(env, policy, args, data_seed, reader)
+                success |= evaluate_readers(env, policy, data, held_out, args.components, [reader])
+                winners[reader] = int(sum(data["won"]))
+        print(json.dumps({"data_seed": data_seed, "size": args.size, "rounds": args.rounds, "explore": args.explore,
+                          "components": args.components, "winners": winners,
+                          "training_success_per_round": round_success, "first_noise_success_rate": success,
+                          "zero_success_rate": zero_wins / len(held_out),
                           "held_out_seed": args.seed, "episodes": args.episodes, "policy": args.policy,
                           "seconds": round(time.time() - start, 1), "machine": machine_description()}), flush=True)
     env.close()
