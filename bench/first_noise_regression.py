@@ -16,6 +16,10 @@ averaging, reading the state four ways:
 Each rule is then played at the first decision (w = 0 after) on the held-out seeds, beside w = 0. One JSON line
 per data seed; the gap between `bin`, `pose` and `features` is what reading the state costs at this amount of data.
 
+With `--rounds R` the episodes come in R rounds: after the first, each reader plays its own rule's noise for the
+state plus `--explore`·N(0, I) and refits on every winner so far (an iterated, state-conditioned average: does
+exploring around one's own choice help, as it does in the oracle's search?).
+
 Run: `.venv/bin/python bench/first_noise_regression.py --size 150 --data-seeds 0,1,2` (~2 min a data seed).
 """
 
