@@ -131,6 +131,14 @@ class ArmProbe:
     def velocities(self, since_ns: int = 0) -> np.ndarray:
         return np.array([m.velocity[:7] for t, m in self.joints if t >= since_ns])
 
+    def settled(self, window_s: float = 0.3, tol_rad: float = 1e-4) -> bool:
+        """Every joint's measured position varied by < tol_rad over the last window_s (joint states at ~100 Hz)."""
+        now = time.time_ns()
+        if not self.joints or now - self.joints[0][0] < window_s * 1e9:
+            return False
+        recent = self.positions(now - int(window_s * 1e9))
+        return len(recent) >= 10 and float(np.ptp(recent, axis=0).max()) < tol_rad
+
     def result(self, seq: int):
         return next((r for r in self.results if r.seq == seq), None)
 
@@ -173,7 +181,9 @@ def test_hostile_chunks_never_move_a_sim_joint_past_its_limits(tmp_path, backend
             probe.wait(lambda: probe.result(seq) is not None, 10, f"the result of chunk {seq}")
         nan = chunk([0, 0, 1, 0, 0])
         nan[4, 2] = np.nan
-        probe.spin(0.5)                                                  # the servos settle on the last target
+        # The servos settle on the last target (a joint that arrives at full speed creeps for a while: a fixed
+        # 0.5 s wait once left 1 mrad of it to be read as motion caused by the chunks below)
+        probe.wait(probe.settled, 10, "the servos to settle on the last target")
         before = probe.positions()[-1]
         probe.send(nan)
         foreign = probe.send(chunk([0, 0, 1, 0, 0]), signed=False)      # another stack's: within every limit
