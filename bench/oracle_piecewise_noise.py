@@ -36,9 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
 
+from dsrl_ros.commands.evaluate import steered_choosers  # noqa: E402
 from dsrl_ros.core.checkpoint import PACKAGE_CHECKPOINTS  # noqa: E402
 from dsrl_ros.core.steering import load_actor  # noqa: E402
-from dsrl_ros.noise_baselines import cem_constant_noise, constant_noise  # noqa: E402
+from dsrl_ros.noise_baselines import cem_constant_noise, constant_noise, scaled_gaussian  # noqa: E402
 from dsrl_ros.policies import load_base_policy  # noqa: E402
 from dsrl_ros.rollout import run_episode  # noqa: E402
 
@@ -62,17 +63,22 @@ def seeds_in_bin(env, bins: int, which: int, first: int, count: int) -> list[int
     return seeds
 
 
-def first_decision_only(w: np.ndarray, later: np.random.Generator | None = None):
-    """A noise chooser for one episode: w at its first decision; at every later one w = 0, or a draw from N(0, I)
-    with `later` (what a stochastic actor's exploration adds after the decision that set the grasp)."""
+def by_decision(chosen, use, otherwise):
+    """One episode's noise chooser: `chosen` at the decisions use(k) picks (k = 0, 1, ...), `otherwise` at the
+    rest (each is only asked when it plays)."""
     decisions = [0]
 
     def choose(stacked):
         decisions[0] += 1
-        if decisions[0] == 1:
-            return w
-        return np.zeros_like(w) if later is None else later.standard_normal(w.shape).astype(w.dtype)
+        return (chosen if use(decisions[0] - 1) else otherwise)(stacked)
     return choose
+
+
+def first_decision_only(w: np.ndarray, later: np.random.Generator | None = None):
+    """A noise chooser for one episode: w at its first decision; at every later one w = 0, or a draw from N(0, I)
+    with `later` (what a stochastic actor's exploration adds after the decision that set the grasp)."""
+    rest = scaled_gaussian(w.shape, 0.0 if later is None else 1.0, later)
+    return by_decision(constant_noise(w), lambda k: k == 0, rest)
 
 
 def search(args, env, policy) -> None:
@@ -122,10 +128,13 @@ def evaluate(args, env, policy) -> None:
                "oracle_first_then_gaussian": lambda which: first_decision_only(noises[which], later),
                "zero": lambda which: constant_noise(zero)}
     for index, directory in enumerate(args.steer):
-        actor = actor_chooser(load_actor(directory, policy))
-        columns |= {f"actor{index}": lambda which, a=actor: a(lambda k: True),
-                    f"actor{index}_first_decision_only": lambda which, a=actor: a(lambda k: k == 0),
-                    f"actor{index}_after_the_first_decision": lambda which, a=actor: a(lambda k: k > 0)}
+        # the deterministic actor exactly as `dsrl-ros eval --steer` plays it; w = 0 at the decisions left out
+        actor = steered_choosers(policy, load_actor(directory, policy), args.seed)["steered"]
+        columns |= {f"actor{index}": lambda which, a=actor: a,
+                    f"actor{index}_first_decision_only": lambda which, a=actor: by_decision(a, lambda k: k == 0,
+                                                                                            constant_noise(zero)),
+                    f"actor{index}_after_the_first_decision": lambda which, a=actor: by_decision(a, lambda k: k > 0,
+                                                                                                 constant_noise(zero))}
     per_bin = {b: dict.fromkeys(["episodes", *columns], 0) for b in range(args.bins)}
     start = time.time()
     for seed in range(args.seed, args.seed + args.episodes):
@@ -141,20 +150,6 @@ def evaluate(args, env, policy) -> None:
                       "steer": {f"actor{i}": d for i, d in enumerate(args.steer)},
                       "policy": args.policy, "threads": torch.get_num_threads(),
                       "seconds": round(time.time() - start, 1), "machine": machine_description()}))
-
-
-def actor_chooser(steering):
-    """steering (a trained noise actor, played deterministic) -> a factory of one episode's chooser that plays the
-    actor at the decisions `use(k)` picks (k = 0, 1, ...) and w = 0 at the others: which decisions its gain is in."""
-    def episode(use):
-        decisions = [0]
-
-        def choose(stacked):
-            decisions[0] += 1
-            w = steering.choose_noise({key: v[-1] for key, v in stacked.items()}, True)
-            return w if use(decisions[0] - 1) else np.zeros_like(w)
-        return choose
-    return episode
 
 
 def main() -> None:
