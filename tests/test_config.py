@@ -67,6 +67,7 @@ def test_policy_task_reads_the_checkpoint_else_falls_back(tmp_path):
     ("learner.tau=0", "learner.tau: expected in (0, 1], got 0"),
     ("learner.prior_fraction=2", "learner.prior_fraction: expected a share of each batch in [0, 1], got 2"),
     ("learner.utdd=5", "learner.utdd: unknown key; expected one of"),
+    ("learner.winner_regression=-1", "learner.winner_regression: expected a weight >= 0 (0: off), got -1"),
     ("control.rate_hz=fast", "control.rate_hz: expected a finite number, got 'fast'"),
     ("control.execute_steps=2.5", "control.execute_steps: expected an integer, got 2.5"),
     ("camera.encoding=bgr8", "camera.encoding: expected 'rgb8'"),

@@ -112,3 +112,35 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"actor_lr: expected > 0 or null"):
         DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, actor_lr=-1e-4)
     DSRLConfig(obs_dim=1, noise_dim=1, action_dim=1, gamma=1.0, tau=1.0, actor_lr=None)   # the edges are allowed
+
+
+@pytest.mark.parametrize("algo", ["na", "sac"])
+def test_winner_regression_pulls_the_actor_to_the_noises_of_won_rows_only(algo):
+    """A flat reward (the critics rank nothing): with winner_regression the deterministic actor moves to the noise
+    of the won rows, state by state, and ignores the noise of rows that did not win; without it, it stays put."""
+    def train(weight):
+        torch.manual_seed(0)
+        cfg = DSRLConfig(obs_dim=2, noise_dim=2, action_dim=1, algo=algo, hidden_dim=32, num_layers=2, lr=1e-3,
+                         noise_magnitude=2.0, winner_regression=weight)
+        agent = DSRL(cfg, decode)
+        for _ in range(400):
+            s = torch.randn(128, 2)
+            won = (torch.rand(128) < 0.5).float()
+            winner_noise = torch.stack([torch.sign(s[:, 0]), -0.5 * torch.ones(128)], -1)   # depends on the state
+            noise = torch.where(won[:, None] > 0, winner_noise, torch.full((128, 2), -1.5))
+            agent.update({"obs": s, "next_obs": s, "noise": noise, "action": decode(s, noise),
+                          "reward": torch.zeros(128), "terminal": torch.ones(128), "won": won})
+        s = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+        return agent.act(s, deterministic=True)
+
+    pulled = train(5.0)
+    assert torch.allclose(pulled, torch.tensor([[1.0, -0.5], [-1.0, -0.5]]), atol=0.15), pulled
+    assert train(0.0).abs().max() < 0.3          # off: nothing pulls the mean from 0 (flat Q)
+
+
+def test_winner_regression_needs_the_won_column():
+    agent = DSRL(DSRLConfig(obs_dim=2, noise_dim=2, action_dim=1, algo="sac", winner_regression=1.0))
+    batch = {"obs": torch.zeros(4, 2), "next_obs": torch.zeros(4, 2), "noise": torch.zeros(4, 2),
+             "action": torch.zeros(4, 1), "reward": torch.zeros(4), "terminal": torch.ones(4)}
+    with pytest.raises(ValueError, match="winner_regression: the batch needs 'won'"):
+        agent.update(batch)

@@ -112,6 +112,48 @@ def test_n_step_returns_sum_discounted_rewards_within_the_episode_and_stop_at_su
     assert "discount" not in replay.sample(8, np.random.default_rng(0))   # one-step: the agent's own gamma
 
 
+def test_won_marks_the_rows_of_successful_episodes_whose_noise_is_known():
+    schema = chunk_schema((84, 84, 3), 11, 20)
+    replay = ChunkReplay(RamEpisodes(schema), lambda img, pro: pro[:, :1].copy(), lambda a: a)
+    # episode 0: time limit; 1: success with an operator row first; 2: success at its first chunk
+    for e, (sources, success) in enumerate([([SOURCE_ACTOR] * 3, False),
+                                            ([SOURCE_EXTERNAL, SOURCE_BASE, SOURCE_ACTOR], True),
+                                            ([SOURCE_ACTOR], True)]):
+        ep = ChunkEpisode.start()
+        for k, source in enumerate(sources):
+            obs = {"image": np.zeros((84, 84, 3), np.uint8), "proprio": np.full(11, 10 * e + k, np.float32)}
+            ep.add_chunk(obs, np.full(20, k), np.full(20, k), reward=0.0, terminal=success and k == len(sources) - 1,
+                         source=source, intervention=1 if source == SOURCE_EXTERNAL else 0)
+        replay.add_episode(ep.finish({"image": np.zeros((84, 84, 3), np.uint8),
+                                      "proprio": np.full(11, 10 * e + 9, np.float32)}))
+        if e == 0:
+            assert replay.row_won().tolist() == [0, 0, 0, 0]          # the cache follows add_episode
+    # rows: ep 0 = 0-2 (+3 final), ep 1 = 4-6 (+7 final), ep 2 = 8 (+9 final); final rows carry no noise
+    assert replay.row_won().tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 1, 0]
+    batch = replay.sample(256, np.random.default_rng(0))
+    starts = batch["obs"][:, 0].numpy()
+    expected = np.isin(starts, [11, 12, 20]).astype(np.float32)      # ep 1's noise rows and ep 2's one row
+    assert np.array_equal(batch["won"].numpy(), expected) and expected.any() and not expected.all()
+
+
+def test_the_yaml_winner_regression_reaches_the_actor_update():
+    from dsrl_ros.config import load_config
+
+    policy = DiffusionPolicy(TINY).eval()
+    for weight in (0.0, 3.0):
+        learner = load_config("robot_configs/sim_arm.yaml", [f"learner.winner_regression={weight}"]).learner
+        steering = PolicySteering(policy, AgentConfig.of(learner))
+        assert steering.agent.config.winner_regression == weight
+        replay = ChunkReplay(RamEpisodes(chunk_schema((84, 84, 3), 11, 20)), steering.features,
+                             steering.normalize_actions)
+        ep = ChunkEpisode.start()
+        obs = {"image": np.zeros((84, 84, 3), np.uint8), "proprio": np.zeros(11, np.float32)}
+        ep.add_chunk(obs, np.ones(20), np.zeros(20), reward=0.0, terminal=True, source=SOURCE_ACTOR)
+        replay.add_episode(ep.finish(obs))
+        metrics = steering.update(replay.sample(8, np.random.default_rng(0)))
+        assert ("winner_regression_loss" in metrics) == (weight > 0)
+
+
 def test_resume_reproduces_the_uninterrupted_run(tiny_policy_dir, tmp_path):
     common = ["train-steer", "--policy", str(tiny_policy_dir), "--warmup-episodes", "2", "--utd", "2",
               "--batch-size", "16", "--hidden-dim", "32", "--seed", "3", "--threads", "1"]

@@ -16,7 +16,7 @@ ENCODERS = ("base_features", "cnn", "whitened_features")
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
 # Knobs added after agents were saved: a saved config without them gets their defaults (they change training only).
-ADDED_LATER = ("intervention_fraction", "takeover_penalty", "n_step", "noise_segments")
+ADDED_LATER = ("intervention_fraction", "takeover_penalty", "n_step", "noise_segments", "winner_regression")
 ARCHITECTURE = ("algo", "noise_magnitude", "noise_segments", "hidden_dim", "num_layers", "num_critics", "encoder",
                 "encoder_dim")
 
@@ -42,6 +42,8 @@ class AgentConfig:
     actor_lr: float = 0.0                # 0: same as lr
     distill_steps: int = 1               # NA: Q^W regression steps per update
     distill_noise_fraction: float = 0.5  # NA: share of Q^W samples from N(0, I) clipped to +-b (rest: the actor)
+    winner_regression: float = 0.0       # lambda: the actor's mean noise also regressed onto the noises of
+                                         # successful episodes (core/dsrl.py; 0: off)
     init_temperature: float = 0.01
     target_entropy: float = 0.0          # per chunk, measured on tanh(u) = w / b (core/dsrl.py)
     init_log_std: float = 0.0            # the untrained actor: u ~ N(0, e^init_log_std) in every state
@@ -78,6 +80,8 @@ class AgentConfig:
                 ("actor_lr", self.actor_lr >= 0, "a learning rate > 0, or 0 for lr"),
                 ("distill_steps", self.distill_steps >= 1, "an integer >= 1"),
                 ("distill_noise_fraction", 0 <= self.distill_noise_fraction <= 1, "in [0, 1]"),
+                ("winner_regression", _finite(self.winner_regression) and self.winner_regression >= 0,
+                 "a weight >= 0 (0: off)"),
                 ("init_temperature", _positive(self.init_temperature), "a temperature > 0"),
                 ("init_log_std", -5 < self.init_log_std < 2, "-5 < log sigma < 2"),
                 ("encoder_dim", self.encoder_dim >= 1, "an integer >= 1"),

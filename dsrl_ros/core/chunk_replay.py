@@ -6,7 +6,8 @@ row holds only the final observation (noise/action zero), so next_obs of row k i
 time-limit end bootstraps from a real observation. `source` says where the executed chunk came from:
 SOURCE_ACTOR (noise from the steering actor), SOURCE_BASE (noise w ~ N(0, I), the base policy's own choice) or
 SOURCE_EXTERNAL (human intervention / offline data: no noise exists). DSRL-SAC learns Q(s, w) only where w is
-known (actor + base rows); DSRL-NA's Q^A learns from every row. `intervention` is a bit mask over the row's
+known (actor + base rows); DSRL-NA's Q^A learns from every row. A batch's `won` marks the rows of successful
+episodes whose noise is known (what the actor's `winner_regression` term imitates). `intervention` is a bit mask over the row's
 chunk steps: bit i set when the operator commanded step i (its action is then the operator's, as executed;
 core/intervention.py). Rows with any bit set are the intervention rows (`intervention_rows`), which the learner
 samples at its own ratio.
@@ -73,6 +74,7 @@ class ChunkReplay:
         self.episodes, self.encode, self.action_normalize = episodes, encode, action_normalize
         self.n_step, self.gamma = 1, 1.0            # set_returns: n-step TD targets
         self._indices: dict[bool, np.ndarray] = {}
+        self._won: np.ndarray | None = None          # row_won's cache: changes only with add_episode
         data = episodes.data
         self.features = (encode(data["image"], data["proprio"]) if episodes.n_steps
                          else np.zeros((0, 0), np.float32))
@@ -84,6 +86,7 @@ class ChunkReplay:
     def add_episode(self, episode: dict[str, np.ndarray]) -> None:
         self.episodes.append_episode(episode)
         self._indices.clear()   # transition indices change only here; sampling reuses them between episodes
+        self._won = None
         new = self.encode(episode["image"], episode["proprio"])
         self.features = new if self.features.size == 0 else np.concatenate([self.features, new])
 
@@ -134,6 +137,21 @@ class ChunkReplay:
             valid &= self.episodes.data["intervention"][:n] != 0
         return np.flatnonzero(valid)
 
+    def row_won(self) -> np.ndarray:
+        """(rows,) float32: 1.0 where the row's episode ended in success (a terminal transition) and the row's
+        noise is known (the actor's or the base's, not an external chunk): the rows `winner_regression` imitates."""
+        if self._won is None:
+            n, ends = self.episodes.n_steps, self.episodes.episode_ends
+            starts = np.r_[0, ends[:-1]].astype(np.int64)
+            if n == 0:
+                self._won = np.zeros(0, np.float32)
+            else:
+                d = self.episodes.data
+                won = np.maximum.reduceat(d["terminal"][:n] > 0, starts) if len(starts) else np.zeros(0, bool)
+                per_row = np.repeat(won, np.diff(np.r_[starts, n]))
+                self._won = (per_row & (d["source"][:n] != SOURCE_EXTERNAL)).astype(np.float32)
+        return self._won
+
     def sample(self, batch_size: int, rng: np.random.Generator, noise_known_only: bool = False,
                raw_obs: bool = False, interventions_only: bool = False) -> dict:
         """obs / next_obs are the cached features, or with raw_obs {"image", "proprio"} tensors for an agent with
@@ -149,7 +167,7 @@ class ChunkReplay:
             reward, terminal, next_row, extra["discount"] = self.n_step_returns(idx)
         batch = {"obs": self.features[idx], "next_obs": self.features[next_row], "noise": d["noise"][idx],
                  "action": self.action_normalize(d["action"][idx]), "reward": reward, "terminal": terminal,
-                 **extra}
+                 "won": self.row_won()[idx], **extra}
         batch = {k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32) for k, v in batch.items()}
         if raw_obs:
             batch["base_obs"], batch["base_next_obs"] = batch["obs"], batch["next_obs"]

@@ -14,6 +14,11 @@ are terminal, time-limit ends bootstrap.
   Actor (both): minimise alpha log pi(w|s) - min_i Q(s, w),   w = b tanh(u),  u ~ N(mu(s), sigma(s)).
      The actor starts at mu = 0, log sigma = init_log_std for every state: with sigma = 1 and b ~ 1.5, w has
      about the base policy's N(0, I) spread, so the untrained actor behaves like the base policy.
+     With winner_regression = lambda > 0 the actor also regresses its mean noise onto the noises of successful
+     episodes (rows marked `won`: episode ended in success, noise known): + lambda * mean |b tanh(mu(s)) - w|^2
+     over those rows (w clipped to +-b; per noise number). A success-filtered imitation of its own winners that
+     needs no critic to rank noises (bench/first_noise_regression.py: averaging the winners' first noises beats
+     the reparameterised actor at 150 episodes).
   Temperature: minimise -log_alpha * (log pi_tanh(w|s) + target_entropy), with the entropy measured on tanh(u)
      in [-1, 1] (log pi_tanh = log pi + D log b), so a target entropy means the same for every bound b.
 
@@ -61,6 +66,7 @@ class DSRLConfig:
     init_log_std: float = 0.0            # the untrained actor's log sigma of u
     distill_noise_fraction: float = 0.5  # NA: share of Q^W samples from N(0, I) (rest from the actor)
     distill_steps: int = 1               # NA: Q^W regression steps (fresh noise each) per update
+    winner_regression: float = 0.0       # lambda: the actor's mean regressed onto successful episodes' noises
 
     def __post_init__(self) -> None:
         counts = ("obs_dim", "noise_dim", "action_dim", "hidden_dim", "num_layers", "batch_size", "distill_steps")
@@ -71,7 +77,8 @@ class DSRLConfig:
                         ("actor_lr", self.actor_lr is None or self.actor_lr > 0, "> 0 or null (same as lr)"),
                         ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"), ("tau", 0 < self.tau <= 1, "in (0, 1]"),
                         ("lr", self.lr > 0, "> 0"), ("init_temperature", self.init_temperature > 0, "> 0"),
-                        ("distill_noise_fraction", 0 <= self.distill_noise_fraction <= 1, "in [0, 1]")])
+                        ("distill_noise_fraction", 0 <= self.distill_noise_fraction <= 1, "in [0, 1]"),
+                        ("winner_regression", self.winner_regression >= 0, ">= 0 (0: off)")])
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
@@ -202,7 +209,8 @@ class DSRL(nn.Module):
         """batch: obs / next_obs (B, obs_dim) features, or raw observations when the agent has an encoder;
         base_obs / base_next_obs the base policy's features for pi_dp (NA; default: obs / next_obs);
         noise (B, noise_dim); action (B, action_dim) normalised executed chunk; reward (B,) summed over the chunk;
-        terminal (B,) 1.0 only on success; optional discount (B,): gamma^k of an n-step return (default gamma)."""
+        terminal (B,) 1.0 only on success; optional discount (B,): gamma^k of an n-step return (default gamma);
+        won (B,) 1.0 on rows of successful episodes whose noise is known (needed with winner_regression > 0)."""
         b = dict(batch)
         b.setdefault("base_obs", batch["obs"])
         b.setdefault("base_next_obs", batch["next_obs"])
@@ -211,7 +219,7 @@ class DSRL(nn.Module):
             b["next_obs"] = self.encode(batch["next_obs"])
         metrics = self._update_na_critics(b) if self.config.algo == "na" else self._update_sac_critic(b)
         if update_actor:
-            metrics |= self._update_actor_and_temperature(b["obs"].detach())
+            metrics |= self._update_actor_and_temperature(b["obs"].detach(), b)
         with torch.no_grad():  # Polyak average of the TD critic
             online = self.q_action if self.config.algo == "na" else self.q_noise
             for p_t, p in zip(self.q_target.parameters(), online.parameters()):
@@ -264,17 +272,34 @@ class DSRL(nn.Module):
         return {"critic_loss": float(loss_a.detach()), "distill_loss": float(loss_w.detach()),
                 "q_mean": float(q_a.detach().mean())}
 
-    def _update_actor_and_temperature(self, obs: torch.Tensor) -> dict[str, float]:
+    def _update_actor_and_temperature(self, obs: torch.Tensor, b: dict | None = None) -> dict[str, float]:
         w, logp = self.actor(obs)
         q = self.q_noise(obs, w).min(0).values
         actor_loss = (self.alpha * logp - q).mean()
+        metrics = {}
+        if self.config.winner_regression > 0:
+            regression = self._winner_regression(obs, b)
+            actor_loss = actor_loss + self.config.winner_regression * regression
+            metrics["winner_regression_loss"] = float(regression.detach())
         self._step(self.actor_opt, actor_loss)
         logp_tanh = self._tanh_space(logp.detach())
         alpha_loss = -(self.log_alpha * (logp_tanh + self.config.target_entropy)).mean()
         self._step(self.alpha_opt, alpha_loss)
         w_abs = (w.detach().abs() / self.config.noise_magnitude)
-        return {"actor_loss": float(actor_loss.detach()), "alpha": float(self.alpha),
-                "entropy": float(-logp_tanh.mean()), "saturated": float((w_abs > 0.9).float().mean())}
+        return metrics | {"actor_loss": float(actor_loss.detach()), "alpha": float(self.alpha),
+                          "entropy": float(-logp_tanh.mean()), "saturated": float((w_abs > 0.9).float().mean())}
+
+    def _winner_regression(self, obs: torch.Tensor, b: dict | None) -> torch.Tensor:
+        """Mean over the batch's won rows of the squared distance (per noise number) between the actor's
+        deterministic noise and the noise the row executed; 0 with no won row in the batch."""
+        if b is None or "won" not in b:
+            raise ValueError("winner_regression: the batch needs 'won' (B,): 1.0 on rows of successful episodes "
+                             "whose noise is known (ChunkReplay.sample adds it)")
+        won = b["won"].to(obs.dtype)
+        bound = self.config.noise_magnitude
+        mean_noise = bound * torch.tanh(self.actor.gaussian(obs)[0])
+        err = (mean_noise - b["noise"].clamp(-bound, bound)).pow(2).mean(-1)
+        return (err * won).sum() / won.sum().clamp(min=1.0)
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

@@ -42,7 +42,7 @@ def dsrl_config(config: AgentConfig, obs_dim: int, noise_dim: int, action_dim: i
                       actor_lr=config.actor_lr or None, distill_steps=config.distill_steps,
                       distill_noise_fraction=config.distill_noise_fraction, batch_size=config.batch_size,
                       init_temperature=config.init_temperature, target_entropy=config.target_entropy,
-                      init_log_std=config.init_log_std)
+                      init_log_std=config.init_log_std, winner_regression=config.winner_regression)
 
 
 class SteeringObsEncoder(nn.Module):
