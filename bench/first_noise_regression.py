@@ -11,7 +11,11 @@ averaging, reading the state four ways:
 - `pose` (privileged): ridge regression of the winning z0 on the block's pose (cos 2 yaw, sin 2 yaw, x, y);
 - `features`: the same on the frozen policy's observation features at the reset, on their top 8 principal
   components (`--components`) at unit variance (what DSRL's `whitened_features` encoder feeds its actor; the
-  components fit on every state of the run, winners or not).
+  components fit on every state of the run, winners or not);
+- `features_knn`: nonlinear and local on the same whitened features: the mean first noise of the 3 winners
+  nearest to the state;
+- `features_mlp`: an MLP (2 x 64, tanh) fit by least squares from the same whitened features to the winners'
+  first noises (what a success-filtered imitation of the winners by DSRL's actor could extract at best).
 
 Each rule is then played at the first decision (w = 0 after) on the held-out seeds, beside w = 0. One JSON line
 per data seed; the gap between `bin`, `pose` and `features` is what reading the state costs at this amount of data.
@@ -43,7 +47,9 @@ from dsrl_ros.policies import load_base_policy  # noqa: E402
 from dsrl_ros.rollout import run_episode  # noqa: E402
 
 DATA_SEED = 600_000      # training seeds: data seed d plays seeds DATA_SEED + 10000 d + i
-READERS = ("none", "bin", "pose", "features")
+READERS = ("none", "bin", "pose", "features", "features_knn", "features_mlp")
+STATE_OF_READER = {"none": "bin", "bin": "bin", "pose": "pose", "features": "features", "features_knn": "features",
+                   "features_mlp": "features"}
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0):
@@ -61,6 +67,41 @@ def whitening(features: np.ndarray, components: int):
     return lambda rows: (rows - mean) @ vt[:components].T / scale
 
 
+def knn_fit(x: np.ndarray, y: np.ndarray, k: int = 3):
+    """rows -> the mean y of the k rows of x nearest to each (Euclidean); 0 with no rows to average."""
+    def rule(rows):
+        if len(x) == 0:
+            return np.zeros((len(rows), y.shape[1]))
+        nearest = np.argsort(((rows[:, None] - x[None]) ** 2).sum(-1), axis=1)[:, :k]
+        return y[nearest].mean(1)
+    return rule
+
+
+def mlp_fit(x: np.ndarray, y: np.ndarray, seed: int = 0, steps: int = 2000):
+    """rows -> an MLP (2 x 64, tanh) fit by full-batch Adam on mean squared error (weight decay 1e-3); fit on its
+    first call (the rounds refit every reader's rules and use one); 0 with no rows to fit."""
+    fitted = []
+
+    def rule(rows):
+        if len(x) == 0:
+            return np.zeros((len(rows), y.shape[1]))
+        if not fitted:
+            torch.manual_seed(seed)
+            net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                                      torch.nn.Tanh(), torch.nn.Linear(64, y.shape[1]))
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-3)
+            inputs, targets = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+            for _ in range(steps):
+                loss = ((net(inputs) - targets) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            fitted.append(net)
+        with torch.no_grad():
+            return fitted[0](torch.as_tensor(rows, dtype=torch.float32)).numpy()
+    return rule
+
+
 def first_noise_rules(states: dict[str, np.ndarray], noises: np.ndarray, won: np.ndarray, bins: int = 4,
                       components: int = 8) -> dict[str, object]:
     """states: per reader, one row per episode (`bin` holds bin indices); noises (n, noise numbers); won (n,) bool.
@@ -70,11 +111,16 @@ def first_noise_rules(states: dict[str, np.ndarray], noises: np.ndarray, won: np
     per_bin = np.array([noises[won & (states["bin"] == b)].mean(0) if (won & (states["bin"] == b)).any()
                         else np.zeros(noises.shape[1]) for b in range(bins)])
     white = whitening(states["features"], components)
+    white_winners = white(states["features"][won])
+
+    def on_white(fit):
+        return lambda rows: fit(white(rows))
     return {"none": lambda rows: np.repeat(overall[None], len(rows), 0),
             "bin": lambda rows: per_bin[np.asarray(rows, int)],
             "pose": ridge_fit(states["pose"][won], winners),
-            "features": (lambda fit: lambda rows: fit(white(rows)))(ridge_fit(white(states["features"][won]),
-                                                                                winners))}
+            "features": on_white(ridge_fit(white_winners, winners)),
+            "features_knn": on_white(knn_fit(white_winners, winners)),
+            "features_mlp": on_white(mlp_fit(white_winners, winners))}
 
 
 def read_state(env, policy, obs) -> dict[str, np.ndarray]:
@@ -87,7 +133,7 @@ def read_state(env, policy, obs) -> dict[str, np.ndarray]:
 
 def state_row(state: dict[str, np.ndarray], reader: str) -> np.ndarray:
     """The one-row input of a reader's rule (`none` ignores what it is given)."""
-    return state["bin" if reader == "none" else reader][None]
+    return state[STATE_OF_READER[reader]][None]
 
 
 def fit_rules(data: dict, components: int) -> dict[str, object]:
@@ -141,7 +187,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="R > 1: size / R episodes a round; after the first, each reader's first noise is its "
                              "rule's noise for the state plus --explore * N(0, I), the rule refit on every winner")
-    parser.add_argument("--readers", default=",".join(READERS), help="--rounds > 1: the readers to run")
+    parser.add_argument("--readers", default=",".join(READERS), help="the readers to evaluate")
     parser.add_argument("--explore", type=float, default=0.5, help="exploration scale around the rule (--rounds > 1)")
     args = parser.parse_args()
     unknown = set(args.readers.split(",")) - set(READERS)
@@ -160,7 +206,7 @@ def main() -> None:
         start = time.time()
         if args.rounds == 1:      # every reader sees the same data: play it once
             data, _, per_round = play_rounds(env, policy, args, data_seed, reader=None)
-            success = evaluate_readers(env, policy, data, held_out, args.components, READERS)
+            success = evaluate_readers(env, policy, data, held_out, args.components, args.readers.split(","))
             winners, round_success = int(sum(data["won"])), per_round
         else:
             success, winners, round_success = {}, {}, {}

@@ -204,7 +204,8 @@ def test_the_oracles_seed_scan_keeps_only_the_bins_states():
 def test_first_noise_rules_average_the_winners_by_each_reading_of_the_state():
     """bench/first_noise_regression.py on a toy whose answer is known: winners in bin b drew their noise around
     m_b, losers anywhere. `bin` must return each bin's winners' mean, `none` the mean of all winners, `pose` a
-    ridge fit that tells the bins apart when the pose shows them, `features` the same through the whitening."""
+    ridge fit that tells the bins apart when the pose shows them, `features` the same through the whitening,
+    `features_knn` / `features_mlp` the nearest winners' mean / an MLP fit on the same whitened features."""
     bench = _bench("first_noise_regression")
     rng = np.random.default_rng(0)
     n, centres = 400, np.array([[0.0, 0.0], [2.0, -1.0], [-2.0, 1.0], [0.0, 0.0]])
@@ -219,8 +220,11 @@ def test_first_noise_rules_average_the_winners_by_each_reading_of_the_state():
         assert np.allclose(rules["bin"](np.array([b]))[0], noises[won & (bins == b)].mean(0))
         assert np.abs(rules["pose"](np.eye(4)[[b]])[0] - centres[b]).max() < 0.15
         assert np.abs(rules["features"](features[bins == b][:1])[0] - centres[b]).max() < 0.15
+        assert np.abs(rules["features_knn"](features[bins == b][:1])[0] - centres[b]).max() < 0.25  # 3 draws
+        assert np.abs(rules["features_mlp"](features[bins == b][:1])[0] - centres[b]).max() < 0.3
     assert np.allclose(rules["none"](np.zeros((3, 1))), noises[won].mean(0))
     empty = bench.first_noise_rules({"bin": bins, "pose": pose, "features": features}, noises, np.zeros(n, bool))
     assert not empty["bin"](np.array([1])).any() and not empty["none"](np.zeros((1, 1))).any()
+    assert not empty["features_knn"](features[:2]).any() and not empty["features_mlp"](features[:2]).any()
     white = bench.whitening(features, 3)(features)
     assert white.shape == (n, 3) and np.allclose(white.std(0), 1.0, atol=1e-6)
