@@ -154,6 +154,19 @@ def test_the_yaml_winner_regression_reaches_the_actor_update():
         assert ("winner_regression_loss" in metrics) == (weight > 0)
 
 
+def test_a_config_saved_before_a_knob_existed_reads_as_it_was_trained():
+    """ADDED_LATER: the shipped actors predate winner_regression (trained without it, today's default is 2)."""
+    from dsrl_ros.core.agent_config import ADDED_LATER
+    from dsrl_ros.core.checkpoint import PACKAGE_CHECKPOINTS
+
+    saved = json.loads((PACKAGE_CHECKPOINTS / "steer_actor_lift_block_na" / "config.json").read_text())["agent"]
+    assert "winner_regression" not in saved and AgentConfig().winner_regression == 2.0
+    assert AgentConfig.from_dict(saved).winner_regression == 0.0
+    assert AgentConfig.from_dict(saved | {"winner_regression": 5.0}).winner_regression == 5.0
+    old = {k: v for k, v in AgentConfig().to_dict().items() if k not in ADDED_LATER}
+    assert all(getattr(AgentConfig.from_dict(old), k) == v for k, v in ADDED_LATER.items())
+
+
 def test_resume_reproduces_the_uninterrupted_run(tiny_policy_dir, tmp_path):
     common = ["train-steer", "--policy", str(tiny_policy_dir), "--warmup-episodes", "2", "--utd", "2",
               "--batch-size", "16", "--hidden-dim", "32", "--seed", "3", "--threads", "1"]
@@ -275,7 +288,9 @@ def test_actor_update_leaves_the_encoder_alone():
     obs = {"image": torch.randint(0, 256, (4, 84, 84, 3), dtype=torch.uint8), "proprio": torch.randn(4, 11)}
     features = agent.encode(obs).detach()
     before = {k: v.clone() for k, v in agent.encoder.state_dict().items()}
-    agent._update_actor_and_temperature(features)
+    won_rows = {"won": torch.ones(4), "noise": torch.randn(4, agent.config.noise_dim)}   # winner_regression too
+    metrics = agent._update_actor_and_temperature(features, won_rows)
+    assert metrics["winner_regression_loss"] > 0
     for k, v in agent.encoder.state_dict().items():
         assert torch.equal(v, before[k]), k
 

@@ -15,8 +15,10 @@ REWARD_MODES = ("success", "time_penalty")
 ENCODERS = ("base_features", "cnn", "whitened_features")
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
-# Knobs added after agents were saved: a saved config without them gets their defaults (they change training only).
-ADDED_LATER = ("intervention_fraction", "takeover_penalty", "n_step", "noise_segments", "winner_regression")
+# Knobs added after agents were saved (they change training only), with what a saved config without one meant: a
+# resumed run keeps training as it was started, whatever today's default.
+ADDED_LATER = {"intervention_fraction": 0.5, "takeover_penalty": 0.0, "n_step": 1, "noise_segments": 0,
+               "winner_regression": 0.0}
 ARCHITECTURE = ("algo", "noise_magnitude", "noise_segments", "hidden_dim", "num_layers", "num_critics", "encoder",
                 "encoder_dim")
 
@@ -42,8 +44,8 @@ class AgentConfig:
     actor_lr: float = 0.0                # 0: same as lr
     distill_steps: int = 1               # NA: Q^W regression steps per update
     distill_noise_fraction: float = 0.5  # NA: share of Q^W samples from N(0, I) clipped to +-b (rest: the actor)
-    winner_regression: float = 0.0       # lambda: the actor's mean noise also regressed onto the noises of
-                                         # successful episodes (core/dsrl.py; 0: off)
+    winner_regression: float = 2.0       # lambda: the actor's mean noise also regressed onto the noises of
+                                         # successful episodes (core/dsrl.py; 0: off; 2: docs/results.md)
     init_temperature: float = 0.01
     target_entropy: float = 0.0          # per chunk, measured on tanh(u) = w / b (core/dsrl.py)
     init_log_std: float = 0.0            # the untrained actor: u ~ N(0, e^init_log_std) in every state
@@ -106,7 +108,7 @@ class AgentConfig:
         if missing:
             raise ValueError(f"{where}: missing {missing[0]!r}")
         try:
-            return AgentConfig(**{k: data[k] for k in names if k in data})
+            return AgentConfig(**(ADDED_LATER | {k: data[k] for k in names if k in data}))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from err
 
