@@ -7,9 +7,9 @@ time-limit end bootstraps from a real observation. `source` says where the execu
 SOURCE_ACTOR (noise from the steering actor), SOURCE_BASE (noise w ~ N(0, I), the base policy's own choice) or
 SOURCE_EXTERNAL (human intervention / offline data: no noise exists). DSRL-SAC learns Q(s, w) only where w is
 known (actor + base rows); DSRL-NA's Q^A learns from every row. A batch's `won` marks the rows of successful
-episodes whose noise is known (what the actor's `winner_regression` term imitates). `intervention` is a bit mask over the row's
-chunk steps: bit i set when the operator commanded step i (its action is then the operator's, as executed;
-core/intervention.py). Rows with any bit set are the intervention rows (`intervention_rows`), which the learner
+episodes whose noise is known (what the actor's `winner_regression` term imitates). `intervention` is a bit mask
+over the row's chunk steps: bit i set when the operator commanded step i (its action is then the operator's, as
+executed; core/intervention.py). Rows with any bit set are the intervention rows (`intervention_rows`), which the learner
 samples at its own ratio.
 """
 
@@ -145,9 +145,9 @@ class ChunkReplay:
             starts = np.r_[0, ends[:-1]].astype(np.int64)
             if n == 0:
                 self._won = np.zeros(0, np.float32)
-            else:
+            else:                                   # an episode won if any of its transitions was terminal
                 d = self.episodes.data
-                won = np.maximum.reduceat(d["terminal"][:n] > 0, starts) if len(starts) else np.zeros(0, bool)
+                won = np.maximum.reduceat(d["terminal"][:n] > 0, starts)
                 per_row = np.repeat(won, np.diff(np.r_[starts, n]))
                 self._won = (per_row & (d["source"][:n] != SOURCE_EXTERNAL)).astype(np.float32)
         return self._won
