@@ -152,7 +152,11 @@ class NoiseActor(nn.Module):
 
     def forward(self, s: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (w (B, noise_dim), log pi(w|s) (B,)), reparameterised."""
-        mu, log_std = self.gaussian(s)
+        return self.sample(*self.gaussian(s), deterministic)
+
+    def sample(self, mu: torch.Tensor, log_std: torch.Tensor,
+               deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, log pi(w|s)) from the Gaussian `gaussian` gave (callers that also need mu run the trunk once)."""
         u = mu if deterministic else mu + log_std.exp() * torch.randn_like(mu)
         # log N(u; mu, std) - log |dw/du|, with dw/du = b (1 - tanh(u)^2) computed stably.
         log_prob = (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -273,12 +277,13 @@ class DSRL(nn.Module):
                 "q_mean": float(q_a.detach().mean())}
 
     def _update_actor_and_temperature(self, obs: torch.Tensor, b: dict | None = None) -> dict[str, float]:
-        w, logp = self.actor(obs)
+        mu, log_std = self.actor.gaussian(obs)
+        w, logp = self.actor.sample(mu, log_std)
         q = self.q_noise(obs, w).min(0).values
         actor_loss = (self.alpha * logp - q).mean()
         metrics = {}
         if self.config.winner_regression > 0:
-            regression = self._winner_regression(obs, b)
+            regression = self._winner_regression(mu, b)
             actor_loss = actor_loss + self.config.winner_regression * regression
             metrics["winner_regression_loss"] = float(regression.detach())
         self._step(self.actor_opt, actor_loss)
@@ -289,15 +294,16 @@ class DSRL(nn.Module):
         return metrics | {"actor_loss": float(actor_loss.detach()), "alpha": float(self.alpha),
                           "entropy": float(-logp_tanh.mean()), "saturated": float((w_abs > 0.9).float().mean())}
 
-    def _winner_regression(self, obs: torch.Tensor, b: dict | None) -> torch.Tensor:
+    def _winner_regression(self, mu: torch.Tensor, b: dict | None) -> torch.Tensor:
         """Mean over the batch's won rows of the squared distance (per noise number) between the actor's
-        deterministic noise and the noise the row executed; 0 with no won row in the batch."""
+        deterministic noise b tanh(mu) (mu: its pre-squash mean on the batch) and the noise the row executed; 0
+        with no won row in the batch."""
         if b is None or "won" not in b:
             raise ValueError("winner_regression: the batch needs 'won' (B,): 1.0 on rows of successful episodes "
                              "whose noise is known (ChunkReplay.sample adds it)")
-        won = b["won"].to(obs.dtype)
+        won = b["won"].to(mu.dtype)
         bound = self.config.noise_magnitude
-        mean_noise = bound * torch.tanh(self.actor.gaussian(obs)[0])
+        mean_noise = bound * torch.tanh(mu)
         err = (mean_noise - b["noise"].clamp(-bound, bound)).pow(2).mean(-1)
         return (err * won).sum() / won.sum().clamp(min=1.0)
 
