@@ -66,7 +66,7 @@ class StackMonitor:
         except ValueError:
             return
         if msg.state == EpisodeEvent.STATE_RUNNING:
-            self._running[msg.episode] = stamp_ns(msg.header.stamp)
+            self._running.setdefault(msg.episode, stamp_ns(msg.header.stamp))   # a repeated start: a copy
         elif msg.state == EpisodeEvent.STATE_ENDED and msg.episode in self._running:
             start_ns, steps = self._running.pop(msg.episode), msg.steps
             seconds = max((stamp_ns(msg.header.stamp) - start_ns) / 1e9, 1e-9)

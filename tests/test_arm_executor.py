@@ -180,6 +180,18 @@ def test_watchdog_holds_on_stale_joint_states_and_when_chunks_stop(kin):
     assert not any("no chunk" in line for o in run(ex, 7000 * MS, 3800 * MS) for line in o.logs)
 
 
+def test_a_repeated_start_does_not_postpone_the_chunk_watchdog(kin):
+    """The episode manager sends a start again until the first result: a copy is not a new start, so the 2 s
+    without a chunk still count from the last chunk, not from the copy."""
+    ex = make(kin)
+    ex.on_episode(1, True, 1000 * MS)
+    send(ex, 1, 1, np.zeros((8, 5), np.float32), 1000 * MS, 1000 * MS)
+    outs = run(ex, 2500 * MS, 1005 * MS)
+    ex.on_episode(1, True, 2500 * MS)                                   # a copy of episode 1's start
+    outs += run(ex, 3300 * MS, 2500 * MS)
+    assert [line for o in outs for line in o.logs if "no chunk" in line]   # held at ~3 s, as without the copy
+
+
 def test_a_new_chunk_replaces_the_running_one(kin):
     ex = make(kin)
     send(ex, 1, 1, np.full((8, 5), 0.1, np.float32), 1000 * MS, 1000 * MS)

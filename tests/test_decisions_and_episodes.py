@@ -8,8 +8,8 @@ import pytest
 
 from dsrl_ros.core.decision_clock import DecisionClock, result_timeout_ns
 from dsrl_ros.core.decision_clock import EpisodeEventOutcome as Outcome
-from dsrl_ros.core.episode_cycle import (ABORTED, ENDED, RESETTING, RUNNING, STATE_FILE, SUCCESS, TIMEOUT,
-                                         CycleSettings, EpisodeCycle)
+from dsrl_ros.core.episode_cycle import (ABORTED, ENDED, RESETTING, RUNNING, START_REPEAT_S, STATE_FILE, SUCCESS,
+                                         TIMEOUT, CycleSettings, EpisodeCycle)
 
 SENSORS = ["camera", "joint1", "ee"]
 
@@ -213,6 +213,39 @@ def test_a_stall_names_the_policy_only_when_it_never_observed_in_the_episode():
         assert end.outcome == ABORTED and "stalled" in end.detail
         details.append("published no observation" in end.detail)
     assert details == [True, False, True]
+
+
+def test_a_start_is_sent_again_until_the_first_chunk_result():
+    """A reader that lost the start (its queue flooded) hears a copy within START_REPEAT_S; copies stop at the
+    first result, and they are not progress: a stall still ends the episode on time."""
+    cycle = EpisodeCycle(SIM)
+    (_, start) = run_to_running(cycle, now=0.0)
+    assert not start.repeat
+    assert cycle.tick(START_REPEAT_S - 0.01) == []
+    (copy,) = cycle.tick(START_REPEAT_S)
+    assert copy.repeat and (copy.episode, copy.state, copy.outcome) == (1, RUNNING, start.outcome)
+    assert cycle.tick(START_REPEAT_S + 0.5) == []                     # once per START_REPEAT_S
+    assert len(cycle.tick(2 * START_REPEAT_S)) == 1
+    assert cycle.on_result(1, 8, False, False, now=2.5) == []
+    assert all(cycle.tick(2.5 + t / 10) == [] for t in range(40))       # the robot side has it: no more copies
+
+    stalled = EpisodeCycle(SIM)
+    run_to_running(stalled, now=0.0)
+    events = [e for t in range(1, 60) for e in stalled.tick(t / 10)] + stalled.tick(SIM.stall_timeout_s + 0.01)
+    copies = [e for e in events if e.repeat]
+    assert len(copies) == int(SIM.stall_timeout_s / START_REPEAT_S)
+    assert events[-1].state == ENDED and events[-1].outcome == ABORTED and "stalled" in events[-1].detail
+
+
+def test_an_operator_started_episode_repeats_its_start_too():
+    cycle = EpisodeCycle(CycleSettings(auto_reset=False, max_episode_steps=16))
+    cycle.begin(0.0)
+    ok, _, (start,) = cycle.operator_start(10.0)
+    assert ok and start.state == RUNNING
+    (copy,) = cycle.tick(10.0 + START_REPEAT_S)
+    assert copy.repeat and copy.episode == start.episode
+    cycle.operator_end(SUCCESS, 11.5)
+    assert [e for e in cycle.tick(12.0 + START_REPEAT_S) if e.repeat] == []   # an ended episode is not repeated
 
 
 def test_an_unanswered_reset_is_asked_again():

@@ -173,3 +173,50 @@ def test_signed_operator_commands_start_label_and_rerecord_and_forged_or_repeate
     buttons.button("success")
     wait(manager, lambda: any(e.state == E.STATE_ENDED and e.episode == episode + 1
                               and e.outcome == E.OUTCOME_SUCCESS for e in manager.events), "ENDED success")
+
+
+def test_a_reader_that_lost_the_start_hears_the_same_signed_start_until_the_first_result(manager):
+    """A reader whose queue lost an episode's start (here: one that subscribes only after it, volatile) gets the
+    same signed message within ~START_REPEAT_S, not a 10 s stall; after the first chunk result, no more copies."""
+    import rclpy
+
+    from dsrl_interfaces.msg import ChunkResult, EpisodeEvent as E
+    from dsrl_ros.core.episode_cycle import START_REPEAT_S
+    from dsrl_ros.core.run_identity import load_or_create_run_key
+    from dsrl_ros.nodes.ros_io import CHUNK_RESULT, EPISODE, check_signed, qos, sign
+
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RESETTING, "RESETTING")
+    assert call(manager, "start").success
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RUNNING, "RUNNING")
+    start = manager.events[-1]
+    late_node = rclpy.create_node("late_reader")
+    late: list = []
+    late_node.create_subscription(E, EPISODE, lambda m: late.append((time.monotonic(), m)), qos()["decision"])
+    try:
+        joined = time.monotonic()
+        deadline = joined + 10 * START_REPEAT_S
+        while not late and time.monotonic() < deadline:
+            rclpy.spin_once(late_node, timeout_sec=0.05)
+            rclpy.spin_once(manager.node, timeout_sec=0.0)
+        assert late, "no copy of the running episode's start reached a reader that joined after it"
+        heard_at, copy = late[0]
+        key = load_or_create_run_key(manager.run_dir)
+        check_signed(copy, key)                                          # this run's, readers act on it
+        assert (copy.episode, copy.state, copy.header.stamp) == (start.episode, E.STATE_RUNNING, start.header.stamp)
+        # Within a repeat period once discovery has matched the reader (~0.35 s, generous on a loaded machine).
+        assert heard_at - joined < START_REPEAT_S + 2.0
+
+        result = ChunkResult(seq=0, episode=start.episode, steps_executed=1)
+        sign(result, key)
+        manager.result_pub.publish(result)
+        spin_for(manager, 0.5)
+        late.clear()
+        end = time.monotonic() + 3 * START_REPEAT_S
+        while time.monotonic() < end:
+            rclpy.spin_once(late_node, timeout_sec=0.05)
+            rclpy.spin_once(manager.node, timeout_sec=0.0)
+        assert [m for _, m in late if m.state == E.STATE_RUNNING] == []   # the robot side answered: no copies
+    finally:
+        late_node.destroy_node()
+    assert call(manager, "abort").success
+    wait(manager, lambda: manager.events[-1].state == E.STATE_RESETTING, "RESETTING after the abort")

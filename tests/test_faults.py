@@ -206,7 +206,8 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
         probe.wait(lambda: len(probe.ended()) >= ended_before + 2, 120, "episodes going on after the flood")
         # The nodes drain the flood's backlog after it ends; step 5 starts once the policy node has acted in an
         # episode that began after the flood (its event readers have caught up), so that it measures the noise
-        # flood, not the tail of this one (a RUNNING event lost under that tail once stalled an episode there).
+        # flood, not the tail of this one (before the start was repeated, a RUNNING event lost under that tail
+        # stalled an episode for the whole stall timeout there).
         first_after = max(e.episode for e in probe.running()) + 1             # ours (signed), not forged
         probe.wait(lambda: any(c.episode >= first_after for c in probe.chunks), 120,
                    "the policy acting in an episode after the event flood")
@@ -226,6 +227,11 @@ def test_hostile_traffic_never_reaches_the_arm_and_never_becomes_data(tmp_path, 
                    "a chunk result after the noise flood")
         during = [r for r in probe.results if flood_start_ns <= stamp_ns(r.header.stamp) <= flood_end_ns]
         assert len(during) > 5, f"only {len(during)} chunk results in the 10 s of a noise flood"
+
+        # A start lost in a reader's flooded queue is sent again (the episode manager repeats it until the first
+        # result): no episode after the event flood sat until the stall timeout.
+        stalled = [(e.episode, e.detail) for e in probe.ended() if e.episode >= first_after and "stalled" in e.detail]
+        assert not stalled, stalled
 
         # Nothing unsafe was ever published, and every node is still the one that started.
         for c in probe.chunks:

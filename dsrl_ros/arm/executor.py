@@ -119,10 +119,10 @@ class ChunkExecutor:
         self.events_seen = True
         if running:
             if episode > self.ended_episode:
-                if episode != self.running_episode:
+                if episode != self.running_episode:   # (not a repeated copy of the start: that changes nothing)
                     self.operator.new_episode()
+                    self.watchdog.on_chunk(now_ns)    # the chunk timeout counts from the start
                 self.running, self.running_episode = True, episode
-                self.watchdog.on_chunk(now_ns)        # the chunk timeout counts from the start
             return out
         self.ended_episode = max(self.ended_episode, episode)
         self.running, self.running_episode = False, None

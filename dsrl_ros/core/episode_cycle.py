@@ -15,6 +15,13 @@ reset time). On the sim (`sim_reset_on_start`) START first resets the sim and th
 The operator ends an episode with a label (success / failure), an abort, or a re-record: the episode ends ABORTED
 (the learner stores nothing of it: never half-committed) and the next RESETTING asks for the same scene again.
 
+A lost start. Every reader must hear an episode's RUNNING event (the sim and the chunk executor refuse chunks of an
+episode they do not know is running, the policy node does not decide in it). The event is reliable, but a reader's
+queue can still lose it (e.g. flooded with events that copy this run's id): until the episode's first chunk
+result the start is published again every START_REPEAT_S (`Event.repeat`: the node sends the same signed message
+again). Every reader takes a copy of a start it has as a no-op; after the first result, every node that matters
+has acted on it.
+
 Stalls. A RUNNING episode with no chunk result for `stall_timeout_s` (the sim or a driver died, the policy is
 gone) is ended as ABORTED and the next one reset: any single node's crash costs at most that episode.
 """
@@ -34,6 +41,7 @@ OUTCOME_NAMES = {SUCCESS: "success", FAILURE: "failure", TIMEOUT: "timeout", ABO
 STATE_FILE = "episode_manager.json"
 FINAL_OBS_WAIT_S = 2.0
 RESET_RETRY_S = 1.0
+START_REPEAT_S = 1.0                              # a start with no chunk result yet is sent again this often
 TELEOP_LOST = "teleop_lost"                       # = core/intervention.py END_TELEOP_LOST (ChunkResult.ended_by)
 
 
@@ -57,6 +65,7 @@ class Event:
     chunks: int
     steps: int
     detail: str
+    repeat: bool = False             # a copy of the running episode's start (its first chunk result is overdue)
 
 
 class EpisodeCycle:
@@ -77,6 +86,7 @@ class EpisodeCycle:
         self._reset_sent_at: float | None = None
         self._last_progress = 0.0
         self._observed = False                 # the policy published an observation in the running episode
+        self._repeat_start_at: float | None = None
         self._resetting_since = 0.0
         self.rerecord_of: int | None = None    # the episode the operator asked to record again
         self.notes: list[str] = []
@@ -149,6 +159,7 @@ class EpisodeCycle:
         self.awaiting_start = False
         self._last_progress = now
         self._observed = False
+        self._repeat_start_at = now + START_REPEAT_S
         return self._emit(RUNNING, NONE, detail)
 
     def _end(self, outcome: int, detail: str, now: float) -> Event:
@@ -226,8 +237,8 @@ class EpisodeCycle:
         return True, f"episode {self.episode}: discarded, record it again", [event]
 
     def tick(self, now: float) -> list[Event]:
-        """Timeouts: a stalled episode, a late final observation, the pause before a reset, a reset retry, the
-        operator's reset time."""
+        """Timeouts: a stalled episode, a start to repeat, a late final observation, the pause before a reset, a
+        reset retry, the operator's reset time."""
         if self.idle:
             return []
         if (self.state == RESETTING and self.awaiting_start and not self.s.auto_reset and self.s.reset_time_s
@@ -244,6 +255,10 @@ class EpisodeCycle:
                    ": the policy node published no observation in this episode (did it receive the episode's start?"
                    " see its log)")
             return [self._end(ABORTED, f"stalled: no chunk result for {self.s.stall_timeout_s:g} s{why}", now)]
+        if self.state == RUNNING and self.chunks == 0 and now >= (self._repeat_start_at or 0.0):
+            # A reader may have lost the start: without it the episode would sit until the stall timeout.
+            self._repeat_start_at = now + START_REPEAT_S
+            return [Event(self.episode, RUNNING, NONE, 0, 0, "", repeat=True)]
         if self._wait_final_until is not None and now >= self._wait_final_until:
             self.notes.append(f"no final observation for episode {self.episode} within "
                               f"{self.s.final_obs_wait_s:g} s; resetting anyway")

@@ -4,7 +4,9 @@ A thin shell over `core/episode_cycle.py` (numbering that survives restarts, sta
 wait). Publishes every transition on /dsrl/episode (EpisodeEvent, transient local, signed with the run's key:
 readers act only on this run's events). An episode ends on the robot's ChunkResult (success, or the step limit:
 timeout), when the executed steps reach control.max_episode_steps (timeout), when it makes no progress for
-episode.stall_timeout_s (aborted), or by the operator through the services below.
+episode.stall_timeout_s (aborted), or by the operator through the services below. Until the running episode's
+first chunk result, its start is sent again every second (the same signed message): a reader that lost it (its
+queue flooded) joins within a second instead of the episode stalling until the timeout.
 
 In the sim (episode.auto_reset: true) it resets through /sim_robot/reset and starts the next episode by itself.
 On a real arm (or the sim with auto_reset false) it waits in RESETTING for the operator, who resets the scene
@@ -74,6 +76,7 @@ class EpisodeManagerNode(ConfiguredNode):
         self.waiting_for = {n.strip() for n in names.split(",") if n.strip()}
         self.settle_until: float | None = None
         self.started = False
+        self.start_msg: EpisodeEvent | None = None   # the running episode's start, as signed and sent
         self.create_timer(0.1, self._tick)
 
     def _tick(self) -> None:
@@ -183,13 +186,26 @@ class EpisodeManagerNode(ConfiguredNode):
 
     def _publish(self, events: list[Event]) -> None:
         for e in events:
+            if e.repeat:
+                self._repeat_start(e.episode)
+                continue
             msg = EpisodeEvent(episode=e.episode, state=e.state, outcome=e.outcome, chunks=e.chunks, steps=e.steps,
                                detail=e.detail)
             msg.header.stamp = self.get_clock().now().to_msg()
             sign(msg, self.key)
             self.event_pub.publish(msg)
+            self.start_msg = msg if e.state == EpisodeEvent.STATE_RUNNING else None
             self.get_logger().info(f"episode {e.episode}: {STATE_NAMES[e.state]} {outcome_name(e.outcome)} "
                                    f"{e.detail}")
+
+
+    def _repeat_start(self, episode: int) -> None:
+        """The same signed message again (same stamp: readers that have it see a copy, not a later start)."""
+        if self.start_msg is None or self.start_msg.episode != episode:
+            return
+        self.event_pub.publish(self.start_msg)
+        self.get_logger().info(f"episode {episode}: no chunk result yet; its start sent again (a reader may have "
+                               f"lost it)", throttle_duration_sec=5.0)
 
 
 def main(argv: list[str] | None = None) -> int:
