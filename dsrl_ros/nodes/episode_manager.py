@@ -198,7 +198,6 @@ class EpisodeManagerNode(ConfiguredNode):
             self.get_logger().info(f"episode {e.episode}: {STATE_NAMES[e.state]} {outcome_name(e.outcome)} "
                                    f"{e.detail}")
 
-
     def _repeat_start(self, episode: int) -> None:
         """The same signed message again (same stamp: readers that have it see a copy, not a later start)."""
         if self.start_msg is None or self.start_msg.episode != episode:
