@@ -86,7 +86,7 @@ class EpisodeCycle:
         self._reset_sent_at: float | None = None
         self._last_progress = 0.0
         self._observed = False                 # the policy published an observation in the running episode
-        self._repeat_start_at: float | None = None
+        self._repeat_start_at = 0.0            # when the running episode's start is next sent again
         self._resetting_since = 0.0
         self.rerecord_of: int | None = None    # the episode the operator asked to record again
         self.notes: list[str] = []
@@ -255,7 +255,7 @@ class EpisodeCycle:
                    ": the policy node published no observation in this episode (did it receive the episode's start?"
                    " see its log)")
             return [self._end(ABORTED, f"stalled: no chunk result for {self.s.stall_timeout_s:g} s{why}", now)]
-        if self.state == RUNNING and self.chunks == 0 and now >= (self._repeat_start_at or 0.0):
+        if self.state == RUNNING and self.chunks == 0 and now >= self._repeat_start_at:
             # A reader may have lost the start: without it the episode would sit until the stall timeout.
             self._repeat_start_at = now + START_REPEAT_S
             return [Event(self.episode, RUNNING, NONE, 0, 0, "", repeat=True)]
