@@ -192,12 +192,16 @@ def test_a_reader_that_lost_the_start_hears_the_same_signed_start_until_the_firs
     late_node = rclpy.create_node("late_reader")
     late: list = []
     late_node.create_subscription(E, EPISODE, lambda m: late.append((time.monotonic(), m)), qos()["decision"])
-    try:
-        joined = time.monotonic()
-        deadline = joined + 10 * START_REPEAT_S
-        while not late and time.monotonic() < deadline:
+
+    def spin_both(seconds: float, until=lambda: False) -> None:    # the late reader and the probe (results)
+        end = time.monotonic() + seconds
+        while not until() and time.monotonic() < end:
             rclpy.spin_once(late_node, timeout_sec=0.05)
             rclpy.spin_once(manager.node, timeout_sec=0.0)
+
+    try:
+        joined = time.monotonic()
+        spin_both(10 * START_REPEAT_S, until=lambda: bool(late))
         assert late, "no copy of the running episode's start reached a reader that joined after it"
         heard_at, copy = late[0]
         key = load_or_create_run_key(manager.run_dir)
@@ -212,10 +216,7 @@ def test_a_reader_that_lost_the_start_hears_the_same_signed_start_until_the_firs
         manager.result_pub.publish(result)
         spin_for(manager, 0.5)
         late.clear()
-        end = time.monotonic() + 3 * START_REPEAT_S
-        while time.monotonic() < end:
-            rclpy.spin_once(late_node, timeout_sec=0.05)
-            rclpy.spin_once(manager.node, timeout_sec=0.0)
+        spin_both(3 * START_REPEAT_S)
         assert [m for _, m in late if m.state == E.STATE_RUNNING] == []   # the robot side answered: no copies
     finally:
         late_node.destroy_node()
