@@ -12,15 +12,17 @@ from dataclasses import asdict, dataclass, fields
 
 ALGOS = ("na", "sac")
 REWARD_MODES = ("success", "time_penalty")
-ENCODERS = ("base_features", "cnn", "whitened_features")
+ENCODERS = ("base_features", "cnn", "whitened_features", "object_moments")
+IMAGE_ENCODERS = ("cnn", "object_moments")   # read the camera image + proprio, not the base policy's features
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
 # Knobs added after agents were saved (they change training only), with what a saved config without one meant: a
 # resumed run keeps training as it was started, whatever today's default.
 ADDED_LATER = {"intervention_fraction": 0.5, "takeover_penalty": 0.0, "n_step": 1, "noise_segments": 0,
-               "winner_regression": 0.0}
+               "winner_regression": 0.0, "object_colour": "#e61e19",
+               "object_colour_tolerance": 0.15}
 ARCHITECTURE = ("algo", "noise_magnitude", "noise_segments", "hidden_dim", "num_layers", "num_critics", "encoder",
-                "encoder_dim")
+                "encoder_dim", "object_colour", "object_colour_tolerance")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,11 @@ class AgentConfig:
     encoder: str = "base_features"       # actor/critic input: the frozen base policy's features | "cnn" of its own |
                                          # "whitened_features": the features on their top encoder_dim principal
                                          # components at unit variance (fit on the replay when training starts)
+                                         # "object_moments": the object's image position and long axis, found
+                                         # by its colour, + proprio (core/object_moments.py)
     encoder_dim: int = 128               # the "cnn" encoder's feature size; the principal components kept
+    object_colour: str = "#e61e19"       # "object_moments": the object's colour '#rrggbb' (the sim's red block)
+    object_colour_tolerance: float = 0.15  # ... and how far (chromaticity distance) a pixel's may be from it
     intervention_fraction: float = 0.5   # share of each batch drawn from the intervention rows, once there are any
                                          # (RLPD / HIL-SERL's 50/50; DSRL-SAC has none: they carry no noise)
     takeover_penalty: float = 0.0        # RLIF-style: subtracted from the reward of the decision a takeover cut
@@ -87,13 +93,23 @@ class AgentConfig:
                 ("init_temperature", _positive(self.init_temperature), "a temperature > 0"),
                 ("init_log_std", -5 < self.init_log_std < 2, "-5 < log sigma < 2"),
                 ("encoder_dim", self.encoder_dim >= 1, "an integer >= 1"),
+                ("object_colour", _colour(self.object_colour), "a colour '#rrggbb'"),
+                ("object_colour_tolerance", _positive(self.object_colour_tolerance) and
+                 self.object_colour_tolerance < 1, "a chromaticity distance in (0, 1)"),
                 ("intervention_fraction", 0 <= self.intervention_fraction <= 1, "a share of each batch in [0, 1]"),
                 ("takeover_penalty", _finite(self.takeover_penalty) and self.takeover_penalty >= 0,
                  "a penalty >= 0 (0: off)"))
         check_fields(self, rules)
 
+    @property
+    def reads_images(self) -> bool:
+        """The agent's encoder reads the camera image + proprio (the replay then serves raw observations)."""
+        return self.encoder in IMAGE_ENCODERS
+
     def architecture(self) -> dict:
-        return {k: getattr(self, k) for k in ARCHITECTURE}
+        """The knobs the tensors and the actor's input depend on (the colour only where the encoder reads it)."""
+        keys = [k for k in ARCHITECTURE if self.encoder == "object_moments" or not k.startswith("object_colour")]
+        return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +145,11 @@ def check_fields(config, rules) -> None:
 
 def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _colour(value: str) -> bool:
+    return (isinstance(value, str) and len(value) == 7 and value[0] == "#"
+            and all(c in "0123456789abcdefABCDEF" for c in value[1:]))
 
 
 def _positive(value: float) -> bool:

@@ -284,7 +284,7 @@ class Learner:
         config = self.config
         with self._lock:
             batch = self.sampler.sample(config.batch_size, self.rng, noise_known_only=config.algo == "sac",
-                                        raw_obs=config.encoder == "cnn")
+                                        raw_obs=config.reads_images)
             self.last_metrics = self.steering.update(_to_device(batch, self.steering.device))
             self.offline_updates += offline     # counted with the update, before a checkpoint can record either
             updates = self.num_updates

@@ -24,6 +24,7 @@ from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_c
 from dsrl_ros.core.dsrl import DSRL, DSRLConfig
 from dsrl_ros.core.durable import write_atomic
 from dsrl_ros.core.normalizer import FeatureWhitener, RangeNormalizer
+from dsrl_ros.core.object_moments import MOMENT_FEATURES, ObjectMomentsEncoder
 from dsrl_ros.core.policy import DiffusionPolicy, ImageEncoder
 from dsrl_ros.policies.base import BasePolicy
 from dsrl_ros.policies.ours import OursPolicy
@@ -55,13 +56,19 @@ class SteeringObsEncoder(nn.Module):
     def __init__(self, policy: BasePolicy, feature_dim: int):
         super().__init__()
         self.image = ImageEncoder((16, 32), 64)
-        norm = policy.proprio_normalizer()       # None: the policy has no proprio scale of its own (identity)
-        self.proprio_norm = copy.deepcopy(norm) if norm is not None else RangeNormalizer(policy.config.proprio_dim)
+        self.proprio_norm = _proprio_normalizer(policy)
         self.mlp = nn.Sequential(nn.Linear(64 + policy.config.proprio_dim, feature_dim), nn.LayerNorm(feature_dim),
                                  nn.Tanh())
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.mlp(torch.cat([self.image(obs["image"]), self.proprio_norm.normalize(obs["proprio"])], dim=-1))
+
+
+def _proprio_normalizer(policy: BasePolicy) -> RangeNormalizer:
+    """A frozen copy of the base policy's proprio scale (identity where it has none), so the agent's own encoder
+    sees proprio as the policy does."""
+    norm = policy.proprio_normalizer()
+    return copy.deepcopy(norm) if norm is not None else RangeNormalizer(policy.config.proprio_dim)
 
 
 def chunk_reward(env_reward_sum: float, success: bool, mode: str) -> float:
@@ -88,13 +95,16 @@ class PolicySteering:
                              f"got {config.noise_segments}")
         # The agent's noise z (B, S * Da): one Da-vector per segment; the policy's w repeats each over its steps.
         steer_dim = self.segments * int(np.prod(self.noise_shape[1:]))
-        self.raw_obs = config.encoder == "cnn"        # the agent's encoder reads images + proprio, not features
-        encoder = None                                # base_features: the actor and critics read them as they are
+        self.raw_obs = config.reads_images            # the agent's encoder reads images + proprio, not features
+        encoder, obs_dim = None, policy.config.feature_dim   # base_features: read as they are
         if config.encoder == "cnn":
-            encoder = SteeringObsEncoder(policy, config.encoder_dim)
+            encoder, obs_dim = SteeringObsEncoder(policy, config.encoder_dim), config.encoder_dim
         elif config.encoder == "whitened_features":
-            encoder = FeatureWhitener(policy.config.feature_dim, config.encoder_dim)
-        obs_dim = policy.config.feature_dim if encoder is None else config.encoder_dim
+            encoder, obs_dim = FeatureWhitener(policy.config.feature_dim, config.encoder_dim), config.encoder_dim
+        elif config.encoder == "object_moments":
+            encoder = ObjectMomentsEncoder(config.object_colour, config.object_colour_tolerance,
+                                           _proprio_normalizer(policy))
+            obs_dim = MOMENT_FEATURES + policy.config.proprio_dim
         chunk_dim = int(np.prod(self.noise_shape))
         self.agent = DSRL(dsrl_config(config, obs_dim, steer_dim, chunk_dim), self.decode, encoder)
         self.device = policy.device                 # the agent lives where the frozen policy does
