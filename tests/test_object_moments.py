@@ -108,11 +108,24 @@ def test_on_the_sim_block_the_axis_tells_the_grasp_the_yaw_needs():
 
 def test_the_agent_reads_moments_and_proprio_and_the_colour_is_part_of_its_architecture():
     config = AgentConfig(encoder="object_moments", hidden_dim=32, object_colour="#1e19e6")
+    torch.manual_seed(0)
     steering = PolicySteering(DiffusionPolicy(TINY).eval(), config)
-    encoder = steering.agent.encoder
-    assert isinstance(encoder, ObjectMomentsEncoder) and steering.raw_obs
-    assert steering.agent.config.obs_dim == MOMENT_FEATURES + TINY.proprio_dim
+    encoder, dim = steering.row_moments, MOMENT_FEATURES + TINY.proprio_dim
+    assert isinstance(encoder, ObjectMomentsEncoder) and steering.agent.config.obs_dim == dim
     torch.testing.assert_close(encoder.chroma, torch.tensor([30.0, 25.0, 230.0]) / 285.0)   # the config's colour
+    # Computed once per row: the replay's cached row is the base features, then the moments + proprio; the agent
+    # reads the tail, the base policy's decoder the head (so a chunk does not depend on the tail).
+    image = np.stack([_bar(10.0), _bar(80.0)])
+    image[..., [0, 2]] = image[..., [2, 0]]                      # the bars in the config's blue
+    proprio = np.random.default_rng(0).normal(size=(2, 11)).astype(np.float32)
+    rows = torch.as_tensor(steering.features(image, proprio))
+    assert rows.shape == (2, steering.policy.config.feature_dim + dim) == (2, steering.feature_dim)
+    tail = encoder({"image": torch.as_tensor(image), "proprio": torch.as_tensor(proprio)})
+    assert tail[:, 0].tolist() == [1.0, 1.0] and tail[0, 4] > 0 > tail[1, 4]      # seen, and the two axes differ
+    torch.testing.assert_close(steering.agent.encode(rows), tail)
+    z = torch.randn(2, steering.agent.config.noise_dim)
+    torch.testing.assert_close(steering.decode(rows, z), steering.decode(rows[:, :steering.policy.config.feature_dim], z))
+    torch.testing.assert_close(steering.decode(torch.cat([rows[:, :-dim], tail.flip(0)], 1), z), steering.decode(rows, z))
     assert config.architecture()["object_colour"] == "#1e19e6"
     assert "object_colour" not in AgentConfig().architecture()   # other encoders do not read it
     with pytest.raises(ValueError, match="object_colour: expected a colour '#rrggbb', got 'red'"):

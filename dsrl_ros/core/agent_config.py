@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, fields
 ALGOS = ("na", "sac")
 REWARD_MODES = ("success", "time_penalty")
 ENCODERS = ("base_features", "cnn", "whitened_features", "object_moments")
-IMAGE_ENCODERS = ("cnn", "object_moments")   # read the camera image + proprio, not the base policy's features
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
 # Knobs added after agents were saved (they change training only), with what a saved config without one meant: a
@@ -104,7 +103,7 @@ class AgentConfig:
     @property
     def reads_images(self) -> bool:
         """The agent's encoder reads the camera image + proprio (the replay then serves raw observations)."""
-        return self.encoder in IMAGE_ENCODERS
+        return self.encoder == "cnn"      # object_moments reads the image once per row, with the base features
 
     def architecture(self) -> dict:
         """The knobs the tensors and the actor's input depend on (the colour only where the encoder reads it)."""

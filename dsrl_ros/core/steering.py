@@ -64,6 +64,18 @@ class SteeringObsEncoder(nn.Module):
         return self.mlp(torch.cat([self.image(obs["image"]), self.proprio_norm.normalize(obs["proprio"])], dim=-1))
 
 
+class FeatureTail(nn.Module):
+    """The object_moments agent's encoder: the last `dim` numbers of a cached row, (B, F + dim) -> (B, dim) (the
+    moments + proprio `PolicySteering.features` appended; nothing learned)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features[:, -self.dim:]
+
+
 def _proprio_normalizer(policy: BasePolicy) -> RangeNormalizer:
     """A frozen copy of the base policy's proprio scale (identity where it has none), so the agent's own encoder
     sees proprio as the policy does."""
@@ -96,15 +108,20 @@ class PolicySteering:
         # The agent's noise z (B, S * Da): one Da-vector per segment; the policy's w repeats each over its steps.
         steer_dim = self.segments * int(np.prod(self.noise_shape[1:]))
         self.raw_obs = config.reads_images            # the agent's encoder reads images + proprio, not features
+        # object_moments: the moments + proprio are a fixed function of the observation, so they are computed
+        # once per row with the base features (`features` appends them) and the agent's encoder takes that tail.
+        self.row_moments = None
         encoder, obs_dim = None, policy.config.feature_dim   # base_features: read as they are
         if config.encoder == "cnn":
             encoder, obs_dim = SteeringObsEncoder(policy, config.encoder_dim), config.encoder_dim
         elif config.encoder == "whitened_features":
             encoder, obs_dim = FeatureWhitener(policy.config.feature_dim, config.encoder_dim), config.encoder_dim
         elif config.encoder == "object_moments":
-            encoder = ObjectMomentsEncoder(config.object_colour, config.object_colour_tolerance,
-                                           _proprio_normalizer(policy))
+            self.row_moments = ObjectMomentsEncoder(config.object_colour, config.object_colour_tolerance,
+                                                    _proprio_normalizer(policy)).to(policy.device)
             obs_dim = MOMENT_FEATURES + policy.config.proprio_dim
+            encoder = FeatureTail(obs_dim)
+        self.feature_dim = policy.config.feature_dim + (obs_dim if self.row_moments is not None else 0)
         chunk_dim = int(np.prod(self.noise_shape))
         self.agent = DSRL(dsrl_config(config, obs_dim, steer_dim, chunk_dim), self.decode, encoder)
         self.device = policy.device                 # the agent lives where the frozen policy does
@@ -113,14 +130,18 @@ class PolicySteering:
     # ---- the base policy as seen by DSRL ----------------------------------------------------------------------
     @torch.no_grad()
     def features(self, image: np.ndarray, proprio: np.ndarray, batch: int = 512) -> np.ndarray:
-        """image (N, H, W, 3) uint8, proprio (N, P) -> frozen base-policy features (N, hidden) float32."""
+        """image (N, H, W, 3) uint8, proprio (N, P) -> what the replay caches per row (N, self.feature_dim) float32:
+        the frozen base-policy features (N, hidden), then for an object_moments agent its moments + proprio."""
         out = []
         for i in range(0, len(image), batch):
             obs = {"image": torch.as_tensor(image[i:i + batch], device=self.device)[:, None],
                    "proprio": torch.as_tensor(proprio[i:i + batch], dtype=torch.float32, device=self.device)[:, None]}
             self.policy.validate_obs(obs)
-            out.append(self.policy.encode_obs(obs).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.policy.config.feature_dim), np.float32)
+            features = self.policy.encode_obs(obs)
+            if self.row_moments is not None:
+                features = torch.cat([features, self.row_moments({k: v[:, 0] for k, v in obs.items()})], dim=-1)
+            out.append(features.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
 
     # ---- the steering space: z (B, S * Da) <-> w (B, Ta * Da) ------------------------------------------------
     def expand(self, z: torch.Tensor) -> torch.Tensor:
@@ -139,6 +160,7 @@ class PolicySteering:
 
     def decode(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """(B, hidden), z (B, S*Da) -> normalised executed chunk (B, Ta*Da): pi_dp(s, expand(z))."""
+        features = features[:, :self.policy.config.feature_dim]      # the base features (no cached moments)
         chunk = self.policy.sample_from_features(features, self.expand(z).view(-1, *self.noise_shape))
         return self.policy.normalize_actions(chunk).flatten(1)
 
@@ -289,7 +311,7 @@ def _probe(steering: PolicySteering, where: str) -> None:
             obs = {"image": torch.zeros((2, *c.image_shape), dtype=torch.uint8, device=steering.device),
                    "proprio": torch.zeros((2, c.proprio_dim), device=steering.device)}
         else:
-            dim = steering.policy.config.feature_dim
+            dim = steering.feature_dim
             obs = torch.randn(2, dim, generator=torch.Generator().manual_seed(0)).to(steering.device)
         try:
             w = agent.act(obs, deterministic=True)
