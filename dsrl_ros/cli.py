@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsrl_ros.commands import (bag2zarr, baselines, check_config, collect_demos, console, demo, evaluate, repair,
-                               sample, serve_policy, train_bc, train_steer, up)
+from dsrl_ros.commands import (bag2zarr, baselines, check_config, collect_demos, console, demo, evaluate,
+                               object_moments, repair, sample, serve_policy, train_bc, train_steer, up)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsrl-ros", description="Diffusion steering via RL on real arms (ROS 2).")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (up, console, check_config, collect_demos, train_bc, train_steer, evaluate, baselines, demo, repair,
-                   bag2zarr, sample, serve_policy):
+                   bag2zarr, sample, serve_policy, object_moments):
         module.add_parser(sub)
     return parser
 

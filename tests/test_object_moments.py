@@ -149,3 +149,24 @@ def test_train_steer_with_object_moments_ships_an_actor_eval_can_play(tiny_polic
     assert cli_main(["eval", "--policy", str(tiny_policy_dir), "--steer", str(out / "actor"), "--episodes", "1",
                      "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["agent"] == "steered_policy"
+
+
+def test_object_moments_command_reads_a_frame_file_as_the_encoder_does(tmp_path, capsys):
+    import matplotlib.image
+
+    frame = _bar(35.0, centre=(40.0, 55.0))
+    matplotlib.image.imsave(tmp_path / "frame.png", frame)
+    assert cli_main(["object-moments", str(tmp_path / "frame.png"), "--mask", str(tmp_path / "mask.png"),
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["colour"] == "#e61e19" and out["pixels"] == 84 * 84                   # the sim config's colour
+    assert out["matched_pixels"] == np.count_nonzero((frame == RED).all(-1))
+    np.testing.assert_allclose(list(out["moments"].values()), _moments(frame), atol=1e-6)
+    mask = matplotlib.image.imread(tmp_path / "mask.png")[..., :3]
+    assert np.count_nonzero((mask == 1.0).all(-1)) == out["matched_pixels"]        # the matches shown in white
+    assert cli_main(["object-moments", str(tmp_path / "frame.png"), "--colour", "#19e61e", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["matched_pixels"] == 0
+    assert cli_main(["object-moments"]) == 2
+    assert "give one frame file or --sim-seed N" in capsys.readouterr().err
+    assert cli_main(["object-moments", str(tmp_path / "frame.png"), "--colour", "red"]) == 2
+    assert "object_colour: expected a colour '#rrggbb', got 'red'" in capsys.readouterr().err

@@ -31,6 +31,14 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
 
 
+def object_mask(image: torch.Tensor, chroma: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, H, W) bool: the pixels whose chromaticity is within tolerance of chroma (3,)."""
+    pixels = image.float()
+    brightness = pixels.sum(-1)
+    near = (pixels / brightness.clamp(min=1.0).unsqueeze(-1) - chroma).norm(dim=-1) <= tolerance
+    return near & (brightness >= MIN_BRIGHTNESS)
+
+
 class ObjectMomentsEncoder(nn.Module):
     """Colour mask -> image moments of the object, concatenated with the proprio on the base policy's scale."""
 
@@ -46,10 +54,7 @@ class ObjectMomentsEncoder(nn.Module):
 
     def moments(self, image: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, MOMENT_FEATURES) float32 (the module docstring's six numbers)."""
-        pixels = image.float()
-        brightness = pixels.sum(-1)                                            # (B, H, W)
-        chroma = pixels / brightness.clamp(min=1.0).unsqueeze(-1)
-        mask = (((chroma - self.chroma).norm(dim=-1) <= self.tolerance) & (brightness >= MIN_BRIGHTNESS)).float()
+        mask = object_mask(image, self.chroma, self.tolerance).float()
         h, w = mask.shape[1:]
         ys = torch.linspace(-1.0, 1.0, h, device=image.device).view(1, h, 1)
         xs = torch.linspace(-1.0, 1.0, w, device=image.device).view(1, 1, w)
