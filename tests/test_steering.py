@@ -155,11 +155,11 @@ def test_the_yaml_winner_regression_reaches_the_actor_update():
 
 
 def test_a_config_saved_before_a_knob_existed_reads_as_it_was_trained():
-    """ADDED_LATER: the shipped actors predate winner_regression (trained without it, today's default is 2)."""
+    """ADDED_LATER: the shipped `lift` actor predates winner_regression (trained without it, today's default is 2)."""
     from dsrl_ros.core.agent_config import ADDED_LATER
     from dsrl_ros.core.checkpoint import PACKAGE_CHECKPOINTS
 
-    saved = json.loads((PACKAGE_CHECKPOINTS / "steer_actor_lift_block_na" / "config.json").read_text())["agent"]
+    saved = json.loads((PACKAGE_CHECKPOINTS / "steer_actor_lift_na" / "config.json").read_text())["agent"]
     assert "winner_regression" not in saved and AgentConfig().winner_regression == 2.0
     assert AgentConfig.from_dict(saved).winner_regression == 0.0
     assert AgentConfig.from_dict(saved | {"winner_regression": 5.0}).winner_regression == 5.0
