@@ -38,6 +38,14 @@ _DOMAIN, _DOMAIN_LOCK = _claim_domain()
 os.environ["ROS_DOMAIN_ID"] = str(_DOMAIN)
 
 
+@pytest.fixture(scope="module")
+def tiny_policy_dir(tmp_path_factory):
+    """An untrained sim-sized tiny policy (policy_helpers.SIM_TINY) saved for the sim's `lift` task, one per module."""
+    from policy_helpers import save_sim_tiny
+
+    return save_sim_tiny(tmp_path_factory.mktemp("policy") / "tiny")
+
+
 @pytest.fixture
 def probe():
     """An rclpy node recording what a running graph publishes (tests/stack_harness.py: Probe)."""

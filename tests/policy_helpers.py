@@ -15,6 +15,10 @@ from dsrl_ros.policies.ours import save_flow_policy
 TINY = PolicyConfig(image_shape=(16, 16, 3), proprio_dim=3, action_dim=2, chunk_len=4, cnn_channels=(8, 8),
                     image_feature_dim=8, hidden_dim=32, num_blocks=1, time_embed_dim=8, num_train_steps=20,
                     num_inference_steps=4)
+# The sim arm's sizes (84 px image, 11 proprio, 5 actions) at a tiny width: steering and learner tests on the sim.
+SIM_TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
+                        num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
+                        time_embed_dim=16)
 
 
 def _randomise(net: torch.nn.Module, seed: int) -> None:
@@ -26,6 +30,12 @@ def _randomise(net: torch.nn.Module, seed: int) -> None:
                 buf.copy_(torch.randn(buf.shape, generator=g) * 0.3)
             elif name.endswith("half_range"):
                 buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+
+
+def save_sim_tiny(directory: Path) -> Path:
+    """An untrained SIM_TINY policy (torch seed 0) saved for the sim's `lift` task."""
+    torch.manual_seed(0)
+    return save_policy(DiffusionPolicy(SIM_TINY), directory, metadata={"store_attrs": {"task": "lift"}})
 
 
 def tiny_ours(directory: Path, seed: int = 0) -> Path:

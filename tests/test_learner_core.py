@@ -12,12 +12,10 @@ from dsrl_ros.core.chunk_replay import SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNA
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.episode_recorder import CUT_SHORT, EpisodeRecorder
 from dsrl_ros.core.learner import Learner
-from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
+from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
+from policy_helpers import SIM_TINY as TINY
 
-TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
-                    num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
-                    time_embed_dim=16)
 STEER = AgentConfig(hidden_dim=32, num_layers=2, batch_size=16)
 CHUNK = TINY.chunk_len * TINY.action_dim
 

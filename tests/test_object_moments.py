@@ -10,25 +10,14 @@ from safetensors.torch import load_file
 
 from dsrl_ros.cli import main as cli_main
 from dsrl_ros.core.agent_config import AgentConfig
-from dsrl_ros.core.checkpoint import save_policy
 from dsrl_ros.core.normalizer import RangeNormalizer
 from dsrl_ros.core.object_moments import MOMENT_FEATURES, ObjectMomentsEncoder
-from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
+from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.steering import PolicySteering, load_actor
+from policy_helpers import SIM_TINY as TINY
 
 RED = (230, 30, 25)
 TABLE = (176, 144, 112)
-TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
-                    num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
-                    time_embed_dim=16)
-
-
-@pytest.fixture(scope="module")
-def tiny_policy_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("policy") / "tiny"
-    save_policy(DiffusionPolicy(TINY), path, metadata={"store_attrs": {"task": "lift"}})
-    return path
 
 
 def _encoder(tolerance: float = 0.15) -> ObjectMomentsEncoder:

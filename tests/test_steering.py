@@ -9,26 +9,15 @@ from safetensors.torch import load_file
 
 from dsrl_ros.cli import main as cli_main
 from dsrl_ros.commands.train_steer import _run_episode
-from dsrl_ros.core.checkpoint import save_policy
 from dsrl_ros.core.chunk_replay import (SOURCE_ACTOR, SOURCE_BASE, SOURCE_EXTERNAL, ChunkEpisode, ChunkReplay,
                                         chunk_schema)
 from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
 from dsrl_ros.core.ram_episodes import RamEpisodes
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, load_actor
+from policy_helpers import SIM_TINY as TINY
 
-TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
-                    num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
-                    time_embed_dim=16)
 STEER = AgentConfig(hidden_dim=32, num_layers=2, batch_size=16, utd=2)
-
-
-@pytest.fixture(scope="module")
-def tiny_policy_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("policy") / "tiny"
-    save_policy(DiffusionPolicy(TINY), path, metadata={"store_attrs": {"task": "lift"}})
-    return path
 
 
 class ScriptedEnv:

@@ -18,15 +18,13 @@ from safetensors.torch import save as st_save
 
 from dsrl_ros.cli import main as cli_main
 from dsrl_ros.core.action_limits import clip_actions
-from dsrl_ros.core.policy import DiffusionPolicy, PolicyConfig
+from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.run_identity import KEY_FILE, load_or_create_run_key
 from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes
 from dsrl_ros.nodes.ros_io import RateCap, check_signed, sign
+from policy_helpers import SIM_TINY as TINY
 
-TINY = PolicyConfig(image_shape=(84, 84, 3), proprio_dim=11, action_dim=5, chunk_len=4, num_train_steps=20,
-                    num_inference_steps=3, cnn_channels=(4, 4), image_feature_dim=8, hidden_dim=32, num_blocks=1,
-                    time_embed_dim=16)
 STEER = AgentConfig(hidden_dim=32, num_layers=2, batch_size=16)
 
 
