@@ -159,3 +159,5 @@ def test_object_moments_command_reads_a_frame_file_as_the_encoder_does(tmp_path,
     assert "give one frame file or --sim-seed N" in capsys.readouterr().err
     assert cli_main(["object-moments", str(tmp_path / "frame.png"), "--colour", "red"]) == 2
     assert "object_colour: expected a colour '#rrggbb', got 'red'" in capsys.readouterr().err
+    assert cli_main(["object-moments", str(tmp_path / "frame.png"), "--tolerance", "0"]) == 2
+    assert "object_colour_tolerance: expected a chromaticity distance in (0, 1), got 0.0" in capsys.readouterr().err

@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("image: give one frame file or --sim-seed N")
     config = load_config(args.config)
     learner = config.learner
-    agent = AgentConfig(object_colour=args.colour or learner.object_colour,                # validated here
-                        object_colour_tolerance=args.tolerance or learner.object_colour_tolerance)
+    agent = AgentConfig(  # validated here: a bad --colour or --tolerance is refused, never replaced by the config's
+        object_colour=learner.object_colour if args.colour is None else args.colour,
+        object_colour_tolerance=learner.object_colour_tolerance if args.tolerance is None else args.tolerance)
     if args.sim_seed is not None:
         from dsrl_ros.sim import make_env
 
