@@ -10,7 +10,7 @@ from dsrl_ros.core.agent_config import AgentConfig
 from dsrl_ros.core.normalizer import FeatureWhitener
 from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.steering import PolicySteering, actor_from_bytes, load_actor
-from test_steering import TINY, tiny_policy_dir  # noqa: F401 (a pytest fixture)
+from policy_helpers import SIM_TINY as TINY
 
 
 def anisotropic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
