@@ -156,8 +156,9 @@ class Supervisor:
             self._state_unwritable = True
 
     def _last_error(self, child: Child, code: int) -> str:
-        """What this run of the node left as its last log line (a one-line error, or a traceback's last line);
-        a node killed by a signal before it said anything: the signal's name."""
+        """What this run of the node said last as its error: its own one-line error (`<name>: error: ...`, from
+        run_node) where it wrote one, even if shutdown logging followed it; otherwise its last log line (a
+        traceback's last line); a node killed by a signal before it said anything: the signal's name."""
         try:
             text = (self.log_dir / f"{child.spec.name}.log").read_text(errors="replace")
         except OSError:
@@ -166,6 +167,9 @@ class Supervisor:
         if code < 0:
             died = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit code {code}"
             return f"{died}" + (f" after: {lines[-1].strip()}" if lines else " before it logged anything")
+        own_errors = [line for line in lines if line.startswith(f"{child.spec.name}: error:")]
+        if own_errors:
+            return own_errors[-1].strip()
         return lines[-1].strip() if lines else f"exit code {code}"
 
 

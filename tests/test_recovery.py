@@ -23,6 +23,7 @@ from dsrl_ros.core.learner import Learner
 from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.run_repair import repair_run
 from dsrl_ros.core.steering import PolicySteering
+from dsrl_ros.ros_env import RESOURCE_ERROR_EXIT
 from dsrl_ros.supervisor import CRASH_LOOP_STARTS, Supervisor
 from stack_harness import alive, wait_for
 from test_learner_core import STEER, TINY, _episode_rows
@@ -210,6 +211,19 @@ def test_a_fatal_exit_code_is_never_restarted(tmp_path):
     poll_until(supervisor, lambda: supervisor.fatal, 30, "the fatal exit")
     assert supervisor.fatal == "bad_config cannot start: bad_config: error: learner.utd: expected > 0"
     assert supervisor.fatal_code == 2 and supervisor.children[0].restarts == 0
+
+
+def test_the_nodes_own_error_line_is_reported_even_when_shutdown_logging_follows_it(tmp_path):
+    # run_node prints the one-line error, then closes the node, which may still log (the learner names the
+    # episodes in flight): a CI run reported that INFO line as the reason instead of "disk full".
+    node = Script("learner", "import sys; print('learner: error: disk full: [Errno 28] No space left', "
+                             "file=sys.stderr); print('[INFO] [learner]: episodes in flight, not stored: [28]', "
+                             f"file=sys.stderr); sys.exit({RESOURCE_ERROR_EXIT})")
+    supervisor = Supervisor([node], dict(os.environ), tmp_path / "logs", say=lambda s: None)
+    supervisor.start()
+    poll_until(supervisor, lambda: supervisor.fatal, 30, "the fatal exit")
+    assert supervisor.fatal == "learner stopped the run: learner: error: disk full: [Errno 28] No space left"
+    assert supervisor.fatal_code == RESOURCE_ERROR_EXIT and supervisor.children[0].restarts == 0
 
 
 @pytest.mark.parametrize("launcher_sigint", ["default", "ignored"])
