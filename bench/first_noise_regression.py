@@ -15,7 +15,13 @@ averaging, reading the state four ways:
 - `features_knn`: nonlinear and local on the same whitened features: the mean first noise of the 3 winners
   nearest to the state;
 - `features_mlp`: an MLP (2 x 64, tanh) fit by least squares from the same whitened features to the winners'
-  first noises (what a success-filtered imitation of the winners by DSRL's actor could extract at best).
+  first noises (what a success-filtered imitation of the winners by DSRL's actor could extract at best);
+- `moments`, `moments_mlp`: ridge regression and the same MLP on the six numbers the `object_moments` encoder
+  reads from the image (core/object_moments.py, the sim's colour): what that input lets averaging extract;
+- `moments_fourier`: ridge on what the encoder reads with `object_axis_harmonics: 3` (the same six plus
+  e (cos, sin) of 4 theta and 6 theta): can a linear rule follow a grasp that switches with the angle?
+- `moments_anglebin`: the mean winning noise per quadrant of the image angle 2 theta (not privileged: read from
+  the image like `moments`, binned as `bin` bins the true yaw).
 
 Each rule is then played at the first decision (w = 0 after) on the held-out seeds, beside w = 0. One JSON line
 per data seed; the gap between `bin`, `pose` and `features` is what reading the state costs at this amount of data.
@@ -42,14 +48,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_description  # noqa: E402
 from oracle_piecewise_noise import first_decision_only, yaw_bin  # noqa: E402
 
+from dsrl_ros.core.agent_config import AgentConfig  # noqa: E402
 from dsrl_ros.core.checkpoint import PACKAGE_CHECKPOINTS  # noqa: E402
+from dsrl_ros.core.object_moments import ObjectMomentsEncoder  # noqa: E402
 from dsrl_ros.policies import load_base_policy  # noqa: E402
 from dsrl_ros.rollout import run_episode  # noqa: E402
 
 DATA_SEED = 600_000      # training seeds: data seed d plays seeds DATA_SEED + 10000 d + i
-READERS = ("none", "bin", "pose", "features", "features_knn", "features_mlp")
+READERS = ("none", "bin", "pose", "features", "features_knn", "features_mlp", "moments", "moments_mlp",
+           "moments_fourier", "moments_anglebin")
 STATE_OF_READER = {"none": "bin", "bin": "bin", "pose": "pose", "features": "features", "features_knn": "features",
-                   "features_mlp": "features"}
+                   "features_mlp": "features", "moments": "moments", "moments_mlp": "moments",
+                   "moments_fourier": "moments_fourier", "moments_anglebin": "angle_bin"}
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0):
@@ -110,6 +120,9 @@ def first_noise_rules(states: dict[str, np.ndarray], noises: np.ndarray, won: np
     overall = winners.mean(0) if len(winners) else np.zeros(noises.shape[1])
     per_bin = np.array([noises[won & (states["bin"] == b)].mean(0) if (won & (states["bin"] == b)).any()
                         else np.zeros(noises.shape[1]) for b in range(bins)])
+    per_angle_bin = np.array([noises[won & (states["angle_bin"] == b)].mean(0)
+                              if (won & (states["angle_bin"] == b)).any() else np.zeros(noises.shape[1])
+                              for b in range(bins)])
     white = whitening(states["features"], components)
     white_winners = white(states["features"][won])
 
@@ -120,14 +133,27 @@ def first_noise_rules(states: dict[str, np.ndarray], noises: np.ndarray, won: np
             "pose": ridge_fit(states["pose"][won], winners),
             "features": on_white(ridge_fit(white_winners, winners)),
             "features_knn": on_white(knn_fit(white_winners, winners)),
-            "features_mlp": on_white(mlp_fit(white_winners, winners))}
+            "features_mlp": on_white(mlp_fit(white_winners, winners)),
+            "moments": ridge_fit(states["moments"][won], winners),
+            "moments_mlp": mlp_fit(states["moments"][won], winners),
+            "moments_fourier": ridge_fit(states["moments_fourier"][won], winners),
+            "moments_anglebin": lambda rows: per_angle_bin[np.asarray(rows, int)]}
+
+
+MOMENTS, MOMENTS_H3 = (ObjectMomentsEncoder(AgentConfig.object_colour, AgentConfig.object_colour_tolerance,
+                                             proprio_norm=None, axis_harmonics=h) for h in (1, 3))
 
 
 def read_state(env, policy, obs) -> dict[str, np.ndarray]:
     position, yaw = env.cube_pose()
     with torch.no_grad():
         features = policy.encode_obs({k: torch.as_tensor(v)[None, None] for k, v in obs.items()})[0].numpy()
-    return {"bin": np.array(yaw_bin(yaw, 4)), "features": features,
+        image = torch.as_tensor(obs["image"])[None]
+        moments, moments_h3 = MOMENTS.moments(image)[0].numpy(), MOMENTS_H3.moments(image)[0].numpy()
+    double_angle = np.arctan2(moments[5], moments[4])            # 2 theta of the image's long axis
+    return {"bin": np.array(yaw_bin(yaw, 4)), "features": features, "moments": moments,
+            "moments_fourier": moments_h3,
+            "angle_bin": np.array(int((double_angle + np.pi) // (np.pi / 2)) % 4),
             "pose": np.array([np.cos(2 * yaw), np.sin(2 * yaw), 10 * position[0], 10 * position[1]])}
 
 

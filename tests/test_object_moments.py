@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from dsrl_ros.cli import main as cli_main
-from dsrl_ros.core.agent_config import AgentConfig
+from dsrl_ros.core.agent_config import MAX_AXIS_HARMONICS, AgentConfig
 from dsrl_ros.core.normalizer import RangeNormalizer
-from dsrl_ros.core.object_moments import MOMENT_FEATURES, ObjectMomentsEncoder
+from dsrl_ros.core.object_moments import MOMENT_FEATURES, ObjectMomentsEncoder, moment_features
 from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.steering import PolicySteering, load_actor
 from policy_helpers import SIM_TINY as TINY
@@ -74,6 +74,39 @@ def test_a_round_blob_has_no_axis_and_the_output_is_finite():
     one_pixel[:] = TABLE
     one_pixel[3, 3] = RED                                        # below MIN_PIXELS: not seen (all zeros, no 0/0)
     np.testing.assert_array_equal(_moments(one_pixel), np.zeros(MOMENT_FEATURES))
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, 60.0, 112.5, 135.0, -20.0])
+def test_axis_harmonics_are_the_elongation_times_cos_sin_of_2k_theta_after_the_first_six(angle):
+    image = torch.as_tensor(_bar(angle))[None]
+    three = ObjectMomentsEncoder("#e61e19", 0.15, None, axis_harmonics=3)
+    out = three.moments(image)[0].numpy()
+    assert three.n_moments == moment_features(3) == out.shape[0] == 10
+    np.testing.assert_array_equal(out[:6], _moments(_bar(angle)))     # the one-harmonic numbers first, unchanged
+    e, theta = math.hypot(out[4], out[5]), math.atan2(out[5], out[4]) / 2
+    for k, column in ((2, 6), (3, 8)):
+        np.testing.assert_allclose(out[column:column + 2], [e * math.cos(2 * k * theta), e * math.sin(2 * k * theta)],
+                                   atol=1e-5)
+    bar_theta = math.radians(angle)                             # and they follow the bar itself, mod 180 degrees
+    assert out[6] * math.cos(4 * bar_theta) + out[7] * math.sin(4 * bar_theta) > 0.8 * e
+    blank = torch.as_tensor(np.full((84, 84, 3), TABLE, np.uint8))[None]
+    np.testing.assert_array_equal(three.moments(blank)[0].numpy(), np.zeros(10))   # nothing seen: all zeros
+
+
+def test_axis_harmonics_set_the_agents_input_and_architecture_and_old_configs_mean_one():
+    config = AgentConfig(encoder="object_moments", hidden_dim=32, object_axis_harmonics=3)
+    steering = PolicySteering(DiffusionPolicy(TINY).eval(), config)
+    assert steering.row_moments.axis_harmonics == 3
+    assert steering.agent.config.obs_dim == moment_features(3) + TINY.proprio_dim
+    assert steering.feature_dim == steering.policy.config.feature_dim + moment_features(3) + TINY.proprio_dim
+    assert config.architecture()["object_axis_harmonics"] == 3
+    assert "object_axis_harmonics" not in AgentConfig().architecture()    # other encoders do not read it
+    saved = AgentConfig(encoder="object_moments").to_dict()
+    del saved["object_axis_harmonics"]                           # an actor saved before the knob existed
+    assert AgentConfig.from_dict(saved).object_axis_harmonics == 1
+    for bad in (0, MAX_AXIS_HARMONICS + 1, 1.5):
+        with pytest.raises(ValueError, match=f"object_axis_harmonics: expected an integer in 1..{MAX_AXIS_HARMONICS}"):
+            AgentConfig(encoder="object_moments", object_axis_harmonics=bad)
 
 
 def test_on_the_sim_block_the_axis_tells_the_grasp_the_yaw_needs():

@@ -1,8 +1,8 @@
 """`dsrl-ros object-moments IMAGE`: what the `object_moments` encoder reads from one camera frame.
 
 Before training with `learner.encoder: object_moments`, check the colour on a frame of your own camera: how many
-pixels match `learner.object_colour` (only the object's should), and the six numbers the actor would get
-(core/object_moments.py). `--mask OUT.png` writes the frame with the matching pixels in white and the rest
+pixels match `learner.object_colour` (only the object's should), and the numbers the actor would get
+(core/object_moments.py; two more per `learner.object_axis_harmonics` above 1). `--mask OUT.png` writes the frame with the matching pixels in white and the rest
 darkened. Colour and tolerance default to the robot config's `learner:` section; `--sim-seed N` reads the sim's
 frame after `reset(seed=N)` instead of a file.
 """
@@ -18,12 +18,17 @@ import numpy as np
 from dsrl_ros.config import load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "robot_configs" / "sim_arm.yaml"
-NAMES = ("visible", "size", "cx", "cy", "e_cos", "e_sin")
+
+
+def moment_names(axis_harmonics: int) -> list[str]:
+    """The names of ObjectMomentsEncoder.moments' columns: e_cos_4, e_sin_4 for the 4 theta harmonic, ..."""
+    return ["visible", "size", "cx", "cy", "e_cos", "e_sin"] + [
+        f"e_{f}_{2 * k}" for k in range(2, axis_harmonics + 1) for f in ("cos", "sin")]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("object-moments", help="check learner.object_colour on a camera frame: matching pixels and "
-                       "the six numbers the object_moments encoder reads")
+                       "the numbers the object_moments encoder reads")
     p.add_argument("image", nargs="?", default=None, help="an RGB frame (PNG or JPEG) from the robot's camera")
     p.add_argument("--sim-seed", type=int, default=None, help="instead of a file: the sim's frame after reset(seed)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="robot config whose learner: section has the colour")
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     learner = config.learner
     agent = AgentConfig(  # validated here: a bad --colour or --tolerance is refused, never replaced by the config's
         object_colour=learner.object_colour if args.colour is None else args.colour,
-        object_colour_tolerance=learner.object_colour_tolerance if args.tolerance is None else args.tolerance)
+        object_colour_tolerance=learner.object_colour_tolerance if args.tolerance is None else args.tolerance,
+        object_axis_harmonics=learner.object_axis_harmonics)
     if args.sim_seed is not None:
         from dsrl_ros.sim import make_env
 
@@ -71,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         frame = (obs[0] if isinstance(obs, tuple) else obs)["image"]
     else:
         frame = read_frame(args.image)
-    encoder = ObjectMomentsEncoder(agent.object_colour, agent.object_colour_tolerance, RangeNormalizer(1))
+    encoder = ObjectMomentsEncoder(agent.object_colour, agent.object_colour_tolerance, RangeNormalizer(1),
+                                   agent.object_axis_harmonics)
+    names = moment_names(agent.object_axis_harmonics)
     image = torch.as_tensor(frame)[None]
     moments = encoder.moments(image)[0].tolist()
     mask = object_mask(image, encoder.chroma, encoder.tolerance)[0].numpy()
@@ -85,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     share = matched / mask.size
     print(f"{matched} of {mask.size} pixels match {agent.object_colour} within {agent.object_colour_tolerance:g} "
           f"({100 * share:.2f} %)" + ("" if moments[0] else ": too few, the actor would see no object"))
-    print("  " + "  ".join(f"{n} {v:+.3f}" for n, v in zip(NAMES, moments)))
+    print("  " + "  ".join(f"{n} {v:+.3f}" for n, v in zip(names, moments)))
     if args.json:
         print(json.dumps({"colour": agent.object_colour, "tolerance": agent.object_colour_tolerance,
-                          "matched_pixels": matched, "pixels": int(mask.size), "moments": dict(zip(NAMES, moments))}))
+                          "matched_pixels": matched, "pixels": int(mask.size), "moments": dict(zip(names, moments))}))
     return 0

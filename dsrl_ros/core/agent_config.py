@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass, fields
 ALGOS = ("na", "sac")
 REWARD_MODES = ("success", "time_penalty")
 ENCODERS = ("base_features", "cnn", "whitened_features", "object_moments")
+MAX_AXIS_HARMONICS = 4
 # What the networks' tensors and the actor's output bound depend on: a checkpoint or an actor can be loaded only
 # into an agent that agrees on these. The rest (rates, counts, reward) may change between runs of one agent.
 # Knobs added after agents were saved (they change training only), with what a saved config without one meant: a
 # resumed run keeps training as it was started, whatever today's default.
 ADDED_LATER = {"intervention_fraction": 0.5, "takeover_penalty": 0.0, "n_step": 1, "noise_segments": 0,
                "winner_regression": 0.0, "object_colour": "#e61e19",
-               "object_colour_tolerance": 0.15}
+               "object_colour_tolerance": 0.15, "object_axis_harmonics": 1}
 ARCHITECTURE = ("algo", "noise_magnitude", "noise_segments", "hidden_dim", "num_layers", "num_critics", "encoder",
-                "encoder_dim", "object_colour", "object_colour_tolerance")
+                "encoder_dim", "object_colour", "object_colour_tolerance", "object_axis_harmonics")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class AgentConfig:
     encoder_dim: int = 128               # the "cnn" encoder's feature size; the principal components kept
     object_colour: str = "#e61e19"       # "object_moments": the object's colour '#rrggbb' (the sim's red block)
     object_colour_tolerance: float = 0.15  # ... and how far (chromaticity distance) a pixel's may be from it
+    object_axis_harmonics: int = 1       # ... its long axis as e (cos 2k theta, sin 2k theta) for k = 1..H: more
+                                         # harmonics let an actor follow a choice that switches with the angle
     intervention_fraction: float = 0.5   # share of each batch drawn from the intervention rows, once there are any
                                          # (RLPD / HIL-SERL's 50/50; DSRL-SAC has none: they carry no noise)
     takeover_penalty: float = 0.0        # RLIF-style: subtracted from the reward of the decision a takeover cut
@@ -95,6 +98,8 @@ class AgentConfig:
                 ("object_colour", _colour(self.object_colour), "a colour '#rrggbb'"),
                 ("object_colour_tolerance", _positive(self.object_colour_tolerance) and
                  self.object_colour_tolerance < 1, "a chromaticity distance in (0, 1)"),
+                ("object_axis_harmonics", isinstance(self.object_axis_harmonics, int) and
+                 1 <= self.object_axis_harmonics <= MAX_AXIS_HARMONICS, f"an integer in 1..{MAX_AXIS_HARMONICS}"),
                 ("intervention_fraction", 0 <= self.intervention_fraction <= 1, "a share of each batch in [0, 1]"),
                 ("takeover_penalty", _finite(self.takeover_penalty) and self.takeover_penalty >= 0,
                  "a penalty >= 0 (0: off)"))
@@ -106,8 +111,8 @@ class AgentConfig:
         return self.encoder == "cnn"      # object_moments reads the image once per row, with the base features
 
     def architecture(self) -> dict:
-        """The knobs the tensors and the actor's input depend on (the colour only where the encoder reads it)."""
-        keys = [k for k in ARCHITECTURE if self.encoder == "object_moments" or not k.startswith("object_colour")]
+        """The knobs the tensors and the actor's input depend on (the object's only where the encoder reads it)."""
+        keys = [k for k in ARCHITECTURE if self.encoder == "object_moments" or not k.startswith("object_")]
         return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict:

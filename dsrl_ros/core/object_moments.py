@@ -6,12 +6,15 @@ directions that 150 episodes do not find (docs/results.md). A lab that knows its
 object's image position and long axis with no training at all, the low-dimensional object state DSRL's sim
 results were obtained with, taken from pixels. Parameter-free: nothing here is learned or saved but the knobs.
 
-obs {"image": (B, H, W, 3) uint8, "proprio": (B, P) float32} -> (B, MOMENT_FEATURES + P) float32:
+obs {"image": (B, H, W, 3) uint8, "proprio": (B, P) float32} -> (B, moment_features(H) + P) float32:
   visible     1 if at least MIN_PIXELS pixels match the colour, else 0 (then the other five are 0)
   size        sqrt(matching pixels / (H W)) * 4: ~0.6 for the block at the table's centre in an 84 px image
   cx, cy      the matching pixels' centroid, -1 (left / top) ... +1 (right / bottom)
   e_cos, e_sin  the long axis in the image: (mu20 - mu02, 2 mu11) / (mu20 + mu02) = e (cos 2 theta, sin 2 theta),
               e in [0, 1] its elongation (0 round, 1 a line): no jump where theta wraps, 0 when nothing is seen
+  with axis_harmonics H > 1, then e (cos 2k theta, sin 2k theta) for k = 2..H: a grasp that switches at some
+              angle is a step in theta, which a few harmonics let a small actor (or a linear rule) follow
+              (bench/first_noise_regression.py); continuous like the first, 0 when nothing is seen
 A pixel matches when its chromaticity rgb / (r + g + b) lies within `tolerance` (Euclidean) of the colour's and it
 is not near-black (r + g + b >= MIN_BRIGHTNESS): shading changes brightness, not chromaticity.
 """
@@ -21,9 +24,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MOMENT_FEATURES = 6
+MOMENT_FEATURES = 6       # with one harmonic of the long axis; moment_features(H) in general
 MIN_PIXELS = 3
 MIN_BRIGHTNESS = 60.0     # r + g + b of 0..255 values: darker pixels have no reliable hue
+
+
+def moment_features(axis_harmonics: int) -> int:
+    """How many numbers ObjectMomentsEncoder.moments gives: visible, size, cx, cy and two per harmonic."""
+    return 4 + 2 * axis_harmonics
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
@@ -42,7 +50,7 @@ def object_mask(image: torch.Tensor, chroma: torch.Tensor, tolerance: float) -> 
 class ObjectMomentsEncoder(nn.Module):
     """Colour mask -> image moments of the object, concatenated with the proprio on the base policy's scale."""
 
-    def __init__(self, colour: str, tolerance: float, proprio_norm: nn.Module):
+    def __init__(self, colour: str, tolerance: float, proprio_norm: nn.Module | None, axis_harmonics: int = 1):
         super().__init__()
         rgb = torch.tensor(parse_colour(colour), dtype=torch.float32)
         if rgb.sum() < MIN_BRIGHTNESS:
@@ -50,10 +58,12 @@ class ObjectMomentsEncoder(nn.Module):
                              f"(its hue must be readable), got {colour!r}")
         self.register_buffer("chroma", rgb / rgb.sum(), persistent=False)
         self.tolerance = float(tolerance)
+        self.axis_harmonics = int(axis_harmonics)
+        self.n_moments = moment_features(self.axis_harmonics)
         self.proprio_norm = proprio_norm
 
     def moments(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> (B, MOMENT_FEATURES) float32 (the module docstring's six numbers)."""
+        """(B, H, W, 3) uint8 -> (B, self.n_moments) float32 (the module docstring's numbers)."""
         mask = object_mask(image, self.chroma, self.tolerance).float()
         h, w = mask.shape[1:]
         ys = torch.linspace(-1.0, 1.0, h, device=image.device).view(1, h, 1)
@@ -67,8 +77,13 @@ class ObjectMomentsEncoder(nn.Module):
                             (mask * dx * dy).sum((1, 2)) / n)
         spread = (mu20 + mu02).clamp(min=1e-12)
         size = (count / (h * w)).sqrt() * 4.0
-        out = torch.stack([visible, size, cx, cy, (mu20 - mu02) / spread, 2.0 * mu11 / spread], dim=-1)
-        return out * visible.unsqueeze(-1)
+        e_cos, e_sin = (mu20 - mu02) / spread, 2.0 * mu11 / spread
+        columns = [visible, size, cx, cy, e_cos, e_sin]
+        if self.axis_harmonics > 1:
+            elongation, double_angle = torch.hypot(e_cos, e_sin), torch.atan2(e_sin, e_cos)
+            for k in range(2, self.axis_harmonics + 1):
+                columns += [elongation * torch.cos(k * double_angle), elongation * torch.sin(k * double_angle)]
+        return torch.stack(columns, dim=-1) * visible.unsqueeze(-1)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([self.moments(obs["image"]), self.proprio_norm.normalize(obs["proprio"])], dim=-1)

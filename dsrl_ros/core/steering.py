@@ -24,7 +24,7 @@ from dsrl_ros.core.checkpoint import load_tensors_and_config, save_tensors_and_c
 from dsrl_ros.core.dsrl import DSRL, DSRLConfig
 from dsrl_ros.core.durable import write_atomic
 from dsrl_ros.core.normalizer import FeatureWhitener, RangeNormalizer
-from dsrl_ros.core.object_moments import MOMENT_FEATURES, ObjectMomentsEncoder
+from dsrl_ros.core.object_moments import ObjectMomentsEncoder
 from dsrl_ros.core.policy import DiffusionPolicy, ImageEncoder
 from dsrl_ros.policies.base import BasePolicy
 from dsrl_ros.policies.ours import OursPolicy
@@ -118,8 +118,9 @@ class PolicySteering:
             encoder, obs_dim = FeatureWhitener(policy.config.feature_dim, config.encoder_dim), config.encoder_dim
         elif config.encoder == "object_moments":
             self.row_moments = ObjectMomentsEncoder(config.object_colour, config.object_colour_tolerance,
-                                                    _proprio_normalizer(policy)).to(policy.device)
-            obs_dim = MOMENT_FEATURES + policy.config.proprio_dim
+                                                    _proprio_normalizer(policy),
+                                                    config.object_axis_harmonics).to(policy.device)
+            obs_dim = self.row_moments.n_moments + policy.config.proprio_dim
             encoder = FeatureTail(obs_dim)
         self.feature_dim = policy.config.feature_dim + (obs_dim if self.row_moments is not None else 0)
         chunk_dim = int(np.prod(self.noise_shape))
