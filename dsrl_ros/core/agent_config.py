@@ -60,8 +60,8 @@ class AgentConfig:
     encoder_dim: int = 128               # the "cnn" encoder's feature size; the principal components kept
     object_colour: str = "#e61e19"       # "object_moments": the object's colour '#rrggbb' (the sim's red block)
     object_colour_tolerance: float = 0.15  # ... and how far (chromaticity distance) a pixel's may be from it
-    object_axis_harmonics: int = 1       # ... its long axis as e (cos 2k theta, sin 2k theta) for k = 1..H: more
-                                         # harmonics let an actor follow a choice that switches with the angle
+    object_axis_harmonics: int = 1       # ... its long axis as e (cos 2k theta, sin 2k theta) for k = 1..H (3 did
+                                         # worse than 1 on lift_block: docs/results.md)
     intervention_fraction: float = 0.5   # share of each batch drawn from the intervention rows, once there are any
                                          # (RLPD / HIL-SERL's 50/50; DSRL-SAC has none: they carry no noise)
     takeover_penalty: float = 0.0        # RLIF-style: subtracted from the reward of the decision a takeover cut

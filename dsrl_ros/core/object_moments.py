@@ -13,8 +13,9 @@ obs {"image": (B, H, W, 3) uint8, "proprio": (B, P) float32} -> (B, moment_featu
   e_cos, e_sin  the long axis in the image: (mu20 - mu02, 2 mu11) / (mu20 + mu02) = e (cos 2 theta, sin 2 theta),
               e in [0, 1] its elongation (0 round, 1 a line): no jump where theta wraps, 0 when nothing is seen
   with axis_harmonics H > 1, then e (cos 2k theta, sin 2k theta) for k = 2..H: a grasp that switches at some
-              angle is a step in theta, which a few harmonics let a small actor (or a linear rule) follow
-              (bench/first_noise_regression.py); continuous like the first, 0 when nothing is seen
+              angle is a step in theta, which harmonics let a linear rule follow more closely
+              (bench/first_noise_regression.py; a DSRL actor on lift_block did worse with them, docs/results.md);
+              continuous like the first, 0 when nothing is seen
 A pixel matches when its chromaticity rgb / (r + g + b) lies within `tolerance` (Euclidean) of the colour's and it
 is not near-black (r + g + b >= MIN_BRIGHTNESS): shading changes brightness, not chromaticity.
 """
