@@ -3,8 +3,8 @@
 Before training with `learner.encoder: object_moments`, check the colour on a frame of your own camera: how many
 pixels match `learner.object_colour` (only the object's should), and the numbers the actor would get
 (core/object_moments.py; two more per `learner.object_axis_harmonics` above 1). `--mask OUT.png` writes the frame
-with the matching pixels in white and the rest darkened. Colour and tolerance default to the robot config's `learner:` section; `--sim-seed N` reads the sim's
-frame after `reset(seed=N)` instead of a file.
+with the matching pixels in white and the rest darkened. Colour, tolerance and harmonics default to the robot
+config's `learner:` section; `--sim-seed N` reads the sim's frame after `reset(seed=N)` instead of a file.
 """
 
 from __future__ import annotations
