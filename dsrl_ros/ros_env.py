@@ -12,7 +12,8 @@ import signal
 import sys
 
 # A node that exits with one of these cannot be helped by a restart: the supervisor stops the run with the
-# node's last log line. CONFIG_ERROR: a bad config, checkpoint, path or corrupt file found at start.
+# node's error line (Supervisor._last_error). CONFIG_ERROR: a bad config, checkpoint, path or corrupt file found
+# at start.
 # RESOURCE_ERROR: the machine cannot hold the run's data any more (disk full).
 CONFIG_ERROR_EXIT = 2
 RESOURCE_ERROR_EXIT = 3

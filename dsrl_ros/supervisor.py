@@ -5,8 +5,9 @@ What `ros2 launch` does on a robot PC, for machines without a ROS install: start
 that dies (1 s, 2 s, 4 s ... up to 30 s between tries; the delay resets after a minute of healthy running),
 never restart one that exited with a fatal code (a bad config or corrupt file at start, a full disk:
 `ros_env.FATAL_EXIT_CODES`; restarting cannot fix it), stop restarting one that fails the same way at start
-`CRASH_LOOP_STARTS` times in a row (its last log line is the error the run stops with), and stop them all
-cleanly: SIGINT (rclpy's clean shutdown), then SIGTERM, then SIGKILL for a node that does not exit.
+`CRASH_LOOP_STARTS` times in a row (its own error line, else its last log line, is the error the run stops
+with), and stop them all cleanly: SIGINT (rclpy's clean shutdown), then SIGTERM, then SIGKILL for a node that
+does not exit.
 Children die with the supervisor even if it is killed with SIGKILL (`ros_env.die_with_supervisor`).
 The state of every node is kept in `<logs>/supervisor.json` (pid, state, restarts) for people and tests.
 """
