@@ -205,7 +205,8 @@ def test_first_noise_rules_average_the_winners_by_each_reading_of_the_state():
     """bench/first_noise_regression.py on a toy whose answer is known: winners in bin b drew their noise around
     m_b, losers anywhere. `bin` must return each bin's winners' mean, `none` the mean of all winners, `pose` a
     ridge fit that tells the bins apart when the pose shows them, `features` the same through the whitening,
-    `features_knn` / `features_mlp` the nearest winners' mean / an MLP fit on the same whitened features."""
+    `features_knn` / `features_mlp` the nearest winners' mean / an MLP fit on the same whitened features; the
+    `moments*` readers the same on the object_moments numbers, `moments_anglebin` each image-angle bin's mean."""
     bench = _bench("first_noise_regression")
     rng = np.random.default_rng(0)
     n, centres = 400, np.array([[0.0, 0.0], [2.0, -1.0], [-2.0, 1.0], [0.0, 0.0]])
@@ -215,16 +216,25 @@ def test_first_noise_rules_average_the_winners_by_each_reading_of_the_state():
     noises[won] = centres[bins[won]] + 0.1 * rng.standard_normal((won.sum(), 2))
     pose = np.eye(4)[bins]                                    # a pose that shows the bin plainly
     features = np.c_[pose, 0.01 * rng.standard_normal((n, 6))] @ rng.standard_normal((10, 10))
-    rules = bench.first_noise_rules({"bin": bins, "pose": pose, "features": features}, noises, won, components=4)
+    moments = np.c_[pose, 0.01 * rng.standard_normal((n, 2))]   # six numbers that show the bin
+    angle_bin = (bins + 1) % 4                                  # the image's quadrants: another numbering
+    states = {"bin": bins, "pose": pose, "features": features, "moments": moments,
+              "moments_fourier": np.c_[moments, 0.01 * rng.standard_normal((n, 4))], "angle_bin": angle_bin}
+    rules = bench.first_noise_rules(states, noises, won, components=4)
     for b in range(4):
+        assert np.allclose(rules["moments_anglebin"](np.array([(b + 1) % 4]))[0], noises[won & (bins == b)].mean(0))
+        assert np.abs(rules["moments"](moments[bins == b][:1])[0] - centres[b]).max() < 0.15
+        assert np.abs(rules["moments_fourier"](states["moments_fourier"][bins == b][:1])[0] - centres[b]).max() < 0.15
+        assert np.abs(rules["moments_mlp"](moments[bins == b][:1])[0] - centres[b]).max() < 0.3
         assert np.allclose(rules["bin"](np.array([b]))[0], noises[won & (bins == b)].mean(0))
         assert np.abs(rules["pose"](np.eye(4)[[b]])[0] - centres[b]).max() < 0.15
         assert np.abs(rules["features"](features[bins == b][:1])[0] - centres[b]).max() < 0.15
         assert np.abs(rules["features_knn"](features[bins == b][:1])[0] - centres[b]).max() < 0.25  # 3 draws
         assert np.abs(rules["features_mlp"](features[bins == b][:1])[0] - centres[b]).max() < 0.3
     assert np.allclose(rules["none"](np.zeros((3, 1))), noises[won].mean(0))
-    empty = bench.first_noise_rules({"bin": bins, "pose": pose, "features": features}, noises, np.zeros(n, bool))
+    empty = bench.first_noise_rules(states, noises, np.zeros(n, bool))
     assert not empty["bin"](np.array([1])).any() and not empty["none"](np.zeros((1, 1))).any()
+    assert not empty["moments_anglebin"](np.array([1])).any() and not empty["moments_mlp"](moments[:2]).any()
     assert not empty["features_knn"](features[:2]).any() and not empty["features_mlp"](features[:2]).any()
     white = bench.whitening(features, 3)(features)
     assert white.shape == (n, 3) and np.allclose(white.std(0), 1.0, atol=1e-6)
