@@ -19,6 +19,11 @@ CONFIG_ERROR_EXIT = 2
 RESOURCE_ERROR_EXIT = 3
 FATAL_EXIT_CODES = (CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT)
 
+
+def node_error_prefix(name: str) -> str:
+    """How a node's one-line error starts on stderr (run_node writes it, the supervisor looks for it)."""
+    return f"{name}: error: "
+
 # Environment variable set by the launcher (supervisor or launch file): one id per session of the graph, so the
 # episode manager can tell its own restart from a new session on the same run directory.
 SESSION_ENV = "DSRL_SESSION_ID"

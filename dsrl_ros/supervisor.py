@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dsrl_ros.ros_env import CONFIG_ERROR_EXIT, FATAL_EXIT_CODES, SUPERVISOR_PID_ENV
+from dsrl_ros.ros_env import CONFIG_ERROR_EXIT, FATAL_EXIT_CODES, SUPERVISOR_PID_ENV, node_error_prefix
 from dsrl_ros.stack import NodeSpec
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S, HEALTHY_AFTER_S = 1.0, 30.0, 60.0
@@ -168,7 +168,7 @@ class Supervisor:
         if code < 0:
             died = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"exit code {code}"
             return f"{died}" + (f" after: {lines[-1].strip()}" if lines else " before it logged anything")
-        own_errors = [line for line in lines if line.startswith(f"{child.spec.name}: error:")]
+        own_errors = [line for line in lines if line.startswith(node_error_prefix(child.spec.name))]
         if own_errors:
             return own_errors[-1].strip()
         return lines[-1].strip() if lines else f"exit code {code}"

@@ -23,8 +23,8 @@ from dsrl_ros.core.run_identity import (ACTION_CHUNK_KIND, ACTOR_WEIGHTS_KIND, C
                                         RunKey, action_chunk_fields, actor_weights_fields, chunk_result_fields,
                                         episode_event_fields, noise_fields, observation_fields,
                                         operator_command_fields, teleop_command_fields)
-from dsrl_ros.ros_env import (CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT, die_with_supervisor, note_stop_requests,
-                              ros_environment, stop_requested)
+from dsrl_ros.ros_env import (CONFIG_ERROR_EXIT, RESOURCE_ERROR_EXIT, die_with_supervisor, node_error_prefix,
+                              note_stop_requests, ros_environment, stop_requested)
 
 # Topics of the graph (docs/architecture.md lists types and QoS).
 OBSERVATION = "/dsrl/observation"
@@ -310,7 +310,7 @@ def run_node(node_class: Callable[[], object], name: str, argv: list[str] | None
     from rclpy.executors import ExternalShutdownException
 
     def fail(code: int, message: str) -> int:
-        print(f"{name}: error: {message}", file=sys.stderr, flush=True)
+        print(f"{node_error_prefix(name)}{message}", file=sys.stderr, flush=True)
         return code
 
     node = None
@@ -343,7 +343,7 @@ def run_node(node_class: Callable[[], object], name: str, argv: list[str] | None
                 node.close()
             except OSError as err:                       # e.g. the final checkpoint on a full disk
                 full = "disk full: " if err.errno == errno.ENOSPC else ""   # the supervisor reports the last line
-                print(f"{name}: error: while closing: {full}{err}", file=sys.stderr, flush=True)
+                print(f"{node_error_prefix(name)}while closing: {full}{err}", file=sys.stderr, flush=True)
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
