@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from dsrl_ros.cli import main as cli_main
 from dsrl_ros.core.agent_config import MAX_AXIS_HARMONICS, AgentConfig
 from dsrl_ros.core.normalizer import RangeNormalizer
-from dsrl_ros.core.object_moments import MOMENT_FEATURES, ObjectMomentsEncoder, moment_features
+from dsrl_ros.core.object_moments import ObjectMomentsEncoder, moment_features
 from dsrl_ros.core.policy import DiffusionPolicy
 from dsrl_ros.core.steering import PolicySteering, load_actor
 from policy_helpers import SIM_TINY as TINY
@@ -59,7 +59,7 @@ def test_shading_keeps_the_match_and_other_colours_do_not_match():
     blank[:] = TABLE
     blank[:10] = (80, 80, 90)                                    # the arm's grey
     blank[-5:, -5:] = (10, 2, 2)                                 # near-black with a red cast: no reliable hue
-    np.testing.assert_array_equal(_moments(blank), np.zeros(MOMENT_FEATURES))
+    np.testing.assert_array_equal(_moments(blank), np.zeros(moment_features(1)))
     assert _moments(_bar(20.0), tolerance=0.01)[0] == 1.0 and _moments(_bar(20.0, shade=0.55), 0.01)[0] == 1.0
 
 
@@ -73,7 +73,7 @@ def test_a_round_blob_has_no_axis_and_the_output_is_finite():
     one_pixel = np.empty((84, 84, 3), np.uint8)
     one_pixel[:] = TABLE
     one_pixel[3, 3] = RED                                        # below MIN_PIXELS: not seen (all zeros, no 0/0)
-    np.testing.assert_array_equal(_moments(one_pixel), np.zeros(MOMENT_FEATURES))
+    np.testing.assert_array_equal(_moments(one_pixel), np.zeros(moment_features(1)))
 
 
 @pytest.mark.parametrize("angle", [0.0, 30.0, 60.0, 112.5, 135.0, -20.0])
@@ -132,7 +132,7 @@ def test_the_agent_reads_moments_and_proprio_and_the_colour_is_part_of_its_archi
     config = AgentConfig(encoder="object_moments", hidden_dim=32, object_colour="#1e19e6")
     torch.manual_seed(0)
     steering = PolicySteering(DiffusionPolicy(TINY).eval(), config)
-    encoder, dim = steering.row_moments, MOMENT_FEATURES + TINY.proprio_dim
+    encoder, dim = steering.row_moments, moment_features(1) + TINY.proprio_dim
     assert isinstance(encoder, ObjectMomentsEncoder) and steering.agent.config.obs_dim == dim
     torch.testing.assert_close(encoder.chroma, torch.tensor([30.0, 25.0, 230.0]) / 285.0)   # the config's colour
     # Computed once per row: the replay's cached row is the base features, then the moments + proprio; the agent

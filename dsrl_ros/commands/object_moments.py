@@ -20,12 +20,6 @@ from dsrl_ros.config import load_config
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "robot_configs" / "sim_arm.yaml"
 
 
-def moment_names(axis_harmonics: int) -> list[str]:
-    """The names of ObjectMomentsEncoder.moments' columns: e_cos_4, e_sin_4 for the 4 theta harmonic, ..."""
-    return ["visible", "size", "cx", "cy", "e_cos", "e_sin"] + [
-        f"e_{f}_{2 * k}" for k in range(2, axis_harmonics + 1) for f in ("cos", "sin")]
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("object-moments", help="check learner.object_colour on a camera frame: matching pixels and "
                        "the numbers the object_moments encoder reads")
@@ -59,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dsrl_ros.core.agent_config import AgentConfig
     from dsrl_ros.core.normalizer import RangeNormalizer
-    from dsrl_ros.core.object_moments import ObjectMomentsEncoder, object_mask
+    from dsrl_ros.core.object_moments import ObjectMomentsEncoder, moment_names, object_mask
 
     if (args.image is None) == (args.sim_seed is None):
         raise ValueError("image: give one frame file or --sim-seed N")

@@ -25,14 +25,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MOMENT_FEATURES = 6       # with one harmonic of the long axis; moment_features(H) in general
 MIN_PIXELS = 3
 MIN_BRIGHTNESS = 60.0     # r + g + b of 0..255 values: darker pixels have no reliable hue
 
 
+def moment_names(axis_harmonics: int) -> list[str]:
+    """The names of ObjectMomentsEncoder.moments' columns, in order: e_cos_4, e_sin_4 for the 4 theta harmonic..."""
+    return ["visible", "size", "cx", "cy", "e_cos", "e_sin"] + [
+        f"e_{f}_{2 * k}" for k in range(2, axis_harmonics + 1) for f in ("cos", "sin")]
+
+
 def moment_features(axis_harmonics: int) -> int:
     """How many numbers ObjectMomentsEncoder.moments gives: visible, size, cx, cy and two per harmonic."""
-    return 4 + 2 * axis_harmonics
+    return len(moment_names(axis_harmonics))
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
