@@ -50,7 +50,7 @@ from oracle_piecewise_noise import first_decision_only, yaw_bin  # noqa: E402
 
 from dsrl_ros.core.agent_config import AgentConfig  # noqa: E402
 from dsrl_ros.core.checkpoint import PACKAGE_CHECKPOINTS  # noqa: E402
-from dsrl_ros.core.object_moments import ObjectMomentsEncoder  # noqa: E402
+from dsrl_ros.core.object_moments import ObjectMomentsEncoder, moment_features  # noqa: E402
 from dsrl_ros.policies import load_base_policy  # noqa: E402
 from dsrl_ros.rollout import run_episode  # noqa: E402
 
@@ -140,16 +140,17 @@ def first_noise_rules(states: dict[str, np.ndarray], noises: np.ndarray, won: np
             "moments_anglebin": lambda rows: per_angle_bin[np.asarray(rows, int)]}
 
 
-MOMENTS, MOMENTS_H3 = (ObjectMomentsEncoder(AgentConfig.object_colour, AgentConfig.object_colour_tolerance,
-                                             proprio_norm=None, axis_harmonics=h) for h in (1, 3))
+# With 3 harmonics: its first six numbers are those of one harmonic (tests/test_object_moments.py).
+MOMENTS_H3 = ObjectMomentsEncoder(AgentConfig.object_colour, AgentConfig.object_colour_tolerance, proprio_norm=None,
+                                  axis_harmonics=3)
 
 
 def read_state(env, policy, obs) -> dict[str, np.ndarray]:
     position, yaw = env.cube_pose()
     with torch.no_grad():
         features = policy.encode_obs({k: torch.as_tensor(v)[None, None] for k, v in obs.items()})[0].numpy()
-        image = torch.as_tensor(obs["image"])[None]
-        moments, moments_h3 = MOMENTS.moments(image)[0].numpy(), MOMENTS_H3.moments(image)[0].numpy()
+        moments_h3 = MOMENTS_H3.moments(torch.as_tensor(obs["image"])[None])[0].numpy()
+    moments = moments_h3[:moment_features(1)]
     double_angle = np.arctan2(moments[5], moments[4])            # 2 theta of the image's long axis
     return {"bin": np.array(yaw_bin(yaw, 4)), "features": features, "moments": moments,
             "moments_fourier": moments_h3,
